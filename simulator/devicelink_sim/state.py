@@ -1,0 +1,262 @@
+"""In-memory state of the development authorization server.
+
+The records implement Authlib's model mixins, so Authlib's grants and endpoints
+read them directly. Everything here is guarded by `State.lock`; authserver.py
+holds it for the whole of each OAuth request, so two requests never interleave.
+That is what makes refresh-token reuse detection deterministic when a client
+races itself.
+
+Expiry is measured with the injected `clock` (default `time.monotonic`), so
+tests can step time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
+from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE, DeviceCredentialMixin
+
+Clock = Callable[[], float]
+
+
+def normalize_user_code(user_code: str) -> str:
+    """RFC 8628 §6.1: user codes compare ignoring case and punctuation."""
+    return "".join(ch for ch in user_code.upper() if ch.isalnum())
+
+
+@dataclass(frozen=True)
+class User:
+    subject: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Client(ClientMixin):
+    client_id: str
+    auth_methods: frozenset[str]  # token_endpoint_auth_method values it may use
+    default_scope: str  # RFC 6749 §3.3: used when a request omits scope
+    client_secret: str | None = field(default=None, repr=False)
+    grant_types: frozenset[str] = frozenset({DEVICE_CODE_GRANT_TYPE, "refresh_token"})
+
+    def get_client_id(self):
+        return self.client_id
+
+    def get_default_redirect_uri(self):
+        return None  # no authorization endpoint, so no redirects
+
+    def check_redirect_uri(self, redirect_uri):
+        return False
+
+    def check_response_type(self, response_type):
+        return False
+
+    def get_allowed_scope(self, scope):
+        # Unsupported scopes were already refused with invalid_scope by
+        # AuthorizationServer.validate_requested_scope.
+        return scope or self.default_scope
+
+    def check_client_secret(self, client_secret):
+        return self.client_secret is not None and secrets.compare_digest(
+            self.client_secret.encode(), client_secret.encode()
+        )
+
+    def check_endpoint_auth_method(self, method, endpoint):
+        return method in self.auth_methods
+
+    def check_grant_type(self, grant_type):
+        return grant_type in self.grant_types
+
+
+@dataclass(eq=False)
+class DeviceCode(DeviceCredentialMixin):
+    """One device authorization (RFC 8628 §3.2), until it is redeemed."""
+
+    client_id: str
+    scope: str | None
+    device_code: str = field(repr=False)
+    user_code: str
+    expires_at: float
+    interval: float  # grows by 5 s on every slow_down (RFC 8628 §3.5)
+    clock: Clock = field(repr=False)
+    # (user, approved), set by the verification page or DevServer.approve/deny
+    decision: tuple[User | None, bool] | None = None
+    last_poll: float | None = None
+
+    def get_client_id(self):
+        return self.client_id
+
+    def get_scope(self):
+        return self.scope
+
+    def get_user_code(self):
+        return self.user_code
+
+    def is_expired(self):
+        return self.clock() >= self.expires_at
+
+
+@dataclass(eq=False)
+class Grant:
+    """What one approval produced: every token issued from it, across refreshes.
+
+    Revocation and refresh-token reuse detection (RFC 9700 §4.14.2) end it as a
+    whole.
+    """
+
+    client_id: str
+    user: User
+    scope: str | None
+    revoked: bool = False
+
+
+@dataclass(eq=False)
+class _Token(TokenMixin):
+    value: str = field(repr=False)
+    grant: Grant
+    scope: str | None
+    expires_at: float | None  # None: never
+    clock: Clock = field(repr=False)
+
+    def check_client(self, client):
+        return self.grant.client_id == client.get_client_id()
+
+    def get_scope(self):
+        return self.scope
+
+    def get_expires_in(self):
+        if self.expires_at is None:
+            return None
+        return max(0, int(self.expires_at - self.clock()))
+
+    def is_expired(self):
+        return self.expires_at is not None and self.clock() >= self.expires_at
+
+    def get_user(self):
+        return self.grant.user
+
+
+@dataclass(eq=False)
+class AccessToken(_Token):
+    revoked: bool = False
+
+    def is_revoked(self):
+        return self.revoked or self.grant.revoked
+
+
+@dataclass(eq=False)
+class RefreshToken(_Token):
+    rotated: bool = False  # replaced by a newer refresh token (RFC 6749 §6)
+
+    def is_revoked(self):
+        return self.grant.revoked
+
+
+class TokenEvent(NamedTuple):
+    at: float  # the server's clock when the request arrived
+    grant_type: str
+    outcome: str  # "ok", the OAuth error code, or "http_NNN"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot for tests; it does not change when the server does."""
+
+    token_requests: dict[str, int]  # by grant_type
+    token_log: tuple[TokenEvent, ...]
+    device_authorizations: int
+    revocations: int  # tokens revoked through /revoke
+    reuse_detections: int  # refresh-token families revoked for reuse
+
+
+class State:
+    def __init__(self, clock: Clock, clients: list[Client], refresh_token_lifetime: float | None):
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.refresh_token_lifetime = refresh_token_lifetime
+        self.clients = {c.client_id: c for c in clients}
+        self.device_codes: dict[str, DeviceCode] = {}
+        self.user_codes: dict[str, DeviceCode] = {}  # by normalize_user_code()
+        self.access_tokens: dict[str, AccessToken] = {}
+        self.refresh_tokens: dict[str, RefreshToken] = {}
+        self._token_requests: Counter[str] = Counter()
+        self._token_log: list[TokenEvent] = []
+        self._device_authorizations = 0
+        self._revocations = 0
+        self._reuse_detections = 0
+
+    # -- device codes --
+
+    def add_device_code(self, credential: DeviceCode) -> None:
+        self.device_codes[credential.device_code] = credential
+        self.user_codes[normalize_user_code(credential.user_code)] = credential
+        self._device_authorizations += 1
+
+    def pending(self, user_code: str) -> DeviceCode:
+        """The live, unredeemed authorization for a user code; KeyError if none."""
+        credential = self.user_codes[normalize_user_code(user_code)]
+        if credential.is_expired() or credential.device_code not in self.device_codes:
+            raise KeyError(user_code)
+        return credential
+
+    def redeem(self, credential: DeviceCode) -> None:
+        # A device code gives one set of tokens; later polls get invalid_grant.
+        # The user code stays reserved so it is never handed out again.
+        del self.device_codes[credential.device_code]
+
+    # -- tokens --
+
+    def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None) -> None:
+        now = self.clock()
+        self.access_tokens[token["access_token"]] = AccessToken(
+            value=token["access_token"],
+            grant=grant,
+            scope=token.get("scope"),
+            expires_at=now + token["expires_in"],
+            clock=self.clock,
+        )
+        if "refresh_token" in token:
+            lifetime = self.refresh_token_lifetime
+            self.refresh_tokens[token["refresh_token"]] = RefreshToken(
+                value=token["refresh_token"],
+                grant=grant,
+                scope=refresh_scope,
+                expires_at=None if lifetime is None else now + lifetime,
+                clock=self.clock,
+            )
+
+    def revoke(self, token: AccessToken | RefreshToken) -> None:
+        # RFC 7009 §2.1: revoking a refresh token SHOULD also invalidate the
+        # access tokens of the same grant; revoking an access token MAY leave
+        # the refresh token alone, and here it does.
+        if isinstance(token, RefreshToken):
+            token.grant.revoked = True
+        else:
+            token.revoked = True
+        self._revocations += 1
+
+    def reuse_detected(self, grant: Grant) -> None:
+        grant.revoked = True
+        self._reuse_detections += 1
+
+    # -- statistics --
+
+    def record_token_request(self, event: TokenEvent) -> None:
+        with self.lock:
+            self._token_requests[event.grant_type] += 1
+            self._token_log.append(event)
+
+    def stats(self) -> Stats:
+        with self.lock:
+            return Stats(
+                token_requests=dict(self._token_requests),
+                token_log=tuple(self._token_log),
+                device_authorizations=self._device_authorizations,
+                revocations=self._revocations,
+                reuse_detections=self._reuse_detections,
+            )

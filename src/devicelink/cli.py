@@ -1,0 +1,164 @@
+"""``devicelink [--config PATH] COMMAND``: the daemon and the commands that talk to it.
+
+Exit codes (docs/cli.md): 0 done; 2 usage; 3 not paired (or pairing in
+progress); 4 refused by policy; 5 daemon not reachable; 6 the authorization
+server failed or refused; 78 configuration error. Errors are one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from devicelink import __version__, config
+from devicelink.errors import ConfigError, DeviceLinkError
+
+EXIT_USAGE, EXIT_NOT_PAIRED, EXIT_FORBIDDEN, EXIT_UNREACHABLE, EXIT_UPSTREAM, EXIT_CONFIG = 2, 3, 4, 5, 6, 78
+
+#: Socket API error codes -> exit codes.
+EXIT_FOR_ERROR = {
+    "not_paired": EXIT_NOT_PAIRED,
+    "pairing_in_progress": EXIT_NOT_PAIRED,
+    "reauth_required": EXIT_NOT_PAIRED,
+    "forbidden": EXIT_FORBIDDEN,
+    "upstream_unavailable": EXIT_UPSTREAM,
+    "invalid_request": EXIT_USAGE,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devicelink", description="Pair this device with OAuth 2.0 "
+                                     "(RFC 8628) and serve its access tokens to local apps.")
+    parser.add_argument("--config", metavar="PATH", type=Path,
+                        help=f"config file (default $DEVICELINK_CONFIG or {config.DEFAULT_PATH})")
+    parser.add_argument("--version", action="version", version=f"devicelink {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    status = sub.add_parser("status", help="show the daemon's state")
+    status.add_argument("--json", action="store_true", help="print the status object as JSON")
+    token = sub.add_parser("token", help="print an access token")
+    token.add_argument("--scope", help="space-separated scopes the token must carry")
+    token.add_argument("--resource", help="the resource (RFC 8707) the token is for")
+    token.add_argument("--min-ttl", type=int, metavar="SECONDS", help="the token must stay valid this long")
+    sub.add_parser("pair", help="show a new pairing code now")
+    sub.add_parser("unpair", help="revoke the grant at the server and forget it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from devicelink import logs
+
+    logs.setup()
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _ask_daemon(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load_config(args: argparse.Namespace) -> config.Config | None:
+    path = args.config or config.default_path()
+    if args.config is None and args.command != "run" and not path.exists():
+        return None  # clients may run without a config: the default socket path applies
+    return config.load(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from devicelink import daemon
+
+    cfg = _load_config(args)
+    assert cfg is not None
+    try:
+        return daemon.run(cfg)
+    except ConfigError:
+        raise
+    except (DeviceLinkError, OSError) as exc:
+        logging.getLogger("devicelink").error("cannot start: %s", exc)
+        return 1
+
+
+def _ask_daemon(args: argparse.Namespace) -> int:
+    from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
+
+    cfg = _load_config(args)
+    socket_path = str(cfg.socket.path if cfg else config.SocketConfig().path)
+    try:
+        with Client(socket_path) as client:
+            if args.command == "status":
+                return _status(client.status(), args.json)
+            if args.command == "token":
+                answer = client.token(min_ttl=args.min_ttl, scope=args.scope, resource=args.resource)
+                sys.stdout.write(answer["access_token"] + "\n")
+                return 0
+            if args.command == "pair":
+                return _paired(client.pair())
+            if args.command == "unpair":
+                return _unpaired(client.unpair())
+    except DaemonUnreachable as exc:
+        return _fail(f"{exc} (is `devicelink run` running?)", EXIT_UNREACHABLE)
+    except DaemonError as exc:
+        return _fail(exc.description or exc.code, EXIT_FOR_ERROR.get(exc.code, EXIT_UPSTREAM))
+    raise AssertionError(args.command)
+
+
+def _status(status: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    lines = [f"state: {status['state']}"]
+    if status.get("pairing"):
+        lines.append(_code_line(status["pairing"]))
+    if status.get("account"):
+        account = status["account"]
+        lines.append(f"account: {account.get('name') or account['sub']}")
+    if status.get("access_token_expires_in") is not None:
+        lines.append(f"access token expires in: {status['access_token_expires_in']} s")
+    for key in ("last_refresh", "last_error", "message"):
+        if status.get(key):
+            lines.append(f"{key.replace('_', ' ')}: {status[key]}")
+    print("\n".join(lines))
+    return 0
+
+
+def _code_line(pairing: dict) -> str:
+    line = f"enter code {pairing['user_code']} at {pairing['verification_uri']}"
+    if pairing.get("verification_uri_complete"):
+        line += f"\n  or open {pairing['verification_uri_complete']}"
+    minutes, seconds = divmod(int(pairing.get("expires_in") or 0), 60)
+    return line + f"\n  (expires in {minutes}:{seconds:02d})"
+
+
+def _paired(status: dict) -> int:
+    if status.get("pairing"):
+        print(_code_line(status["pairing"]))
+        return 0
+    reason = status.get("last_error") or "no code yet; the authorization server has not answered"
+    return _fail(f"pairing started, but {reason}", EXIT_UPSTREAM)
+
+
+def _unpaired(answer: dict) -> int:
+    if answer.get("revoked"):
+        print("unpaired; the grant was revoked at the server")
+        return 0
+    if answer.get("revocation_error"):
+        print("unpaired on this device")
+        return _fail(answer["revocation_error"], EXIT_UPSTREAM)
+    print("unpaired on this device (the server offers no revocation)")
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"devicelink: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""The TOML configuration file -> frozen dataclasses. Validation only, no side effects.
+
+Every problem is a :class:`~devicelink.errors.ConfigError` whose message names
+the file, the key and what is expected, e.g.::
+
+    /etc/devicelink/config.toml: [provider] issuer: expected an https:// URL, got 'http://id.example.com'
+
+The daemon exits with status 78 (EX_CONFIG) on it. Unknown keys are errors too:
+a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from devicelink.errors import ConfigError
+
+DEFAULT_PATH = "/etc/devicelink/config.toml"
+
+CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
+KEY_SOURCES = ("auto", "file", "credential")
+DISPLAY_DRIVERS = ("none", "terminal", "png", "ssd1306", "sh1106", "framebuffer")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    issuer: str
+    client_id: str
+    scope: str | None = None
+    device_authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+    client_auth: str = "none"
+    client_secret_file: Path | None = None
+    resource: tuple[str, ...] = ()
+    dpop: bool = False
+    allow_insecure_http: bool = False
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    restart_on_expiry: int = 2
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: Path = Path("/var/lib/devicelink")
+    key: str = "auto"
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    path: Path = Path("/run/devicelink/agent.sock")
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    driver: str = "none"
+    width: int | None = None
+    height: int | None = None
+    rotate: int = 0
+    i2c_port: int | None = None
+    i2c_address: int | None = None
+    spi_port: int | None = None
+    spi_device: int | None = None
+    framebuffer: Path | None = None
+    png_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    led: int | None = None
+    button: int | None = None
+    hold_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    name: str
+    user: str | None = None
+    uid: int | None = None
+    group: str | None = None
+    scope: str | None = None
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    provider: ProviderConfig
+    path: Path | None = None
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    socket: SocketConfig = field(default_factory=SocketConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+    gpio: GpioConfig | None = None
+    clients: tuple[ClientPolicy, ...] = ()
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("DEVICELINK_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (pass --config PATH or set DEVICELINK_CONFIG)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
+    v = _Validator(path)
+    v.only(raw, "", {"provider", "pairing", "storage", "socket", "display", "gpio", "client"})
+    if "provider" not in raw:
+        v.fail("[provider]", "missing section; it needs at least issuer and client_id")
+
+    provider = v.section(raw, "provider", ProviderConfig, {
+        "issuer": v.url, "client_id": v.text, "scope": v.text,
+        "device_authorization_endpoint": v.url, "token_endpoint": v.url, "revocation_endpoint": v.url,
+        "client_auth": v.choice(CLIENT_AUTH_METHODS), "client_secret_file": v.path,
+        "resource": v.resources, "dpop": v.boolean, "allow_insecure_http": v.boolean,
+    }, required=("issuer", "client_id"))
+    v.check_transport(provider)
+    v.check_client_auth(provider)
+
+    pairing = v.section(raw, "pairing", PairingConfig, {"restart_on_expiry": v.integer(0, 100)})
+    storage = v.section(raw, "storage", StorageConfig, {"state_dir": v.path, "key": v.choice(KEY_SOURCES)})
+    sock = v.section(raw, "socket", SocketConfig, {"path": v.socket_path})
+    display = v.section(raw, "display", DisplayConfig, {
+        "driver": v.choice(DISPLAY_DRIVERS), "width": v.integer(8, 8192), "height": v.integer(8, 8192),
+        "rotate": v.choice((0, 1, 2, 3)), "i2c_port": v.integer(0, 255), "i2c_address": v.integer(0x03, 0x77),
+        "spi_port": v.integer(0, 255), "spi_device": v.integer(0, 255), "framebuffer": v.path, "png_dir": v.path,
+    })
+    gpio = None
+    if "gpio" in raw:
+        gpio = v.section(raw, "gpio", GpioConfig, {
+            "led": v.integer(0, 63), "button": v.integer(0, 63), "hold_seconds": v.number(1, 600),
+        })
+    clients_raw = raw.get("client", [])
+    if not isinstance(clients_raw, list):
+        v.fail("[[client]]", "expected an array of tables ([[client]])")
+    clients = tuple(v.client(entry, i) for i, entry in enumerate(clients_raw))
+    return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
+                  display=display, gpio=gpio, clients=clients)
+
+
+class _Validator:
+    """Checks one file; each check returns the converted value or raises ConfigError."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path
+        self.base = path.parent
+
+    def fail(self, key: str, expected: str) -> None:
+        raise ConfigError(f"{self.file}: {key}: {expected}")
+
+    def only(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                self.fail(f"{where} {key}".strip(), "unknown key; expected one of " + ", ".join(sorted(allowed)))
+
+    def section(self, raw: dict[str, Any], name: str, cls: type, checks: dict[str, Callable[[str, Any], Any]],
+                required: tuple[str, ...] = ()) -> Any:
+        table = raw.get(name, {})
+        where = f"[{name}]"
+        if not isinstance(table, dict):
+            self.fail(where, "expected a table")
+        self.only(table, where, set(checks))
+        for key in required:
+            if key not in table:
+                self.fail(f"{where} {key}", "missing; this value is required")
+        return cls(**{key: checks[key](f"{where} {key}", value) for key, value in table.items()})
+
+    def client(self, entry: Any, index: int) -> ClientPolicy:
+        where = f"[[client]] #{index + 1}"
+        if not isinstance(entry, dict):
+            self.fail(where, "expected a table")
+        checks = {"name": self.text, "user": self.text, "uid": self.integer(0, 2**32 - 2),
+                  "group": self.text, "scope": self.text, "admin": self.boolean}
+        self.only(entry, where, set(checks))
+        if "name" not in entry:
+            self.fail(f"{where} name", "missing; every client needs a name")
+        if not any(k in entry for k in ("user", "uid", "group")):
+            self.fail(where, "needs one of user, uid or group to say which processes it matches")
+        return ClientPolicy(**{k: checks[k](f"{where} {k}", val) for k, val in entry.items()})
+
+    # -- value checks -------------------------------------------------------
+
+    def text(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(key, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def integer(self, low: int, high: int) -> Callable[[str, Any], int]:
+        def check(key: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                self.fail(key, f"expected an integer from {low} to {high}, got {_show(value)}")
+            return value
+        return check
+
+    def number(self, low: float, high: float) -> Callable[[str, Any], float]:
+        def check(key: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                self.fail(key, f"expected a number from {low:g} to {high:g}, got {_show(value)}")
+            return float(value)
+        return check
+
+    def choice(self, options: tuple[Any, ...]) -> Callable[[str, Any], Any]:
+        def check(key: str, value: Any) -> Any:
+            if isinstance(value, bool) or value not in options:
+                self.fail(key, "expected one of " + ", ".join(repr(o) for o in options) + f", got {_show(value)}")
+            return value
+        return check
+
+    def path(self, key: str, value: Any) -> Path:
+        text = self.text(key, value)
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def socket_path(self, key: str, value: Any) -> Path:
+        p = self.path(key, value)
+        if len(os.fsencode(p)) > 107:  # sun_path is 108 bytes with the NUL
+            self.fail(key, f"expected a path of at most 107 bytes (AF_UNIX limit), got {len(os.fsencode(p))}")
+        return p
+
+    def url(self, key: str, value: Any) -> str:
+        text = self.text(key, value)
+        parts = urlsplit(text)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            self.fail(key, f"expected an https:// URL, got {_show(text)}")
+        if parts.fragment or (key.endswith("issuer") and parts.query):
+            self.fail(key, f"expected a URL without query or fragment, got {_show(text)}")
+        return text
+
+    def resources(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(key, f"expected a list of absolute URIs, got {_show(value)}")
+        out = []
+        for item in value:  # RFC 8707 §2: absolute URI, no fragment
+            parts = urlsplit(item) if isinstance(item, str) else None
+            if parts is None or not parts.scheme or parts.fragment:
+                self.fail(key, f"expected absolute URIs without a fragment, got {_show(item)}")
+            out.append(item)
+        return tuple(out)
+
+    # -- rules across keys --------------------------------------------------
+
+    def check_transport(self, p: ProviderConfig) -> None:
+        """TLS always; plain http:// only to loopback, and only when asked for (RFC 8628 §3.1, RFC 8414 §6)."""
+        for name in ("issuer", "device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+            url = getattr(p, name)
+            if url is None or urlsplit(url).scheme == "https":
+                continue
+            if not is_loopback(url):
+                self.fail(f"[provider] {name}", f"expected an https:// URL, got {_show(url)} "
+                          "(http:// is allowed only for loopback hosts)")
+            if not p.allow_insecure_http:
+                self.fail(f"[provider] {name}", f"http:// URL {_show(url)} needs allow_insecure_http = true "
+                          "(loopback development servers only)")
+
+    def check_client_auth(self, p: ProviderConfig) -> None:
+        if p.client_auth in ("client_secret_basic", "client_secret_post") and p.client_secret_file is None:
+            self.fail("[provider] client_secret_file", f"missing; client_auth = {p.client_auth!r} needs it")
+        if p.client_auth == "private_key_jwt":
+            self.fail("[provider] client_auth", "'private_key_jwt' arrives with per-device identity; "
+                      "expected 'none', 'client_secret_basic' or 'client_secret_post' in this version")
+        if p.dpop:
+            self.fail("[provider] dpop", "DPoP arrives with per-device identity; expected false in this version")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,497 @@
+"""One device's grant: pairing, silent refresh, unpairing, and the answers the socket gives.
+
+A :class:`Device` holds everything about one device and nothing is global, so
+a simulator can run thousands of them in one event loop. It implements the
+socket's ``Agent`` protocol (``ipc/routes.py``). Rules it keeps:
+
+- One refresh at a time, however many apps ask (RFC 9700 §4.14.2: presenting a
+  rotated-away refresh token can revoke the whole grant). Callers share the
+  refresh in flight.
+- A rotated refresh token is written to disk before the new access token is served.
+- Only ``invalid_grant`` ends a grant. Network faults, 5xx and other refusals
+  keep it: the cached access token is served until it expires (state
+  ``offline``) and the refresh is retried with capped, jittered backoff.
+- Nothing here reads the wall clock except to write it to the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from devicelink import __version__
+from devicelink.config import Config, ProviderConfig, is_loopback
+from devicelink.display.base import Display, NullDisplay, Screen
+from devicelink.errors import (AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation,
+                               StoreError)
+from devicelink.ipc.routes import ApiError, Peer, TokenQuery
+from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_state
+from devicelink.oauth import grant
+from devicelink.oauth import messages as m
+from devicelink.oauth.http import OAuthHttp
+from devicelink.tokens.model import TokenSet
+from devicelink.tokens.store import EncryptedFileStore
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
+PAIR_ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
+
+
+class Device:
+    def __init__(self, cfg: Config, store: EncryptedFileStore, http: OAuthHttp, *,
+                 display: Display | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
+        self.cfg, self.provider = cfg, cfg.provider
+        self.store, self.http = store, http
+        self.display = display or NullDisplay()
+        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
+        self.rng = rng or random.Random()
+        self.state = State.UNPAIRED
+        self.tokens: TokenSet | None = None
+        self.endpoints: m.Endpoints | None = _configured_endpoints(self.provider)
+        self.pairing: PairingCode | None = None
+        self.message: str | None = None
+        self.last_error: str | None = None
+        self.last_refresh: float | None = None  # wall clock, for status only
+        self._refresh_backoff = grant.Backoff(self.rng, base=5.0)
+        self._retry_at = 0.0  # no refresh attempt before this (monotonic), after a failure
+        self._last_attempt = float("-inf")
+        self._inflight: asyncio.Future[None] | None = None
+        self._pairing_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._code_shown = asyncio.Event()
+        self._tokens_changed = asyncio.Event()
+        self._unsaved = False
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def _move(self, event: Event) -> None:
+        old, self.state = self.state, next_state(self.state, event)
+        if old is not self.state:
+            logger.info("state %s -> %s", old, self.state)
+        if self.state is not State.PAIRING:
+            self.pairing = None
+        self._redraw()
+
+    def _redraw(self) -> None:
+        account = self.tokens.account if self.tokens else None
+        screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message)
+        try:
+            self.display.show(screen, self.clock())
+        except Exception:  # a broken panel must not take the grant down with it
+            logger.exception("the display failed to draw")
+
+    async def start(self) -> None:
+        """Restore a stored grant, or show a code (a device that boots unpaired pairs, RFC-CHECKLIST A3)."""
+        record = await self._load()
+        if record is not None:
+            self.tokens = record
+            self._move(Event.RESTORED)
+            logger.info("restored the grant%s", self._account_suffix())
+            self._refresh_task = asyncio.create_task(self._keep_fresh())
+        else:
+            self._start_pairing()
+
+    async def stop(self) -> None:
+        for task in (self._pairing_task, self._refresh_task, self._ticker, self._inflight):
+            if task is not None:
+                task.cancel()
+        for task in (self._pairing_task, self._refresh_task, self._ticker, self._inflight):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if self._unsaved and self.tokens is not None:
+            await self._save(self.tokens)
+
+    # -- the Agent protocol of ipc/routes.py ------------------------------------
+
+    async def token(self, query: TokenQuery, peer: Peer) -> dict[str, Any]:
+        self._require_grant()
+        if query.resource:
+            raise ApiError("invalid_request", "resource indicators (RFC 8707) are not supported in this version")
+        if query.scope:
+            granted = set((self.tokens.scope if self.tokens and self.tokens.scope else self.provider.scope or "").split())
+            missing = [s for s in query.scope.split() if s not in granted]
+            if missing:
+                raise ApiError("forbidden", f"scope {' '.join(missing)!r} is not part of the grant")
+        tokens = self.tokens
+        assert tokens is not None
+        now = self.clock()
+        # A token fresher than half its lifetime always satisfies min_ttl: otherwise a
+        # server issuing short tokens and an app asking a long min_ttl would refresh on every call.
+        wanted = min(query.min_ttl, tokens.lifetime / 2)
+        if not tokens.valid_for(wanted, now) and now >= self._retry_at:
+            await self.refresh()
+            self._require_grant()
+            tokens = self.tokens
+            assert tokens is not None
+            now = self.clock()
+        if not tokens.valid_for(0, now):
+            raise ApiError("upstream_unavailable", "the access token expired and the authorization server "
+                           f"cannot be reached to refresh it ({self.last_error or 'no answer'})")
+        return {"access_token": tokens.access_token, "token_type": "Bearer",
+                "expires_in": int(tokens.expires_in(now)), "scope": tokens.scope or self.provider.scope or ""}
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        code = self.pairing
+        account = self.tokens.account if self.tokens else None
+        return {
+            "state": self.state.value,
+            "pairing": {"user_code": code.user_code, "verification_uri": code.verification_uri,
+                        "verification_uri_complete": code.verification_uri_complete,
+                        "expires_in": code.expires_in(now)} if code else None,
+            "account": {"sub": account.sub, "name": account.name} if account else None,
+            "access_token_expires_in": max(0, int(self.tokens.expires_in(now)))
+            if self.tokens and self.state in HOLDS_GRANT else None,
+            "last_refresh": _iso(self.last_refresh),
+            "last_error": self.last_error,
+            "message": self.message,
+            "clock_synced": clock_synced(),
+            "version": __version__,
+        }
+
+    def healthy(self) -> bool:
+        if self.state is State.PAIRING:
+            return True
+        return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
+
+    async def pair(self, peer: Peer) -> dict[str, Any]:
+        self._require_admin(peer, "pair")
+        if self.state in HOLDS_GRANT:
+            raise ApiError("invalid_request", f"already paired{self._account_suffix()}; unpair first")
+        self._start_pairing()
+        try:
+            await asyncio.wait_for(self._code_shown.wait(), PAIR_ANSWER_WAIT)
+        except TimeoutError:
+            pass  # still connecting: the status says so
+        return self.status()
+
+    async def unpair(self, peer: Peer) -> dict[str, Any]:
+        self._require_admin(peer, "unpair")
+        tokens = self.tokens
+        await self._cancel_tasks()
+        self.tokens = None
+        self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
+        try:
+            await asyncio.to_thread(self.store.clear)
+        except StoreError as exc:
+            logger.error("%s", exc)
+            self.last_error = str(exc)
+        self._move(Event.UNPAIRED)
+        error = await self._revoke(tokens) if tokens else None
+        return {"state": self.state.value, "revoked": error is None and bool(tokens and self._can_revoke()),
+                "revocation_error": error}
+
+    # -- pairing ----------------------------------------------------------------
+
+    def _start_pairing(self) -> None:
+        if self._pairing_task is not None:
+            self._pairing_task.cancel()
+        self._code_shown.clear()
+        self.message = None
+        self._move(Event.PAIR_REQUESTED)
+        self._pairing_task = asyncio.create_task(self._pair())
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+
+    async def _pair(self) -> None:
+        expired_in_a_row = 0
+        while True:
+            try:
+                endpoints = await self._resolve_endpoints()
+                flow = grant.device_flow(endpoints, self.provider.scope, self.provider.resource,
+                                         self.provider.issuer, self.provider.client_id, self.rng)
+                tokens = await self.http.run(flow, show=self._show_code, sleep=self.sleep, observe=self._observe)
+            except asyncio.CancelledError:
+                raise
+            except DeviceCodeExpired:
+                expired_in_a_row += 1
+                if expired_in_a_row <= self.cfg.pairing.restart_on_expiry:
+                    logger.info("the code expired; showing a new one (%d of %d)",
+                                expired_in_a_row, self.cfg.pairing.restart_on_expiry)
+                    self._move(Event.CODE_REPLACED)
+                    continue
+                # RFC 8628 §3.5: after expired_token, wait for the user before starting again.
+                self.message = "The code expired. Press the button or run `devicelink pair` for a new one."
+                logger.info("the code expired; waiting for the user to ask for a new one")
+                self._move(Event.CODE_EXPIRED)
+                return
+            except AuthorizationDenied as exc:
+                self._fail_pairing(Event.DENIED, str(exc))
+                return
+            except (GrantFailed, ProtocolViolation) as exc:
+                self._fail_pairing(Event.PAIRING_FAILED, str(exc))
+                return
+            self.last_error = None
+            self.message = None
+            self.tokens = tokens
+            await self._save(tokens)
+            self._move(Event.PAIRED)
+            logger.info("paired%s", self._account_suffix())
+            self._refresh_task = asyncio.create_task(self._keep_fresh())
+            return
+
+    def _fail_pairing(self, event: Event, reason: str) -> None:
+        logger.error("pairing failed: %s", reason)
+        self.last_error = reason
+        self.message = "Pairing failed. Press the button or run `devicelink pair` to try again."
+        self._move(event)
+
+    async def _resolve_endpoints(self) -> m.Endpoints:
+        configured = _configured_endpoints(self.provider)
+        if configured and configured.device_authorization_endpoint:
+            return configured
+        backoff = grant.Backoff(self.rng)
+        metadata = await self.http.run(grant.discover(self.provider.issuer, backoff), sleep=self.sleep,
+                                       observe=self._observe)
+        endpoints = grant.resolve_endpoints(metadata, configured)
+        for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+            url = getattr(endpoints, name)
+            if url and not _transport_allowed(url, self.provider):
+                raise ProtocolViolation(f"the discovery document's {name} {url!r} is not https")
+        self.endpoints = endpoints
+        return endpoints
+
+    def _show_code(self, step: grant.Show) -> None:
+        self.pairing = step.code
+        self.last_error = None
+        logger.info("pairing: enter code %s at %s", step.code.user_code, step.code.verification_uri)
+        self._code_shown.set()
+        self._redraw()
+
+    async def _tick(self) -> None:
+        """Keep the countdown on screen moving while a code is shown."""
+        while self.state is State.PAIRING:
+            await self.sleep(1.0)
+            if self.pairing is not None:
+                self._redraw()
+
+    def _observe(self, reply: m.Reply) -> None:
+        if isinstance(reply, m.Failure):
+            self.last_error = f"cannot reach the authorization server: {reply.reason}"
+        elif m.is_transient(reply):
+            self.last_error = f"the authorization server answered {m.describe(reply)}"
+
+    # -- refreshing -------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Refresh now, or join the refresh already in flight."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._inflight)
+
+    async def _refresh(self) -> None:
+        tokens, endpoints = self.tokens, self.endpoints
+        if tokens is None or self.state not in (State.PAIRED, State.OFFLINE):
+            return
+        self._move(Event.REFRESH_STARTED)
+        self._last_attempt = self.clock()
+        if not tokens.refresh_token or endpoints is None:
+            self._reject("the server issued no refresh token; pair again" if not tokens.refresh_token
+                         else "no token endpoint is known; pair again")
+            return
+        reply = await self.http.send(m.refresh_request(endpoints, tokens.refresh_token))
+        error = m.oauth_error(reply) if isinstance(reply, m.Response) else None
+        if error == "invalid_grant":
+            # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
+            self._reject("the authorization server rejected the refresh token (invalid_grant); pair again")
+            return
+        try:
+            if m.is_transient(reply) or error is not None:
+                raise GrantFailed(f"refresh failed: {m.describe(reply) if isinstance(reply, m.Response) else reply.reason}",
+                                  error)
+            assert isinstance(reply, m.Response)
+            fresh = tokens.rotated(m.parse_tokens(reply, self.provider.issuer, self.provider.client_id))
+        except (GrantFailed, ProtocolViolation) as exc:
+            self._refresh_failed(reply, str(exc))
+            return
+        # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
+        # token is served, or a crash now would leave only a dead refresh token behind.
+        await self._save(fresh)
+        self.tokens = fresh
+        self.last_refresh = self.wall_clock()
+        self.last_error = None
+        self._refresh_backoff.reset()
+        self._retry_at = 0.0
+        self._move(Event.REFRESH_SUCCEEDED)
+        self._tokens_changed.set()
+
+    def _refresh_failed(self, reply: m.Reply, reason: str) -> None:
+        delay = grant.transient_delay(reply, self._refresh_backoff)
+        self._retry_at = self.clock() + delay
+        self.last_error = reason
+        logger.warning("%s; keeping the grant, next try in %.0f s", reason, delay)
+        self._move(Event.REFRESH_FAILED)
+        self._tokens_changed.set()
+
+    def _reject(self, reason: str) -> None:
+        logger.error("%s", reason)
+        self.last_error = reason
+        self.tokens = None
+        self.message = "Pairing needed again. Press the button or run `devicelink pair`."
+        try:
+            self.store.clear()
+        except StoreError as exc:
+            logger.error("%s", exc)
+        self._move(Event.REFRESH_REJECTED)
+
+    async def _keep_fresh(self) -> None:
+        """Refresh before expiry, with jitter; after a failure, at the backoff's time."""
+        while self.tokens is not None and self.state in HOLDS_GRANT:
+            due = self._retry_at if self.state is State.OFFLINE else self.tokens.refresh_due(self.rng)
+            due = max(due, self._last_attempt + MIN_REFRESH_SPACING)
+            self._tokens_changed.clear()
+            delay = due - self.clock()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._tokens_changed.wait(), delay)
+                    continue  # an on-demand refresh moved the schedule
+                except TimeoutError:
+                    pass
+            await self.refresh()
+
+    # -- storage ----------------------------------------------------------------
+
+    async def _load(self) -> TokenSet | None:
+        from devicelink.errors import StoreUnreadable
+
+        try:
+            record = await asyncio.to_thread(self.store.load)
+        except StoreUnreadable as exc:
+            logger.error("%s; starting unpaired", exc)
+            self.last_error = str(exc)
+            return None
+        if record is None:
+            return None
+        if record.get("issuer") != self.provider.issuer or record.get("client_id") != self.provider.client_id:
+            logger.warning("the stored grant belongs to another issuer or client_id; starting unpaired")
+            return None
+        try:
+            tokens = TokenSet.from_record(record["tokens"], self.clock(), self.wall_clock())
+            stored = record.get("endpoints")
+            if stored:  # discovered at pairing; explicit endpoints in the config still win
+                configured = {k: v for k, v in (vars(self.endpoints) if self.endpoints else {}).items() if v}
+                self.endpoints = m.Endpoints(**{**stored, **configured})
+        except (KeyError, TypeError, ValueError):
+            logger.error("%s: the state record is incomplete; starting unpaired", self.store.path)
+            return None
+        return tokens
+
+    async def _save(self, tokens: TokenSet) -> None:
+        record = {
+            "version": RECORD_VERSION,
+            "issuer": self.provider.issuer,
+            "client_id": self.provider.client_id,
+            "endpoints": vars(self.endpoints) if self.endpoints else None,
+            "tokens": tokens.to_record(self.clock(), self.wall_clock()),
+        }
+        try:
+            await asyncio.to_thread(self.store.save, record)
+            self._unsaved = False
+        except StoreError as exc:
+            # Keep serving from memory (the old refresh token may already be dead at the
+            # server); the next refresh tries to save again.
+            self._unsaved = True
+            self.last_error = str(exc)
+            logger.error("%s; the grant is held in memory only", exc)
+
+    # -- unpairing --------------------------------------------------------------
+
+    def _can_revoke(self) -> bool:
+        return bool(self.endpoints and self.endpoints.revocation_endpoint)
+
+    async def _revoke(self, tokens: TokenSet) -> str | None:
+        """RFC 7009: revoke the refresh token (which SHOULD take its access tokens with it).
+        Returns why it failed, or None."""
+        if not self._can_revoke():
+            logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
+            return None
+        assert self.endpoints is not None
+        token, hint = (tokens.refresh_token, "refresh_token") if tokens.refresh_token \
+            else (tokens.access_token, "access_token")
+        reply = await self.http.send(m.revocation_request(self.endpoints, token, hint))
+        if isinstance(reply, m.Response) and reply.status == 200:  # §2.2: 200 even if already invalid
+            logger.info("the grant was revoked at the server")
+            return None
+        reason = reply.reason if isinstance(reply, m.Failure) else m.describe(reply)
+        self.last_error = f"revocation failed: {reason}"
+        logger.warning("revocation failed: %s; the grant was forgotten locally", reason)
+        return self.last_error
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        for task in (self._pairing_task, self._refresh_task, self._inflight):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._pairing_task = self._refresh_task = self._inflight = None
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _require_grant(self) -> None:
+        if self.state in HOLDS_GRANT and self.tokens is not None:
+            return
+        if self.state is State.PAIRING:
+            raise ApiError("pairing_in_progress", "the device is pairing; approve the code on screen")
+        if self.state is State.REAUTH_REQUIRED:
+            raise ApiError("reauth_required", f"the device must be paired again ({self.last_error or 'grant ended'})")
+        raise ApiError("not_paired", "the device is not paired; run `devicelink pair`")
+
+    def _require_admin(self, peer: Peer, action: str) -> None:
+        """Until per-app policy lands, root, the daemon's own user, and [[client]] entries
+        with admin = true (matched by uid or user) may pair and unpair."""
+        if peer.uid in (0, os.getuid()):
+            return
+        for client in self.cfg.clients:
+            if client.admin and (client.uid == peer.uid or (client.user and _uid_of(client.user) == peer.uid)):
+                return
+        raise ApiError("forbidden", f"uid {peer.uid} may not {action} (not an admin client)")
+
+    def _account_suffix(self) -> str:
+        account = self.tokens.account if self.tokens else None
+        return f" as {account.name or account.sub}" if account else ""
+
+
+def _configured_endpoints(p: ProviderConfig) -> m.Endpoints | None:
+    if not p.token_endpoint:
+        return None
+    return m.Endpoints(p.token_endpoint, p.device_authorization_endpoint, p.revocation_endpoint)
+
+
+def _transport_allowed(url: str, p: ProviderConfig) -> bool:
+    return url.startswith("https://") or (p.allow_insecure_http and url.startswith("http://") and is_loopback(url))
+
+
+def _uid_of(user: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _iso(wall: float | None) -> str | None:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds") if wall else None
+
+
+def clock_synced() -> bool | None:
+    """True when systemd-timesyncd says the clock is synchronised; None when unknown."""
+    return True if os.path.exists("/run/systemd/timesync/synchronized") else None

@@ -1,0 +1,177 @@
+"""The device authorization grant (RFC 8628) as a generator. No I/O, no clock reads.
+
+The generator yields :class:`Send` (a request, and the earliest monotonic time
+it may go out) and :class:`Show` (a code for the screen); the adapter in
+``oauth/http.py`` sends the request and sends back the :class:`Response` or
+:class:`Failure`, which carries the time it arrived. So every timing rule is
+decided here, and tests step the grant by hand:
+
+- polls are spaced ``interval`` seconds from the *previous answer*, never
+  overlap (one request at a time by construction), and stop locally at the
+  code's ``expires_in`` whatever the server keeps saying (RFC 8628 §3.5, G6);
+- ``slow_down`` adds 5 s for this and all later polls and never drops below an
+  interval the server sends (§3.5, G9, G10);
+- no answer, 5xx and 429 back off exponentially with jitter, capped (§3.5
+  "reduce its polling frequency"; G3, G13, G14), honouring ``Retry-After``;
+- ``access_denied``, ``expired_token`` and every other error end the flow (§3.5).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Generator
+
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.lifecycle import PairingCode
+from devicelink.oauth import messages as m
+from devicelink.tokens.model import TokenSet
+
+SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
+
+#: Errors that mean the user said no. Entra says authorization_declined (RFC-CHECKLIST F).
+DENIED = frozenset({"access_denied", "authorization_declined"})
+#: Errors that mean the code is dead. Entra/ADAL say code_expired (G22); Auth0 says
+#: invalid_grant after its one expired_token.
+EXPIRED = frozenset({"expired_token", "code_expired"})
+
+
+@dataclass(frozen=True)
+class Send:
+    request: m.Request
+    not_before: float | None = None  # monotonic; None = now
+
+
+@dataclass(frozen=True)
+class Show:
+    code: PairingCode
+
+
+Step = Send | Show
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter: delays of base·2^(n-1), scaled by
+    0.5–1.0 so a fleet that lost the same server does not come back in step."""
+
+    rng: random.Random
+    base: float = 2.0
+    cap: float = 300.0
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay = min(self.cap, self.base * 2 ** min(self.failures - 1, 30))
+        return delay * (0.5 + self.rng.random() / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def reply_time(reply: m.Reply) -> float:
+    return reply.at if isinstance(reply, m.Failure) else reply.received_at
+
+
+def transient_delay(reply: m.Reply, backoff: Backoff) -> float:
+    """How long to wait after a transient failure: the backoff, or longer when the server asks."""
+    delay = backoff.next_delay()
+    if isinstance(reply, m.Response):
+        delay = max(delay, min(m.retry_after(reply) or 0.0, 3600.0))
+    return delay
+
+
+def exchange(request: m.Request, backoff: Backoff) -> Generator[Step, m.Reply, m.Response]:
+    """Send ``request`` until the server gives an answer that is not a transient failure."""
+    not_before = None
+    while True:
+        reply = yield Send(request, not_before)
+        if not m.is_transient(reply):
+            backoff.reset()
+            assert isinstance(reply, m.Response)
+            return reply
+        not_before = reply_time(reply) + transient_delay(reply, backoff)
+
+
+def discover(issuer: str, backoff: Backoff) -> Generator[Step, m.Reply, dict]:
+    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly."""
+    answers = []
+    for request in m.metadata_requests(issuer):
+        resp = yield from exchange(request, backoff)
+        if resp.status == 200:
+            return m.parse_metadata(resp, issuer)
+        answers.append(f"{request.url} answered {resp.status}")
+    raise ProtocolViolation("no discovery document: " + "; ".join(answers)
+                            + " (set the endpoints in [provider] for servers without discovery)")
+
+
+def resolve_endpoints(metadata: dict, configured: m.Endpoints | None) -> m.Endpoints:
+    """Explicit endpoints in the config win over discovered ones (RFC-CHECKLIST C5, G26)."""
+    def pick(name: str) -> str | None:
+        value = getattr(configured, name, None) if configured else None
+        found = metadata.get(name)
+        return value or (found if isinstance(found, str) else None)
+
+    token = pick("token_endpoint")
+    device = pick("device_authorization_endpoint")
+    if not token or not device:
+        missing = "token_endpoint" if not token else "device_authorization_endpoint"
+        raise ProtocolViolation(f"the server's metadata has no {missing}; set it in [provider]")
+    return m.Endpoints(token_endpoint=token, device_authorization_endpoint=device,
+                       revocation_endpoint=pick("revocation_endpoint"))
+
+
+def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, ...],
+                issuer: str, client_id: str, rng: random.Random) -> Generator[Step, m.Reply, TokenSet]:
+    """One device authorization and its polling, to tokens or to a :class:`GrantFailed`."""
+    backoff = Backoff(rng)
+    resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource), backoff)
+    if (error := m.oauth_error(resp)) is not None:
+        raise GrantFailed(f"the server refused the device authorization: {error}", error)
+    code = m.parse_device_authorization(resp)
+    yield Show(PairingCode(code.user_code, code.verification_uri, code.verification_uri_complete,
+                           code.expires_at))
+
+    poll = m.device_token_request(endpoints, code)
+    interval = code.interval
+    backoff = Backoff(rng, base=interval)
+    next_at = resp.received_at + interval  # §3.5: wait before the first poll too
+    while True:
+        if next_at >= code.expires_at:
+            raise DeviceCodeExpired("the code expired before it was approved", "expired_token")
+        reply = yield Send(poll, next_at)
+        at = reply_time(reply)
+        error = m.oauth_error(reply) if isinstance(reply, m.Response) else None
+        if isinstance(reply, m.Response) and reply.status == 429 and error in (None, "slow_down"):
+            error = "slow_down"  # G3: a bare 429 is the server asking us to slow down
+        elif m.is_transient(reply):
+            next_at = at + max(interval, transient_delay(reply, backoff))
+            continue
+        backoff.reset()
+        assert isinstance(reply, m.Response)
+        if error is None and reply.status == 200 and m.body_fields(reply) is not None:
+            return m.parse_tokens(reply, issuer, client_id)
+        if error == "authorization_pending":
+            interval = max(interval, _interval_hint(reply))
+        elif error == "slow_down":
+            interval = max(interval + SLOW_DOWN_STEP, _interval_hint(reply))
+        elif error in DENIED:
+            raise AuthorizationDenied("the request was declined on the phone", error)
+        elif error in EXPIRED:
+            raise DeviceCodeExpired("the code expired before it was approved", error)
+        elif error is None:
+            # No OAuth answer at all (an HTML page from a proxy): not an end, but no faster polling.
+            next_at = at + max(interval, transient_delay(reply, backoff))
+            continue
+        else:
+            raise GrantFailed(f"the server ended the pairing: {error}", error)
+        next_at = at + max(interval, min(m.retry_after(reply) or 0.0, 3600.0))
+
+
+def _interval_hint(resp: m.Response) -> int:
+    """An ``interval`` the server put in a polling answer (GitHub does, with slow_down)."""
+    data = m.body_fields(resp) or {}
+    value = data.get("interval")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+        return 0
+    return int(value)

@@ -1,0 +1,320 @@
+"""OAuth messages as data: the requests we build and the answers we parse. No I/O.
+
+Servers disagree with the RFCs in many small ways (RFC-CHECKLIST F): errors
+come back with any HTTP status, GitHub answers 200 with an error body, Google
+says ``verification_url``, AWS speaks camelCase. The parsers here accept those
+spellings and reject what cannot be used, with a :class:`ProtocolViolation`
+whose message names the field but never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+from devicelink.errors import ProtocolViolation
+from devicelink.tokens.model import DEFAULT_LIFETIME, Account, TokenSet
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+#: RFC 8628 §3.2: "If no value is provided, clients MUST use 5 as the default."
+DEFAULT_INTERVAL = 5
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request to the authorization server.
+
+    ``kind`` names it in logs and metrics; ``authenticate`` asks the adapter to
+    add client authentication (RFC 6749 §2.3), which the core never sees.
+    """
+
+    kind: str
+    url: str
+    form: tuple[tuple[str, str], ...] = ()
+    method: str = "POST"
+    authenticate: bool = True
+
+    def __repr__(self) -> str:  # forms carry device codes and refresh tokens
+        return f"Request({self.kind} {self.method} {self.url})"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    received_at: float  # monotonic
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {len(self.body)} bytes)"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """No usable HTTP answer: DNS, connect, TLS, timeout, reset, or a body over the size cap."""
+
+    reason: str
+    at: float  # monotonic
+
+
+Reply = Response | Failure
+
+
+@dataclass(frozen=True, repr=False)
+class DeviceAuthorization:
+    """RFC 8628 §3.2. ``device_code`` is a bearer secret: it stays in memory and out of logs."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_at: float  # monotonic
+    interval: int
+
+    def __repr__(self) -> str:
+        return f"DeviceAuthorization(user_code={self.user_code!r}, uri={self.verification_uri!r})"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    token_endpoint: str
+    device_authorization_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+
+
+# -- parsing ------------------------------------------------------------------
+
+
+def body_fields(resp: Response) -> dict[str, Any] | None:
+    """The response body as a dict: JSON, or form-encoded (GitHub without an Accept header).
+    None when it is neither."""
+    ctype = resp.headers.get("content-type", "")
+    if "application/x-www-form-urlencoded" in ctype:
+        try:
+            return dict(parse_qsl(resp.body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return None
+    try:
+        data = json.loads(resp.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def oauth_error(resp: Response) -> str | None:
+    """The RFC 6749 §5.2 ``error`` code, whatever the HTTP status (RFC-CHECKLIST G1, G2, G8)."""
+    data = body_fields(resp)
+    if data is None:
+        return None
+    error = data.get("error")
+    return error if isinstance(error, str) and error else None
+
+
+#: Error codes that say "not now" rather than "no" (RFC 6749 §4.1.2.1, used by token endpoints too).
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+
+
+def is_transient(reply: Reply) -> bool:
+    """Worth retrying later: no answer, a 5xx or 429 without a definite OAuth error, or
+    ``temporarily_unavailable``. Everything else is the server's real answer."""
+    if isinstance(reply, Failure):
+        return True
+    error = oauth_error(reply)
+    if error in TRANSIENT_ERRORS:
+        return True
+    if reply.status >= 500 or reply.status == 429:
+        return error in (None, "slow_down")
+    return False
+
+
+def retry_after(resp: Response) -> float | None:
+    """RFC 9110 §10.2.3 ``Retry-After``: seconds, or an HTTP date read against the
+    response's own ``Date`` (the device's wall clock may be wrong)."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        then = email.utils.parsedate_to_datetime(value)
+        now = email.utils.parsedate_to_datetime(resp.headers.get("date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, (then - now).total_seconds())
+
+
+def _field(data: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if data.get(name) not in (None, ""):
+            return data[name]
+    return None
+
+
+def _seconds(value: Any, name: str) -> int:
+    """A positive number of seconds; some servers send it as a string (Entra v1)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ProtocolViolation(f"the server sent an invalid {name} (expected seconds)")
+    return int(value)
+
+
+def _web_uri(value: Any, name: str) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ProtocolViolation(f"the server sent an invalid {name} (expected an http(s) URL)")
+    return value
+
+
+def parse_device_authorization(resp: Response) -> DeviceAuthorization:
+    """RFC 8628 §3.2, with the aliases of RFC-CHECKLIST F (``verification_url``, camelCase)."""
+    data = body_fields(resp)
+    if data is None:
+        raise ProtocolViolation(f"the device authorization endpoint answered {resp.status} without a JSON object")
+    device_code = _field(data, "device_code", "deviceCode")
+    user_code = _field(data, "user_code", "userCode")
+    uri = _field(data, "verification_uri", "verification_url", "verificationUri", "verificationUrl")
+    complete = _field(data, "verification_uri_complete", "verification_url_complete", "verificationUriComplete")
+    expires_in = _field(data, "expires_in", "expiresIn")
+    interval = _field(data, "interval")
+    for name, value in (("device_code", device_code), ("user_code", user_code),
+                        ("verification_uri", uri), ("expires_in", expires_in)):
+        if value is None:
+            raise ProtocolViolation(f"the device authorization response has no {name}")
+    if not isinstance(device_code, str) or not isinstance(user_code, str) or len(user_code) > 64:
+        raise ProtocolViolation("the device authorization response has an invalid device_code or user_code")
+    lifetime = _seconds(expires_in, "expires_in")
+    if lifetime == 0:
+        raise ProtocolViolation("the device authorization response has expires_in = 0")
+    return DeviceAuthorization(
+        device_code=device_code,
+        user_code=user_code,
+        verification_uri=_web_uri(uri, "verification_uri"),
+        verification_uri_complete=_web_uri(complete, "verification_uri_complete") if complete else None,
+        expires_at=resp.received_at + lifetime,
+        # RFC 8628 §3.2: 5 when absent. A floor of 1 s keeps a server that says 0 from being hammered.
+        interval=max(1, _seconds(interval, "interval")) if interval is not None else DEFAULT_INTERVAL,
+    )
+
+
+def parse_tokens(resp: Response, issuer: str, client_id: str) -> TokenSet:
+    """RFC 6749 §5.1. Unknown fields are ignored (MUST); an unknown token_type is
+    refused (§7.1 MUST NOT use it)."""
+    data = body_fields(resp)
+    if data is None or resp.status != 200:
+        raise ProtocolViolation(f"the token endpoint answered {resp.status} without a token response")
+    access_token = data.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise ProtocolViolation("the token response has no access_token")
+    token_type = data.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise ProtocolViolation(f"the token response has token_type {token_type!r}; only Bearer is supported")
+    expires_in = data.get("expires_in")
+    lifetime = float(_seconds(expires_in, "expires_in")) if expires_in is not None else DEFAULT_LIFETIME
+    refresh_token = data.get("refresh_token")
+    if refresh_token is not None and (not isinstance(refresh_token, str) or not refresh_token):
+        raise ProtocolViolation("the token response has an invalid refresh_token")
+    scope = data.get("scope")
+    if isinstance(scope, list):  # some servers send a JSON array
+        scope = " ".join(str(s) for s in scope)
+    if scope is not None and not isinstance(scope, str):
+        raise ProtocolViolation("the token response has an invalid scope")
+    id_token = data.get("id_token")
+    return TokenSet(
+        access_token=access_token,
+        token_type=token_type,
+        obtained_at=resp.received_at,
+        expires_at=resp.received_at + lifetime,
+        refresh_token=refresh_token,
+        scope=scope.replace(",", " ") if scope else None,  # GitHub separates with commas
+        account=account_from_id_token(id_token, issuer, client_id) if isinstance(id_token, str) else None,
+    )
+
+
+def account_from_id_token(id_token: str, issuer: str, client_id: str) -> Account | None:
+    """The signed-in account, for the screen and status only (RFC 8628 §5.1: let the owner
+    notice a wrong account). The ID token came straight from the token endpoint over TLS, so
+    its signature need not be checked (OIDC Core §3.1.3.7 item 6), but iss and aud must match."""
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if not isinstance(claims, dict) or claims.get("iss") != issuer:
+        return None
+    aud = claims.get("aud")
+    if client_id not in (aud if isinstance(aud, list) else [aud]):
+        return None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        return None
+    name = _field(claims, "name", "preferred_username", "email")
+    return Account(sub=sub, name=name if isinstance(name, str) else None)
+
+
+def describe(resp: Response) -> str:
+    """One line about an answer for logs and ``last_error``: the status and the OAuth error
+    code, never the body (it may echo a token)."""
+    error = oauth_error(resp)
+    return f"HTTP {resp.status}" + (f" {error}" if error else "")
+
+
+# -- building -----------------------------------------------------------------
+
+
+def device_authorization_request(endpoints: Endpoints, scope: str | None,
+                                 resource: tuple[str, ...] = ()) -> Request:
+    """RFC 8628 §3.1 (client_id or client authentication is added by the adapter)."""
+    form = ([("scope", scope)] if scope else []) + [("resource", r) for r in resource]
+    assert endpoints.device_authorization_endpoint
+    return Request("device_authorization", endpoints.device_authorization_endpoint, tuple(form))
+
+
+def device_token_request(endpoints: Endpoints, code: DeviceAuthorization) -> Request:
+    """RFC 8628 §3.4."""
+    return Request("device_token", endpoints.token_endpoint,
+                   (("grant_type", DEVICE_CODE_GRANT), ("device_code", code.device_code)))
+
+
+def refresh_request(endpoints: Endpoints, refresh_token: str, scope: str | None = None) -> Request:
+    """RFC 6749 §6."""
+    form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
+    if scope:
+        form.append(("scope", scope))
+    return Request("refresh", endpoints.token_endpoint, tuple(form))
+
+
+def revocation_request(endpoints: Endpoints, token: str, hint: str) -> Request:
+    """RFC 7009 §2.1."""
+    assert endpoints.revocation_endpoint
+    return Request("revocation", endpoints.revocation_endpoint, (("token", token), ("token_type_hint", hint)))
+
+
+def metadata_requests(issuer: str) -> list[Request]:
+    """RFC 8414 §3 (well-known segment between host and path), then OIDC Discovery §4 (appended)."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return [
+        Request("discovery", f"{origin}/.well-known/oauth-authorization-server{path}", method="GET",
+                authenticate=False),
+        Request("discovery", f"{origin}{path}/.well-known/openid-configuration", method="GET",
+                authenticate=False),
+    ]
+
+
+def parse_metadata(resp: Response, issuer: str) -> dict[str, Any]:
+    """RFC 8414 §3.2/§3.3: the issuer in the document MUST be identical to ours, else it MUST NOT be used."""
+    data = body_fields(resp)
+    if resp.status != 200 or data is None:
+        raise ProtocolViolation(f"the discovery document answered {resp.status} without a JSON object")
+    if data.get("issuer") != issuer:
+        raise ProtocolViolation(f"the discovery document names issuer {str(data.get('issuer'))[:80]!r}, "
+                                f"expected exactly {issuer!r} (RFC 8414 §3.3)")
+    return data

@@ -1,0 +1,189 @@
+// Test-only OAuth 2.0 / OpenID Connect authorization server for devicelink's
+// end-to-end tests, built on the `oidc-provider` package (pinned in
+// package.json). It is NOT a production configuration: it serves plain HTTP on
+// loopback, keeps everything in memory, and lets anyone "log in" with any name
+// through oidc-provider's devInteractions pages.
+//
+//   node tests/oidc_provider/server.mjs PORT      (PORT 0 = any free port)
+//
+// When it is listening it prints exactly one line to stdout:
+//
+//   issuer http://127.0.0.1:PORT
+//
+// and nothing else to stdout afterwards; oidc-provider's own notices and
+// warnings, and any server error, go to stderr. It stops on SIGTERM or SIGINT.
+//
+// Environment (all optional, test-only):
+//   OP_ACCESS_TOKEN_TTL       access-token lifetime in seconds (default 60), so
+//                             tests can force refreshes.
+//   OP_DEVICE_POLL_INTERVAL   if set, an `interval` member with this many
+//                             seconds is added to the device authorization
+//                             response. oidc-provider itself returns no
+//                             `interval` (clients then default to 5 s, RFC 8628
+//                             section 3.2) and never answers `slow_down`, so
+//                             this only tells a client how fast it may poll;
+//                             it changes nothing on the server.
+//   OP_EXIT_ON_STDIN_CLOSE    if "1", exit when stdin reaches end of file, so
+//                             the server dies with the test process that
+//                             spawned it with a stdin pipe even if that process
+//                             is killed without cleaning up.
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import * as http from 'node:http';
+import process from 'node:process';
+
+// oidc-provider prints its "NOTICE" lines with console.info (stdout). stdout is
+// reserved for the single `issuer` line, so send every console.log/info to
+// stderr before the library is loaded.
+console.log = (...args) => console.error(...args);
+console.info = (...args) => console.error(...args);
+
+const { default: Provider } = await import('oidc-provider');
+
+const CLIENT_ID = 'devicelink-test';
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+function usage(message) {
+  process.stderr.write(`server.mjs: ${message}\nusage: node server.mjs PORT   (0 = any free port)\n`);
+  process.exit(2);
+}
+
+function positiveInt(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) usage(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function nonNegativeInt(name) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return undefined;
+  if (!/^\d+$/.test(raw)) usage(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+const portArg = process.argv[2];
+if (portArg === undefined || !/^\d+$/.test(portArg) || Number(portArg) > 65535) {
+  usage(`expected a port number, got ${JSON.stringify(portArg)}`);
+}
+const accessTokenTtl = positiveInt('OP_ACCESS_TOKEN_TTL', 60);
+const devicePollInterval = nonNegativeInt('OP_DEVICE_POLL_INTERVAL');
+
+// Listen first: the issuer has to carry the real port, and with PORT 0 that is
+// only known once the socket is bound. Requests are only handled once the
+// provider is attached below, and nobody knows the port before we print it.
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(portArg), '127.0.0.1', () => {
+    server.off('error', reject);
+    resolve();
+  });
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+// Fresh signing key and cookie keys for every run (nothing is persisted).
+const signingKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+  .export({ format: 'jwk' });
+
+function displayName(login) {
+  return login.length ? login[0].toUpperCase() + login.slice(1) : login;
+}
+
+const configuration = {
+  clients: [
+    {
+      client_id: CLIENT_ID,
+      client_name: 'devicelink test device',
+      token_endpoint_auth_method: 'none',
+      grant_types: [DEVICE_CODE_GRANT, 'refresh_token'],
+      response_types: [],
+      redirect_uris: [],
+    },
+  ],
+  // `profile` is a scope through its claims; `openid` and `offline_access`
+  // are listed explicitly.
+  scopes: ['openid', 'profile', 'offline_access'],
+  claims: {
+    openid: ['sub'],
+    profile: ['name'],
+  },
+  // devInteractions logs in whatever login it is given; the account id is
+  // that login.
+  async findAccount(ctx, sub) {
+    return {
+      accountId: sub,
+      async claims(use, scope, claims, rejected) {
+        return { sub, name: displayName(sub) };
+      },
+    };
+  },
+  features: {
+    deviceFlow: { enabled: true },
+    revocation: { enabled: true },
+    // Development-only login and consent pages (any login, any password); the
+    // Python helper scripts them. Consent stays a real step: the helper
+    // submits the consent form instead of the server skipping it.
+    devInteractions: { enabled: true },
+  },
+  // A refresh token for every grant of a client allowed the refresh_token
+  // grant (the default also demands the offline_access scope).
+  async issueRefreshToken(ctx, client, code) {
+    return client.grantTypeAllowed('refresh_token');
+  },
+  // Rotate on every use: the old refresh token is consumed, and presenting it
+  // again (reuse) makes oidc-provider revoke the whole grant.
+  rotateRefreshToken: true,
+  ttl: {
+    AccessToken: accessTokenTtl,
+    // The library's defaults, spelled out so it does not warn about them.
+    DeviceCode: 10 * 60,
+    IdToken: 60 * 60,
+    Interaction: 60 * 60,
+    Session: 14 * 24 * 60 * 60,
+    Grant: 14 * 24 * 60 * 60,
+    RefreshToken: 14 * 24 * 60 * 60,
+  },
+  cookies: { keys: [randomBytes(32).toString('base64url')] },
+  jwks: { keys: [{ ...signingKey, use: 'sig', alg: 'RS256', kid: randomBytes(8).toString('hex') }] },
+};
+
+const provider = new Provider(issuer, configuration);
+
+if (devicePollInterval !== undefined) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route === 'device_authorization' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      ctx.body.interval = devicePollInterval;
+    }
+  });
+}
+
+// Errors are logged without request bodies or tokens.
+provider.on('server_error', (ctx, err) => {
+  process.stderr.write(`oidc-provider server_error on ${ctx.method} ${ctx.path}: ${err?.stack ?? err}\n`);
+});
+
+server.on('request', provider.callback());
+
+let stopping = false;
+function stop(signal) {
+  if (stopping) return;
+  stopping = true;
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  // close() waits for nothing once every connection is closed; this is only a
+  // backstop if something keeps the loop alive.
+  setTimeout(() => process.exit(0), 2000).unref();
+  if (signal) process.stderr.write(`server.mjs: stopping on ${signal}\n`);
+}
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
+
+if (process.env.OP_EXIT_ON_STDIN_CLOSE === '1') {
+  process.stdin.on('end', () => stop('end of stdin'));
+  process.stdin.on('error', () => stop('stdin error'));
+  process.stdin.resume();
+}
+
+process.stdout.write(`issuer ${issuer}\n`);

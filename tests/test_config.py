@@ -1,0 +1,96 @@
+"""Bad config files stop the daemon with exit 78 and one line naming the file, the key and what is expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devicelink import config
+from devicelink.errors import ConfigError
+
+GOOD = """\
+[provider]
+issuer = "https://id.example.com/realms/tv"
+client_id = "tv-app"
+scope = "openid profile offline_access"
+
+[storage]
+state_dir = "state"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_and_relative_paths(tmp_path):
+    cfg = config.load(write(tmp_path, GOOD))
+    assert cfg.provider.issuer == "https://id.example.com/realms/tv"
+    assert cfg.storage.state_dir == tmp_path / "state"  # relative to the config file
+    assert cfg.pairing.restart_on_expiry == 2 and cfg.display.driver == "none" and cfg.gpio is None
+
+
+@pytest.mark.parametrize("text,key,expected", [
+    (GOOD + "\n[socket]\npth = 'x'\n", "[socket] pth", "unknown key"),
+    (GOOD.replace("[storage]", "[storag]"), "storag", "unknown key"),
+    (GOOD.replace('client_id = "tv-app"\n', ""), "[provider] client_id", "missing"),
+    (GOOD + "\n[pairing]\nrestart_on_expiry = 'two'\n", "[pairing] restart_on_expiry", "expected an integer"),
+    (GOOD + "\n[pairing]\nrestart_on_expiry = -1\n", "[pairing] restart_on_expiry", "from 0 to 100"),
+    (GOOD + "\n[display]\ndriver = 'vga'\n", "[display] driver", "expected one of"),
+    (GOOD.replace("https://id.example.com/realms/tv", "http://id.example.com"), "[provider] issuer",
+     "only for loopback"),
+    (GOOD.replace("https://id.example.com/realms/tv", "http://127.0.0.1:8080"), "[provider] issuer",
+     "allow_insecure_http"),
+    (GOOD.replace("https://id.example.com/realms/tv", "ftp://x"), "[provider] issuer", "https://"),
+    (GOOD + "token_endpoint = 'https://id.example/token'\n", "[storage] token_endpoint", "unknown key"),
+    (GOOD.replace('scope = ', "token_endpoint = 'http://evil.example/token'\nscope = "),
+     "[provider] token_endpoint", "only for loopback"),
+    (GOOD.replace('scope = "openid profile offline_access"',
+                  'client_auth = "client_secret_basic"'), "[provider] client_secret_file", "missing"),
+    (GOOD.replace('scope = "openid profile offline_access"', "dpop = 'yes'"), "[provider] dpop", "true or false"),
+    ("[provider\nissuer=", "", "not valid TOML"),
+    (GOOD + "\n[[client]]\nname = 'player'\n", "[[client]] #1", "user, uid or group"),
+    (GOOD + "\n[socket]\npath = '/" + "x" * 120 + "'\n", "[socket] path", "AF_UNIX"),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert key in message and expected in message
+    assert "\n" not in message
+
+
+def test_loopback_http_allowed_when_asked(tmp_path):
+    text = GOOD.replace("https://id.example.com/realms/tv", "http://localhost:9000") + ""
+    text = text.replace('scope = ', 'allow_insecure_http = true\nscope = ')
+    assert config.load(write(tmp_path, text)).provider.issuer == "http://localhost:9000"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("text", [GOOD.replace("https://id.example.com/realms/tv", "http://id.example.com"),
+                                  GOOD + "\n[oops]\n"])
+def test_daemon_exits_78_with_one_line(tmp_path, text):
+    path = write(tmp_path, text)
+    proc = subprocess.run([sys.executable, "-m", "devicelink", "--config", str(path), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_configured_but_unavailable_display_is_a_config_error(tmp_path):
+    path = write(tmp_path, GOOD + "\n[display]\ndriver = 'ssd1306'\n")
+    proc = subprocess.run([sys.executable, "-m", "devicelink", "--config", str(path), "run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78 and "[display] driver" in proc.stderr

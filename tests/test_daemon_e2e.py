@@ -1,0 +1,180 @@
+"""The real daemon process against the development authorization server on loopback:
+pair, token over the socket (curl and the CLI), refresh with rotation, restart, unpair with
+revocation, and no secret in any file or log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import write_config
+
+
+def pair(daemon, srv, name="Alice Example"):
+    code = daemon.wait_for(r"pairing: enter code (\S+) at (\S+)")
+    assert code.group(2) == srv.issuer + "/device"
+    srv.approve(code.group(1), subject="alice", name=name)
+    daemon.wait_for(r"state pairing -> paired")
+    return code.group(1)
+
+
+def secrets_seen(srv):
+    """Every token and device code the server handed out, from its own records."""
+    return srv.issued_secrets()
+
+
+def test_pair_serve_refresh_restart_unpair(short_tmp, dev_server, daemons):
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)
+    d = daemons(cfg)
+    user_code = pair(d, dev_server)
+
+    # status over the CLI: paired, the account from the ID token, never a token
+    status = json.loads(d.cli("status", "--json").stdout)
+    assert status["state"] == "paired" and status["account"] == {"sub": "alice", "name": "Alice Example"}
+    assert status["pairing"] is None and status["access_token_expires_in"] > 3000
+
+    # the token through curl and through `devicelink token`
+    token = d.cli("token")
+    assert token.returncode == 0
+    access_token = token.stdout.strip()
+    assert httpx.get(dev_server.issuer + "/userinfo",
+                     headers={"authorization": f"Bearer {access_token}"}).json()["sub"] == "alice"
+    if shutil.which("curl"):
+        curl = subprocess.run(["curl", "-sS", "--unix-socket", d.socket, "http://devicelink/v1/token"],
+                              capture_output=True, text=True, timeout=30)
+        answer = json.loads(curl.stdout)
+        assert answer["access_token"] == access_token and answer["token_type"] == "Bearer"
+        assert "refresh_token" not in answer and "device_code" not in answer
+    assert stat.S_IMODE(__import__("os").stat(d.socket).st_mode) == 0o660
+    assert stat.S_IMODE(d.state_dir.stat().st_mode) == 0o700
+
+    # a restarted daemon serves without pairing again
+    assert d.stop() == 0
+    d2 = daemons(cfg)
+    d2.wait_for(r"restored the grant as Alice Example")
+    assert d2.cli("token").stdout.strip() == access_token
+    assert dev_server.stats.device_authorizations == 1
+
+    # unpair revokes at the server (RFC 7009) and forgets locally
+    out = d2.cli("unpair")
+    assert out.returncode == 0 and "revoked" in out.stdout
+    assert dev_server.stats.revocations == 1
+    assert httpx.get(dev_server.issuer + "/userinfo",
+                     headers={"authorization": f"Bearer {access_token}"}).status_code == 401
+    gone = d2.cli("token")
+    assert gone.returncode == 3 and "not paired" in gone.stderr
+    assert d2.stop() == 0
+
+    assert_no_secrets(dev_server, [d, d2], short_tmp)
+    assert user_code in "".join(d.log)  # the user code may be logged; it is on the screen anyway
+
+
+def assert_no_secrets(srv, daemons, directory):
+    secrets = secrets_seen(srv)
+    assert secrets, "the server recorded no secrets: the check below would prove nothing"
+    files = b"".join(p.read_bytes() for p in directory.rglob("*") if p.is_file())
+    logs = "".join("".join(x.log) + x.stdout for x in daemons)
+    for secret in secrets:
+        assert secret.encode() not in files
+        assert secret not in logs
+
+
+def test_refresh_with_rotation(short_tmp, daemons):
+    from devicelink_sim.authserver import DevServer
+
+    with DevServer(interval=1, access_token_lifetime=4) as srv:
+        cfg = write_config(short_tmp, srv.issuer, srv.client_id)
+        d = daemons(cfg)
+        pair(d, srv)
+        first = d.cli("token").stdout.strip()
+        # refreshed proactively before expiry (at most half of a 4 s lifetime), twice
+        for _ in range(2):
+            d.wait_for(r"state refreshing -> paired", timeout=20)
+        second = d.cli("token").stdout.strip()
+        assert second != first
+        refreshes = [e for e in srv.stats.token_log if e.grant_type == "refresh_token"]
+        assert len(refreshes) >= 2 and all(e.outcome == "ok" for e in refreshes)
+        assert srv.stats.reuse_detections == 0  # every rotated refresh token was used exactly once
+        # restart after rotations: the newest refresh token was on disk
+        assert d.stop() == 0
+        d2 = daemons(cfg)
+        d2.wait_for(r"restored the grant")
+        d2.wait_for(r"state refreshing -> paired", timeout=20)
+        assert srv.stats.reuse_detections == 0
+        assert d2.cli("token").returncode == 0
+        d2.stop()
+        assert_no_secrets(srv, [d, d2], short_tmp)
+
+
+def test_denied_then_pair_again(short_tmp, dev_server, daemons):
+    d = daemons(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    code = d.wait_for(r"pairing: enter code (\S+)").group(1)
+    dev_server.deny(code)
+    d.wait_for(r"state pairing -> reauth_required")
+    status = json.loads(d.cli("status", "--json").stdout)
+    assert status["state"] == "reauth_required" and "declined" in status["last_error"]
+    assert d.cli("token").returncode == 3
+
+    out = d.cli("pair")
+    assert out.returncode == 0, out.stderr
+    new_code = out.stdout.split()[2]
+    assert new_code != code and new_code in out.stdout
+    dev_server.approve(new_code)
+    d.wait_for(r"state pairing -> paired")
+    assert d.cli("pair").returncode == 2  # already paired: unpair first
+
+
+def test_code_expiry_restarts_then_waits_for_the_user(short_tmp, daemons):
+    from devicelink_sim.authserver import DevServer
+
+    with DevServer(interval=1, device_code_lifetime=2) as srv:
+        cfg = write_config(short_tmp, srv.issuer, srv.client_id)
+        cfg.write_text(cfg.read_text() + "\n[pairing]\nrestart_on_expiry = 1\n")
+        d = daemons(cfg)
+        first = d.wait_for(r"pairing: enter code (\S+)").group(1)
+        second = d.wait_for(r"pairing: enter code (\S+)", timeout=20).group(1)
+        assert first != second
+        d.wait_for(r"state pairing -> unpaired", timeout=20)
+        assert srv.stats.device_authorizations == 2  # RFC 8628 §3.5: then wait for the user
+        status = json.loads(d.cli("status", "--json").stdout)
+        assert status["state"] == "unpaired" and "expired" in status["message"]
+
+
+def test_corrupt_store_starts_unpaired_with_one_clear_line(short_tmp, dev_server, daemons):
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)
+    d = daemons(cfg)
+    pair(d, dev_server)
+    d.stop()
+    state = d.state_dir / "state.bin"
+    blob = bytearray(state.read_bytes())
+    blob[-1] ^= 0xFF
+    state.write_bytes(bytes(blob))
+    d2 = daemons(cfg)
+    assert d2.proc.poll() is None
+    assert any("cannot be decrypted" in line and "starting unpaired" in line for line in d2.log)
+    d2.wait_for(r"pairing: enter code")  # and it offers a new code instead of crash-looping
+
+
+def test_bad_server_answers_get_a_clear_state(short_tmp, daemons):
+    """A discovery document naming another issuer is refused (RFC 8414 §3.3)."""
+    from devicelink_sim.authserver import DevServer
+
+    with DevServer(interval=1) as srv:
+        cfg = write_config(short_tmp, srv.issuer + "/other", srv.client_id)
+        d = daemons(cfg)
+        d.wait_for(r"pairing failed: .*(no discovery document|issuer)")
+        status = json.loads(d.cli("status", "--json").stdout)
+        assert status["state"] == "unpaired" and status["last_error"]
+
+
+def test_cli_without_daemon_exits_5(short_tmp, dev_server):
+    from tests.conftest import Daemon
+
+    d = Daemon(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    out = d.cli("status")
+    assert out.returncode == 5 and "agent.sock" in out.stderr and "Traceback" not in out.stderr

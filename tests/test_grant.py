@@ -1,0 +1,321 @@
+"""The RFC 8628 core, stepped by hand: no network, no event loop, no clock.
+
+Covers RFC-CHECKLIST A and F and the minimum test matrix at the end of G:
+every RFC 8628 error under 400/200/401/403/428/429, a missing interval, the
+verification_url and camelCase aliases, slow_down with and without an
+interval, pending past expires_in, transport failures, 5xx and Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.oauth import grant
+from devicelink.oauth import messages as m
+
+ENDPOINTS = m.Endpoints(token_endpoint="https://id.example/token",
+                        device_authorization_endpoint="https://id.example/device",
+                        revocation_endpoint="https://id.example/revoke")
+ISSUER, CLIENT = "https://id.example", "tv"
+
+CODE = {"device_code": "dev-secret", "user_code": "WDJB-MJHT", "verification_uri": "https://id.example/device",
+        "verification_uri_complete": "https://id.example/device?user_code=WDJB-MJHT", "expires_in": 600,
+        "interval": 5}
+TOKENS = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1",
+          "scope": "openid offline_access"}
+
+
+def answer(status: int, body, at: float, headers: dict | None = None) -> m.Response:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return m.Response(status, raw, at, {"content-type": "application/json", **(headers or {})})
+
+
+class Flow:
+    """Steps a device_flow generator the way oauth/http.py does, recording every request time."""
+
+    def __init__(self, code=CODE, seed=1):
+        self.gen = grant.device_flow(ENDPOINTS, "openid offline_access", (), ISSUER, CLIENT, random.Random(seed))
+        self.step = next(self.gen)
+        assert isinstance(self.step, grant.Send) and self.step.request.kind == "device_authorization"
+        self.shown = None
+        self.reply(answer(200, code, at=100.0))
+
+    def reply(self, r: m.Reply):
+        self.step = self.gen.send(r)
+        if isinstance(self.step, grant.Show):
+            self.shown = self.step.code
+            self.step = next(self.gen)
+        return self.step
+
+    def poll(self, status: int, body, headers=None, latency: float = 0.2):
+        """Answer the pending poll as if it went out exactly at its not_before."""
+        assert isinstance(self.step, grant.Send) and self.step.request.kind == "device_token"
+        return self.reply(answer(status, body, self.step.not_before + latency, headers))
+
+
+def test_shows_code_and_waits_interval_before_first_poll():
+    f = Flow()
+    assert f.shown.user_code == "WDJB-MJHT"
+    assert f.shown.qr_payload == CODE["verification_uri_complete"]
+    assert f.step.not_before == pytest.approx(105.0)
+    form = dict(f.step.request.form)
+    assert form == {"grant_type": m.DEVICE_CODE_GRANT, "device_code": "dev-secret"}
+
+
+def test_missing_interval_means_five_seconds():
+    code = {k: v for k, v in CODE.items() if k != "interval"}
+    assert Flow(code).step.not_before == pytest.approx(105.0)
+
+
+@pytest.mark.parametrize("status", [400, 200, 401, 403, 428])
+def test_pending_under_any_status_waits_interval_from_the_answer(status):
+    f = Flow()
+    first = f.step.not_before
+    step = f.poll(status, {"error": "authorization_pending"}, latency=3.0)
+    assert step.not_before == pytest.approx(first + 3.0 + 5)  # counted from the previous answer (G11)
+
+
+@pytest.mark.parametrize("status", [400, 200, 401, 403, 428, 429])
+def test_slow_down_is_cumulative_under_any_status(status):
+    f = Flow()
+    t = f.step.not_before
+    step = f.poll(status, {"error": "slow_down"}, latency=0)
+    assert step.not_before == pytest.approx(t + 10)
+    step = f.poll(status, {"error": "authorization_pending"}, latency=0)
+    assert step.not_before == pytest.approx(t + 20)  # still 10: "this and all subsequent requests"
+    step = f.poll(status, {"error": "slow_down"}, latency=0)
+    assert step.not_before == pytest.approx(t + 35)
+
+
+def test_slow_down_never_below_server_interval_and_never_undone():
+    f = Flow()
+    t = f.step.not_before
+    step = f.poll(400, {"error": "slow_down", "interval": 30}, latency=0)  # GitHub sends the new interval
+    assert step.not_before == pytest.approx(t + 30)
+    step = f.poll(400, {"error": "slow_down", "interval": 2}, latency=0)  # G10: smaller must not undo
+    assert step.not_before == pytest.approx(t + 30 + 35)
+
+
+def test_bare_429_is_slow_down_and_honours_retry_after():
+    f = Flow()
+    t = f.step.not_before
+    step = f.poll(429, b"Too Many Requests", {"content-type": "text/plain", "retry-after": "40"}, latency=0)
+    assert step.not_before == pytest.approx(t + 40)
+    step = f.poll(400, {"error": "authorization_pending"}, latency=0)
+    assert step.not_before == pytest.approx(t + 40 + 10)  # the 429 also grew the interval
+
+
+@pytest.mark.parametrize("status", [400, 200, 401, 403, 428])
+@pytest.mark.parametrize("error,exc", [("access_denied", AuthorizationDenied),
+                                        ("authorization_declined", AuthorizationDenied),
+                                        ("expired_token", DeviceCodeExpired),
+                                        ("invalid_client", GrantFailed),
+                                        ("something_new", GrantFailed)])
+def test_final_errors_stop_polling(status, error, exc):
+    f = Flow()
+    with pytest.raises(exc) as info:
+        f.poll(status, {"error": error})
+    assert info.value.oauth_error == error
+    assert "dev-secret" not in str(info.value)
+
+
+def test_tokens_end_the_flow():
+    f = Flow()
+    f.poll(400, {"error": "authorization_pending"})
+    with pytest.raises(StopIteration) as done:
+        f.poll(200, TOKENS, latency=0.5)
+    tokens = done.value.value
+    assert tokens.access_token == "at-1" and tokens.refresh_token == "rt-1"
+    assert tokens.expires_at - tokens.obtained_at == 3600
+    assert "at-1" not in repr(tokens) and "rt-1" not in repr(tokens)
+
+
+def test_200_with_error_body_is_not_a_token():
+    f = Flow()  # G2: GitHub answers pending with HTTP 200
+    step = f.poll(200, {"error": "authorization_pending", "error_description": "wait"})
+    assert isinstance(step, grant.Send)
+
+
+def test_local_hard_stop_at_expires_in():
+    f = Flow({**CODE, "expires_in": 20})
+    polls = 0
+    with pytest.raises(DeviceCodeExpired):
+        while True:
+            polls += 1
+            f.poll(400, {"error": "authorization_pending"}, latency=0)
+    # polls go out at 105, 110, 115; the next one would be at 120 = the deadline (G6)
+    assert polls == 3
+
+
+def test_transport_failures_back_off_exponentially_capped_and_never_faster_than_interval():
+    f = Flow({**CODE, "expires_in": 7200})
+    waits = []
+    at = f.step.not_before
+    for _ in range(12):
+        step = f.reply(m.Failure("ConnectError", at))
+        waits.append(step.not_before - at)
+        at = step.not_before
+    assert all(w >= 5 for w in waits)  # never faster than the interval
+    assert waits[3] > waits[0]  # it grows
+    assert max(waits) <= 300 and waits[-1] >= 150  # capped (G14), and it reached the cap
+
+
+def test_backoff_resets_after_an_answer():
+    f = Flow({**CODE, "expires_in": 3600})
+    at = f.step.not_before
+    for _ in range(5):
+        at = f.reply(m.Failure("timeout", at)).not_before
+    step = f.reply(answer(400, {"error": "authorization_pending"}, at))
+    assert step.not_before - at == pytest.approx(5)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_backs_off_and_honours_retry_after(status):
+    f = Flow({**CODE, "expires_in": 3600})
+    t = f.step.not_before
+    step = f.poll(status, b"<html>oops</html>", {"content-type": "text/html", "retry-after": "120"}, latency=0)
+    assert step.not_before >= t + 120
+
+
+def test_temporarily_unavailable_is_transient():
+    f = Flow()
+    step = f.poll(400, {"error": "temporarily_unavailable"})
+    assert isinstance(step, grant.Send) and step.request.kind == "device_token"
+
+
+def test_garbage_answer_is_retried_not_fatal():
+    f = Flow()
+    step = f.poll(200, b"<html>captive portal</html>", {"content-type": "text/html"})
+    assert isinstance(step, grant.Send)
+
+
+def test_retry_after_http_date_is_read_against_the_servers_date():
+    resp = answer(429, b"", 0, {"retry-after": "Wed, 21 Oct 2015 07:28:30 GMT",
+                                "date": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert m.retry_after(resp) == 30
+
+
+# -- device authorization response: aliases and validation --------------------
+
+
+def test_verification_url_alias_and_no_complete_uri():
+    code = {k: v for k, v in CODE.items() if k not in ("verification_uri", "verification_uri_complete")}
+    f = Flow({**code, "verification_url": "https://google.example/device"})  # Google (G17)
+    assert f.shown.verification_uri == "https://google.example/device"
+    assert f.shown.verification_uri_complete is None
+    assert f.shown.qr_payload == "https://google.example/device"  # G18
+
+
+def test_camel_case_aliases():
+    f = Flow({"deviceCode": "d", "userCode": "ABCD-EFGH", "verificationUri": "https://aws.example/device",
+              "verificationUriComplete": "https://aws.example/device?code=ABCD-EFGH", "expiresIn": 600,
+              "interval": 1})
+    assert f.shown.user_code == "ABCD-EFGH" and f.step.not_before == pytest.approx(101)
+
+
+def test_expires_in_as_string():
+    f = Flow({**CODE, "expires_in": "900"})  # Entra v1
+    assert f.shown.expires_at == 1000
+
+
+@pytest.mark.parametrize("missing", ["device_code", "user_code", "verification_uri", "expires_in"])
+def test_missing_required_field_is_a_protocol_violation(missing):
+    with pytest.raises(ProtocolViolation, match=missing):
+        Flow({k: v for k, v in CODE.items() if k != missing})
+
+
+def test_javascript_uri_is_refused():
+    with pytest.raises(ProtocolViolation):
+        Flow({**CODE, "verification_uri": "javascript:alert(1)"})
+
+
+def test_device_authorization_error_ends_the_flow():
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(GrantFailed) as info:
+        gen.send(answer(400, {"error": "invalid_client"}, 1.0))
+    assert info.value.oauth_error == "invalid_client"
+
+
+def test_device_authorization_retries_when_the_network_is_down():
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    first = next(gen)
+    assert first.not_before is None
+    step = gen.send(m.Failure("ConnectError", 10.0))
+    assert step.request.kind == "device_authorization" and step.not_before > 10.0
+    step2 = gen.send(m.Failure("ConnectError", step.not_before))
+    assert step2.not_before - step.not_before > step.not_before - 10.0 - 1e-9 or step2.not_before > step.not_before
+
+
+# -- token responses ----------------------------------------------------------
+
+
+def test_token_type_case_insensitive_and_unknown_type_refused():
+    ok = m.parse_tokens(answer(200, {**TOKENS, "token_type": "bearer"}, 0), ISSUER, CLIENT)
+    assert ok.token_type == "bearer"
+    with pytest.raises(ProtocolViolation, match="token_type"):
+        m.parse_tokens(answer(200, {**TOKENS, "token_type": "mac"}, 0), ISSUER, CLIENT)
+
+
+def test_missing_expires_in_means_short_lifetime():
+    tokens = m.parse_tokens(answer(200, {k: v for k, v in TOKENS.items() if k != "expires_in"}, 10), ISSUER, CLIENT)
+    assert tokens.lifetime == 300
+
+
+def test_github_comma_scopes_and_form_encoding():
+    resp = m.Response(200, b"access_token=gho_x&token_type=bearer&scope=repo%2Cuser", 0,
+                      {"content-type": "application/x-www-form-urlencoded"})
+    tokens = m.parse_tokens(resp, ISSUER, CLIENT)
+    assert tokens.scope == "repo user"
+
+
+def test_account_from_id_token_checks_issuer_and_audience():
+    import base64
+
+    def jwt(claims):
+        enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+        return f"{enc({'alg': 'RS256'})}.{enc(claims)}.sig"
+
+    good = jwt({"iss": ISSUER, "aud": CLIENT, "sub": "u1", "name": "Alice"})
+    assert m.account_from_id_token(good, ISSUER, CLIENT).name == "Alice"
+    assert m.account_from_id_token(jwt({"iss": "https://evil", "aud": CLIENT, "sub": "u1"}), ISSUER, CLIENT) is None
+    assert m.account_from_id_token(jwt({"iss": ISSUER, "aud": ["x"], "sub": "u1"}), ISSUER, CLIENT) is None
+    assert m.account_from_id_token("garbage", ISSUER, CLIENT) is None
+
+
+# -- discovery ----------------------------------------------------------------
+
+
+def test_metadata_urls_rfc8414_then_oidc():
+    urls = [r.url for r in m.metadata_requests("https://id.example/realms/tv/")]
+    assert urls == ["https://id.example/.well-known/oauth-authorization-server/realms/tv",
+                    "https://id.example/realms/tv/.well-known/openid-configuration"]
+
+
+def test_discovery_falls_back_to_oidc_and_checks_issuer():
+    gen = grant.discover(ISSUER, grant.Backoff(random.Random(0)))
+    next(gen)
+    step = gen.send(answer(404, {"error": "not_found"}, 1))
+    assert step.request.url.endswith("/.well-known/openid-configuration")
+    with pytest.raises(StopIteration) as done:
+        gen.send(answer(200, {"issuer": ISSUER, "token_endpoint": "https://id.example/t"}, 2))
+    assert done.value.value["token_endpoint"] == "https://id.example/t"
+
+    gen = grant.discover(ISSUER, grant.Backoff(random.Random(0)))
+    next(gen)
+    with pytest.raises(ProtocolViolation, match="RFC 8414"):
+        gen.send(answer(200, {"issuer": ISSUER + "/", "token_endpoint": "x"}, 1))
+
+
+def test_configured_endpoints_win():
+    meta = {"issuer": ISSUER, "token_endpoint": "https://id.example/t",
+            "device_authorization_endpoint": "https://id.example/d"}
+    configured = m.Endpoints(token_endpoint="https://other/t")
+    got = grant.resolve_endpoints(meta, configured)
+    assert got.token_endpoint == "https://other/t" and got.device_authorization_endpoint == "https://id.example/d"
+    with pytest.raises(ProtocolViolation, match="device_authorization_endpoint"):
+        grant.resolve_endpoints({"token_endpoint": "https://id.example/t"}, None)  # G26

@@ -1,0 +1,523 @@
+"""The development authorization server, over real HTTP on loopback.
+
+Time is stepped with a fake clock; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from devicelink_sim.authserver import DEVICE_CODE_GRANT_TYPE, DevServer
+
+USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def make_server(clock):
+    started = []
+
+    def make(**kwargs) -> DevServer:
+        kwargs.setdefault("clock", clock)
+        srv = DevServer(**kwargs).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def srv(make_server):
+    return make_server(interval=5)
+
+
+@pytest.fixture
+def http(srv):
+    with httpx.Client(base_url=srv.issuer) as client:
+        yield client
+
+
+# -- helpers: what a public device client sends --
+
+
+def authorize(http, srv, scope="openid profile", **auth):
+    data = {"scope": scope} if scope else {}
+    if not auth:
+        data["client_id"] = srv.client_id
+    response = http.post("/device_authorization", data={**data, **auth.pop("data", {})}, **auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def poll(http, srv, device_code, **auth):
+    data = {"grant_type": DEVICE_CODE_GRANT_TYPE, "device_code": device_code}
+    if not auth:
+        data["client_id"] = srv.client_id
+    return http.post("/token", data={**data, **auth.pop("data", {})}, **auth)
+
+
+def refresh(http, srv, refresh_token, **extra):
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": srv.client_id}
+    return http.post("/token", data={**data, **extra})
+
+
+def sign_in(http, srv, scope="openid profile") -> dict:
+    code = authorize(http, srv, scope)
+    srv.approve(code["user_code"])
+    response = poll(http, srv, code["device_code"])
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def userinfo(http, access_token):
+    return http.get("/userinfo", headers={"Authorization": f"Bearer {access_token}"})
+
+
+def error(response) -> str:
+    assert response.status_code in (400, 401), response.text
+    return response.json()["error"]
+
+
+# -- discovery --
+
+
+@pytest.mark.parametrize(
+    "path", ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"]
+)
+def test_discovery_metadata(srv, http, path):
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", srv.issuer)
+    meta = http.get(path).json()
+    assert meta["issuer"] == srv.issuer
+    assert meta["device_authorization_endpoint"] == srv.issuer + "/device_authorization"
+    assert meta["token_endpoint"] == srv.issuer + "/token"
+    assert meta["revocation_endpoint"] == srv.issuer + "/revoke"
+    assert meta["jwks_uri"] == srv.issuer + "/jwks"
+    assert set(meta["grant_types_supported"]) == {DEVICE_CODE_GRANT_TYPE, "refresh_token"}
+    assert set(meta["token_endpoint_auth_methods_supported"]) == {
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+    }
+    assert "openid" in meta["scopes_supported"]
+    assert "response_types_supported" in meta
+    assert http.get(meta["jwks_uri"]).json()["keys"][0]["alg"] == "RS256"
+
+
+# -- the device grant --
+
+
+def test_full_device_flow(srv, http):
+    code = authorize(http, srv)
+    assert USER_CODE.match(code["user_code"])
+    assert code["verification_uri"] == srv.issuer + "/device"
+    complete = f"{srv.issuer}/device?user_code={code['user_code']}"
+    assert code["verification_uri_complete"] == complete
+    assert code["expires_in"] == 600
+    assert code["interval"] == 5
+    assert srv.pending_user_codes() == [code["user_code"]]
+
+    assert error(poll(http, srv, code["device_code"])) == "authorization_pending"
+
+    # RFC 8628 §6.1: case and dashes do not matter.
+    srv.approve(code["user_code"].lower().replace("-", ""), subject="bob", name="Bob Builder")
+    response = poll(http, srv, code["device_code"])  # right away: approval wins over slow_down
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    tokens = response.json()
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 3600
+    assert tokens["scope"] == "openid profile"
+    assert tokens["refresh_token"] and tokens["id_token"]
+    assert userinfo(http, tokens["access_token"]).json() == {"sub": "bob", "name": "Bob Builder"}
+
+    # A device code gives one set of tokens.
+    assert error(poll(http, srv, code["device_code"])) == "invalid_grant"
+    assert srv.pending_user_codes() == []
+    with pytest.raises(KeyError):
+        srv.approve(code["user_code"])
+
+    stats = srv.stats
+    assert stats.device_authorizations == 1
+    assert stats.token_requests == {DEVICE_CODE_GRANT_TYPE: 3}
+    assert [e.outcome for e in stats.token_log] == ["authorization_pending", "ok", "invalid_grant"]
+
+
+def test_scope_defaults_and_unknown_scope(srv, http):
+    tokens = sign_in(http, srv, scope=None)
+    assert tokens["scope"] == "profile"
+    assert "id_token" not in tokens  # only with openid
+
+    data = {"client_id": srv.client_id, "scope": "openid admin"}
+    assert error(http.post("/device_authorization", data=data)) == "invalid_scope"
+
+
+def test_slow_down_when_polling_faster_than_interval(srv, http, clock):
+    code = authorize(http, srv)
+    device_code = code["device_code"]
+
+    assert error(poll(http, srv, device_code)) == "authorization_pending"  # the first poll is never too soon
+    clock.advance(4)
+    assert error(poll(http, srv, device_code)) == "slow_down"  # interval is now 10 (RFC 8628 §3.5)
+    clock.advance(9)
+    assert error(poll(http, srv, device_code)) == "slow_down"  # ... and now 15
+    clock.advance(15)
+    assert error(poll(http, srv, device_code)) == "authorization_pending"
+    clock.advance(15)
+    assert error(poll(http, srv, device_code)) == "authorization_pending"
+
+    times = [event.at for event in srv.stats.token_log]
+    assert times == [1000, 1004, 1013, 1028, 1043]
+
+
+def test_deny_gives_access_denied(srv, http):
+    code = authorize(http, srv)
+    response = http.post("/sim/deny", json={"user_code": code["user_code"]})
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert error(poll(http, srv, code["device_code"])) == "access_denied"
+    assert error(poll(http, srv, code["device_code"])) == "access_denied"
+
+
+def test_expired_device_code(make_server, clock):
+    srv = make_server(device_code_lifetime=30, interval=0)
+    with httpx.Client(base_url=srv.issuer) as http:
+        code = authorize(http, srv)
+        assert code["expires_in"] == 30
+        clock.advance(29)
+        assert error(poll(http, srv, code["device_code"])) == "authorization_pending"
+        clock.advance(1)
+        assert srv.pending_user_codes() == []
+        with pytest.raises(KeyError):
+            srv.approve(code["user_code"])
+        assert http.post("/sim/approve", json={"user_code": code["user_code"]}).status_code == 404
+        assert error(poll(http, srv, code["device_code"])) == "expired_token"
+
+
+def test_sim_approve_endpoint(srv, http):
+    code = authorize(http, srv)
+    user_code = code["user_code"].replace("-", "").lower()
+    body = {"user_code": user_code, "subject": "carol", "name": "Carol"}
+    response = http.post("/sim/approve", json=body)
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    tokens = poll(http, srv, code["device_code"]).json()
+    assert userinfo(http, tokens["access_token"]).json() == {"sub": "carol", "name": "Carol"}
+
+    response = http.post("/sim/approve", json={"user_code": "BCDF-GHJK"})
+    assert response.status_code == 404 and response.json() == {"error": "unknown_user_code"}
+    assert http.post("/sim/deny", json={"user_code": "BCDF-GHJK"}).status_code == 404
+    assert http.post("/sim/approve", content=b"not json").status_code == 400
+    with pytest.raises(KeyError):
+        srv.deny("BCDF-GHJK")
+
+
+def test_unknown_client_and_missing_device_code(srv, http):
+    response = http.post("/device_authorization", data={"client_id": "nobody"})
+    assert error(response) == "invalid_client"
+    data = {"grant_type": DEVICE_CODE_GRANT_TYPE, "client_id": srv.client_id}
+    assert error(http.post("/token", data=data)) == "invalid_request"
+    assert error(poll(http, srv, "no-such-code")) == "invalid_grant"
+
+
+# -- refresh --
+
+
+def test_refresh_rotates_and_reuse_revokes_the_family(srv, http):
+    first = sign_in(http, srv)
+
+    response = refresh(http, srv, first["refresh_token"])
+    assert response.status_code == 200
+    second = response.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert second["scope"] == "openid profile"
+    assert "id_token" in second
+    assert not srv.revoked(first["refresh_token"])  # rotated away, not revoked
+    assert not srv.revoked(second["refresh_token"])
+
+    third = refresh(http, srv, second["refresh_token"]).json()
+    assert srv.stats.reuse_detections == 0
+
+    # RFC 9700 §4.14.2: the rotated-away token comes back; everything goes.
+    assert error(refresh(http, srv, first["refresh_token"])) == "invalid_grant"
+    assert srv.stats.reuse_detections == 1
+    assert srv.revoked(third["refresh_token"])
+    assert error(refresh(http, srv, third["refresh_token"])) == "invalid_grant"
+    for access_token in (first["access_token"], second["access_token"], third["access_token"]):
+        assert userinfo(http, access_token).status_code == 401
+    with pytest.raises(KeyError):
+        srv.revoked("never-issued")
+
+    outcomes = [(e.grant_type, e.outcome) for e in srv.stats.token_log]
+    assert outcomes[-4:] == [
+        ("refresh_token", "ok"),
+        ("refresh_token", "ok"),
+        ("refresh_token", "invalid_grant"),
+        ("refresh_token", "invalid_grant"),
+    ]
+    assert srv.stats.token_requests["refresh_token"] == 4
+
+
+def test_concurrent_refreshes_with_one_token_trip_reuse_detection(srv, http):
+    # Two refreshes racing with the same token (checklist G24): one wins, the
+    # other presents a token that was just rotated away, and the grant is gone.
+    tokens = sign_in(http, srv)
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda _: refresh(http, srv, tokens["refresh_token"]), range(2)))
+    assert sorted(r.status_code for r in responses) == [200, 400]
+    winner = next(r for r in responses if r.status_code == 200).json()
+    assert srv.stats.reuse_detections == 1
+    assert srv.revoked(winner["refresh_token"])
+
+
+def test_refresh_without_rotation_keeps_the_refresh_token(make_server):
+    srv = make_server(rotate_refresh_tokens=False, interval=0)
+    with httpx.Client(base_url=srv.issuer) as http:
+        tokens = sign_in(http, srv)
+        for _ in range(2):
+            response = refresh(http, srv, tokens["refresh_token"])
+            assert response.status_code == 200
+            assert "refresh_token" not in response.json()
+        assert srv.stats.reuse_detections == 0
+        assert not srv.revoked(tokens["refresh_token"])
+
+
+def test_refresh_with_narrower_scope(srv, http):
+    tokens = sign_in(http, srv)
+    narrow = refresh(http, srv, tokens["refresh_token"], scope="profile").json()
+    assert narrow["scope"] == "profile"
+    assert "id_token" not in narrow
+    # RFC 6749 §6: the new refresh token keeps the original scope ...
+    wide = refresh(http, srv, narrow["refresh_token"]).json()
+    assert wide["scope"] == "openid profile"
+    # ... and can never exceed it.
+    assert error(refresh(http, srv, wide["refresh_token"], scope="openid email")) == "invalid_scope"
+
+
+def test_token_lifetimes(make_server, clock):
+    srv = make_server(access_token_lifetime=60, refresh_token_lifetime=300, interval=0)
+    with httpx.Client(base_url=srv.issuer) as http:
+        tokens = sign_in(http, srv)
+        assert tokens["expires_in"] == 60
+        clock.advance(59)
+        assert userinfo(http, tokens["access_token"]).status_code == 200
+        clock.advance(1)
+        response = userinfo(http, tokens["access_token"])
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_token"
+
+        clock.advance(240)
+        assert error(refresh(http, srv, tokens["refresh_token"])) == "invalid_grant"
+
+
+# -- revocation (RFC 7009) --
+
+
+def test_revocation(srv, http):
+    tokens = sign_in(http, srv)
+
+    # An access token alone: the refresh token still works.
+    response = http.post("/revoke", data={"token": tokens["access_token"], "client_id": srv.client_id})
+    assert response.status_code == 200
+    assert userinfo(http, tokens["access_token"]).status_code == 401
+    fresh = refresh(http, srv, tokens["refresh_token"]).json()
+    assert userinfo(http, fresh["access_token"]).status_code == 200
+
+    # A refresh token takes the grant's access tokens with it.
+    response = http.post(
+        "/revoke",
+        data={"token": fresh["refresh_token"], "token_type_hint": "refresh_token", "client_id": srv.client_id},
+    )
+    assert response.status_code == 200
+    assert srv.revoked(fresh["refresh_token"])
+    assert userinfo(http, fresh["access_token"]).status_code == 401
+    assert error(refresh(http, srv, fresh["refresh_token"])) == "invalid_grant"
+    assert srv.stats.revocations == 2
+    assert srv.stats.reuse_detections == 0
+
+    # Unknown tokens: still 200 (RFC 7009 §2.2).
+    response = http.post("/revoke", data={"token": "nonsense", "client_id": srv.client_id})
+    assert response.status_code == 200
+    assert srv.stats.revocations == 2
+
+
+def test_userinfo_needs_a_bearer_token(srv, http):
+    assert http.get("/userinfo").status_code == 401
+    assert userinfo(http, "nonsense").status_code == 401
+
+
+# -- the confidential client --
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_confidential_client(srv, http, method):
+    if method == "client_secret_basic":
+        auth = {"auth": (srv.confidential_client_id, srv.client_secret)}
+    else:
+        auth = {"data": {"client_id": srv.confidential_client_id, "client_secret": srv.client_secret}}
+
+    code = authorize(http, srv, **dict(auth))
+    srv.approve(code["user_code"])
+    response = poll(http, srv, code["device_code"], **dict(auth))
+    assert response.status_code == 200
+    tokens = response.json()
+    claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+    assert claims["aud"] == srv.confidential_client_id
+
+    data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    response = http.post("/token", data={**data, **auth.get("data", {})}, auth=auth.get("auth"))
+    assert response.status_code == 200
+
+    # The public client cannot use the confidential client's refresh token.
+    assert error(refresh(http, srv, response.json()["refresh_token"])) == "invalid_grant"
+
+    response = http.post(
+        "/revoke", data={"token": tokens["access_token"], **auth.get("data", {})}, auth=auth.get("auth")
+    )
+    assert response.status_code == 200
+    assert srv.stats.revocations == 1
+
+
+def test_confidential_client_must_authenticate(srv, http):
+    basic = (srv.confidential_client_id, srv.client_secret)
+    code = authorize(http, srv, data={"client_id": srv.confidential_client_id}, auth=basic)
+    srv.approve(code["user_code"])
+    # client_id alone ("none") is refused for a client that has a secret.
+    response = poll(http, srv, code["device_code"], data={"client_id": srv.confidential_client_id})
+    assert error(response) == "invalid_client"
+    response = poll(http, srv, code["device_code"], auth=(srv.confidential_client_id, "wrong"))
+    assert response.status_code == 401
+    assert error(response) == "invalid_client"
+    # And the public client cannot redeem a device code issued to another client.
+    assert error(poll(http, srv, code["device_code"])) == "unauthorized_client"
+
+
+# -- ID tokens --
+
+
+def test_id_token_verifies_against_jwks(srv, http):
+    tokens = sign_in(http, srv)
+    meta = http.get("/.well-known/openid-configuration").json()
+    keys = jwt.PyJWKSet.from_dict(http.get(meta["jwks_uri"]).json())
+    header = jwt.get_unverified_header(tokens["id_token"])
+    assert header["alg"] == "RS256"
+    key = next(k for k in keys.keys if k.key_id == header["kid"])
+    claims = jwt.decode(
+        tokens["id_token"],
+        key.key,
+        algorithms=["RS256"],
+        audience=srv.client_id,
+        issuer=srv.issuer,
+        options={"require": ["iss", "sub", "aud", "iat", "exp"]},
+    )
+    assert claims["sub"] == "alice"
+    assert claims["name"] == "Alice Example"
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+# -- the verification page --
+
+
+def test_verification_page(srv, http):
+    code = authorize(http, srv)
+    page = http.get("/device")
+    assert page.status_code == 200 and 'name="user_code"' in page.text
+
+    page = http.get(code["verification_uri_complete"])
+    assert page.status_code == 200
+    assert code["user_code"] in page.text
+    assert srv.client_id in page.text
+    assert 'value="approve"' in page.text and 'value="deny"' in page.text
+
+    form = {"user_code": code["user_code"], "subject": "dave", "name": "Dave", "action": "approve"}
+    page = http.post("/device", data=form)
+    assert page.status_code == 200 and "Approved" in page.text
+    tokens = poll(http, srv, code["device_code"]).json()
+    assert userinfo(http, tokens["access_token"]).json() == {"sub": "dave", "name": "Dave"}
+
+
+def test_verification_page_deny_and_bad_codes(srv, http):
+    code = authorize(http, srv)
+    page = http.post("/device", data={"user_code": code["user_code"], "action": "deny"})
+    assert page.status_code == 200 and "Denied" in page.text
+    assert error(poll(http, srv, code["device_code"])) == "access_denied"
+
+    page = http.get("/device", params={"user_code": "<script>x</script>"})
+    assert page.status_code == 404
+    assert "<script>x" not in page.text and "&lt;script&gt;" in page.text
+    page = http.post("/device", data={"user_code": "BCDF-GHJK", "action": "approve"})
+    assert page.status_code == 404
+
+
+# -- the fault-injection seam --
+
+
+def test_around_token_hook_sees_every_token_request(srv, http):
+    srv.around_token = lambda respond: ("busy", 503)
+    code = authorize(http, srv)
+    assert poll(http, srv, code["device_code"]).status_code == 503
+    srv.around_token = lambda respond: respond()
+    assert error(poll(http, srv, code["device_code"])) == "authorization_pending"
+    assert [e.outcome for e in srv.stats.token_log] == ["http_503", "authorization_pending"]
+
+
+# -- running it on its own --
+
+
+def test_port_in_use_raises_oserror():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        with pytest.raises(OSError):
+            DevServer(port=taken.getsockname()[1]).start()
+
+
+def test_standalone_prints_issuer_and_stops_on_sigterm():
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{root / 'src'}:{root / 'simulator'}", "PATH": "/usr/bin:/bin"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "devicelink_sim.authserver", "--port", "0", "--interval", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        try:
+            line = proc.stdout.readline()
+            match = re.fullmatch(r"issuer (http://127\.0\.0\.1:\d+)\n", line)
+            assert match, line
+            issuer = match.group(1)
+            meta = httpx.get(issuer + "/.well-known/oauth-authorization-server").json()
+            assert meta["issuer"] == issuer
+            code = httpx.post(issuer + "/device_authorization", data={"client_id": "devicelink-sim"}).json()
+            assert code["interval"] == 1
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            assert proc.stdout.read() == ""  # one line only
+            assert code["device_code"] not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
