@@ -67,7 +67,6 @@ class FixedAgent:
 
 
 async def serve(path: str) -> None:
-    import gc; os.environ.get("BENCH_NOGC") and gc.disable()
     """Run the server until stdin closes; print "ready" once listening."""
     async with SocketServer(FixedAgent(), path):
         print("ready", flush=True)

@@ -69,10 +69,11 @@ class Device:
         self._inflight: asyncio.Future[None] | None = None
         self._pairing_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
         self._code_shown = asyncio.Event()
         self._tokens_changed = asyncio.Event()
         self._unsaved = False
+        #: Called with the new state after every move (the events API and tests subscribe).
+        self.listeners: list[Callable[[State], None]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -83,6 +84,8 @@ class Device:
         if self.state is not State.PAIRING:
             self.pairing = None
         self._redraw()
+        for listener in self.listeners:
+            listener(self.state)
 
     def _redraw(self) -> None:
         account = self.tokens.account if self.tokens else None
@@ -104,15 +107,7 @@ class Device:
             self._start_pairing()
 
     async def stop(self) -> None:
-        for task in (self._pairing_task, self._refresh_task, self._ticker, self._inflight):
-            if task is not None:
-                task.cancel()
-        for task in (self._pairing_task, self._refresh_task, self._ticker, self._inflight):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await self._cancel_tasks()
         if self._unsaved and self.tokens is not None:
             await self._save(self.tokens)
 
@@ -205,10 +200,15 @@ class Device:
         self.message = None
         self._move(Event.PAIR_REQUESTED)
         self._pairing_task = asyncio.create_task(self._pair())
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.create_task(self._tick())
 
     async def _pair(self) -> None:
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._pair_until_done()
+        finally:
+            ticker.cancel()
+
+    async def _pair_until_done(self) -> None:
         expired_in_a_row = 0
         while True:
             try:
@@ -275,7 +275,7 @@ class Device:
 
     async def _tick(self) -> None:
         """Keep the countdown on screen moving while a code is shown."""
-        while self.state is State.PAIRING:
+        while True:
             await self.sleep(1.0)
             if self.pairing is not None:
                 self._redraw()
@@ -321,10 +321,10 @@ class Device:
             return
         # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
         # token is served, or a crash now would leave only a dead refresh token behind.
+        self.last_error = None  # _save sets it again if the disk fails
         await self._save(fresh)
         self.tokens = fresh
         self.last_refresh = self.wall_clock()
-        self.last_error = None
         self._refresh_backoff.reset()
         self._retry_at = 0.0
         self._move(Event.REFRESH_SUCCEEDED)
@@ -356,13 +356,20 @@ class Device:
             due = max(due, self._last_attempt + MIN_REFRESH_SPACING)
             self._tokens_changed.clear()
             delay = due - self.clock()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._tokens_changed.wait(), delay)
-                    continue  # an on-demand refresh moved the schedule
-                except TimeoutError:
-                    pass
+            if delay > 0 and await self._changed_within(delay):
+                continue  # an on-demand refresh moved the schedule
             await self.refresh()
+
+    async def _changed_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds on the injected clock, or until the tokens change."""
+        changed = asyncio.ensure_future(self._tokens_changed.wait())
+        timer = asyncio.ensure_future(self.sleep(delay))
+        try:
+            await asyncio.wait((changed, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            timer.cancel()
+        return self._tokens_changed.is_set()
 
     # -- storage ----------------------------------------------------------------
 

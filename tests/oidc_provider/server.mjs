@@ -27,6 +27,17 @@
 //                             the server dies with the test process that
 //                             spawned it with a stdin pipe even if that process
 //                             is killed without cleaning up.
+//   OP_RECORD_ISSUED_TO       if set, a file to which one JSON line is appended
+//                             per token event: the VALUE of every access
+//                             token, refresh token and device code saved or
+//                             consumed, of every refresh token destroyed
+//                             (revoked, or reused), plus grant.success,
+//                             grant.error (with oidc-provider's error_detail,
+//                             e.g. "refresh token already used") and
+//                             grant.revoked. It holds live secrets: tests use
+//                             it to prove none of them leaks into the device's
+//                             files or logs, and to see what the device
+//                             presented. Never set it elsewhere.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import * as http from 'node:http';
@@ -157,6 +168,27 @@ if (devicePollInterval !== undefined) {
       ctx.body.interval = devicePollInterval;
     }
   });
+}
+
+// Test-only record of what was issued (see OP_RECORD_ISSUED_TO above). Opaque
+// tokens' values are their ids (`jti`). appendFileSync: a line is on disk
+// before the response that carries the token goes out.
+const recordTo = process.env.OP_RECORD_ISSUED_TO;
+if (recordTo) {
+  const { appendFileSync } = await import('node:fs');
+  const record = (entry) => appendFileSync(recordTo, `${JSON.stringify({ t: Date.now(), ...entry })}\n`, { mode: 0o600 });
+  for (const event of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed',
+    'refresh_token.destroyed', 'device_code.saved', 'device_code.consumed']) {
+    provider.on(event, (token) => record({ event, value: token.jti, grant_id: token.grantId ?? null }));
+  }
+  provider.on('grant.success', (ctx) => record({ event: 'grant.success', grant_type: ctx.oidc?.params?.grant_type ?? null }));
+  provider.on('grant.error', (ctx, err) => record({
+    event: 'grant.error',
+    grant_type: ctx.oidc?.params?.grant_type ?? null,
+    error: err?.error ?? null,
+    detail: err?.error_detail ?? null,
+  }));
+  provider.on('grant.revoked', (ctx, grantId) => record({ event: 'grant.revoked', grant_id: grantId }));
 }
 
 // Errors are logged without request bodies or tokens.

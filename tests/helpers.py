@@ -1,0 +1,76 @@
+"""Shared test fakes. Only time is faked: servers, sockets, files and crypto are real."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand, with a ``sleep`` that waits on it.
+
+    Give the same instance to the daemon (clock= and sleep=) and to the development
+    server (clock=), and RFC 8628's intervals and expiries pass in no real time.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._ids = itertools.count()
+        self._slept: asyncio.Event | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._ids), future))
+        if self._slept is not None:
+            self._slept.set()
+        await future
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose time has come."""
+        self.now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+
+    async def next_timer(self, timeout: float = 10.0) -> float:
+        """The time of the next pending timer, once some task is waiting on one."""
+        self._slept = self._slept or asyncio.Event()
+        while self.next_wake is None:
+            self._slept.clear()
+            await asyncio.wait_for(self._slept.wait(), timeout)
+        return self.next_wake
+
+    @property
+    def next_wake(self) -> float | None:
+        live = [when for when, _, f in self._sleepers if not f.done()]
+        return min(live) if live else None
+
+
+class StateLog:
+    """Collects a Device's states as they happen; ``wait`` awaits one (with a real timeout)."""
+
+    def __init__(self, device) -> None:
+        self.seen: list = []
+        self._changed = asyncio.Event()
+        device.listeners.append(self._on_state)
+
+    def _on_state(self, state) -> None:
+        self.seen.append(state)
+        self._changed.set()
+
+    async def wait(self, state, timeout: float = 10.0) -> None:
+        async def until():
+            while state not in self.seen:
+                self._changed.clear()
+                await self._changed.wait()
+        await asyncio.wait_for(until(), timeout)
+        self.seen.clear()

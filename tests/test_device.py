@@ -1,0 +1,235 @@
+"""The device engine in-process against the real development server over loopback HTTP.
+
+Only time is injected: the daemon and the server share a FakeClock, so RFC 8628
+intervals and token lifetimes pass without waiting, and the test decides exactly
+when each timer fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devicelink.config import Config, ProviderConfig, StorageConfig
+from devicelink.device import Device
+from devicelink.ipc.routes import ApiError, Peer, TokenQuery
+from devicelink.lifecycle import State
+from devicelink.oauth.http import ClientAuth, OAuthHttp
+from devicelink.tokens.store import EncryptedFileStore
+from tests.helpers import FakeClock, StateLog
+
+ROOT = Peer(pid=os.getpid(), uid=0, gid=0)
+
+
+def fail_with(status: int, body: dict):
+    return lambda respond: (json.dumps(body), status, {"content-type": "application/json"})
+
+
+class Rig:
+    """A DevServer and a Device sharing one fake clock."""
+
+    def __init__(self, state_dir: Path, lifetime: int = 3600, **server_kw) -> None:
+        from devicelink_sim.authserver import DevServer
+
+        self.clock = FakeClock()
+        self.srv = DevServer(clock=self.clock, interval=5, access_token_lifetime=lifetime, **server_kw).start()
+        self.state_dir = state_dir
+        self.key = os.urandom(32)
+
+    def device(self) -> Device:
+        cfg = Config(provider=ProviderConfig(issuer=self.srv.issuer, client_id=self.srv.client_id,
+                                             scope="openid offline_access", allow_insecure_http=True),
+                     storage=StorageConfig(state_dir=self.state_dir))
+        self.client = httpx.AsyncClient()
+        http = OAuthHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock)
+        device = Device(cfg, EncryptedFileStore(self.state_dir, self.key), http, clock=self.clock,
+                        sleep=self.clock.sleep, rng=random.Random(7))
+        self.states = StateLog(device)
+        return device
+
+    async def paired(self) -> Device:
+        device = self.device()
+        status = await device.pair(ROOT)
+        code = status["pairing"]["user_code"]
+        self.srv.approve(code, subject="alice", name="Alice")
+        self.clock.advance(5)  # RFC 8628 §3.5: the first poll waits one interval
+        await self.states.wait(State.PAIRED)
+        return device
+
+    def refreshes(self) -> int:
+        return self.srv.stats.token_requests.get("refresh_token", 0)
+
+    async def close(self, device: Device) -> None:
+        await device.stop()
+        await self.client.aclose()
+        self.srv.stop()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_one_refresh_however_many_apps_ask(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        first = (await device.token(TokenQuery(), ROOT))["access_token"]
+        rig.clock.advance(1850)  # less than half the lifetime left, before the proactive refresh
+        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600), ROOT) for _ in range(50)))
+        assert rig.refreshes() == 1  # RFC 9700 §4.14.2: never two refreshes of one grant at once
+        assert {a["access_token"] for a in answers} != {first} and len({a["access_token"] for a in answers}) == 1
+        assert all(a["expires_in"] > 3500 for a in answers)
+        assert rig.srv.stats.reuse_detections == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def test_proactive_refresh_before_expiry(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        assert 1000 + 50 <= await rig.clock.next_timer() <= 1000 + 5 + 50  # 75-85 %, capped at half
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.PAIRED)
+        assert rig.refreshes() == 1 and device.status()["last_refresh"] is not None
+        await rig.close(device)
+
+    run(main())
+
+
+def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        cached = (await device.token(TokenQuery(), ROOT))["access_token"]
+        rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.OFFLINE)
+        assert device.status()["last_error"] and "503" in device.status()["last_error"]
+        assert device.healthy()
+
+        # apps keep getting the cached token, and asking does not make the daemon hammer the server
+        for _ in range(20):
+            assert (await device.token(TokenQuery(min_ttl=90), ROOT))["access_token"] == cached
+        assert rig.refreshes() == 1
+        retry = await rig.clock.next_timer()
+        assert retry - rig.clock.now >= 2.5  # backoff, not a loop
+
+        rig.srv.around_token = lambda respond: respond()  # the server heals
+        rig.clock.advance(retry - rig.clock.now)
+        await rig.states.wait(State.PAIRED)
+        assert rig.refreshes() == 2 and device.status()["last_error"] is None
+        assert (await device.token(TokenQuery(), ROOT))["access_token"] != cached
+        await rig.close(device)
+
+    run(main())
+
+
+def test_expired_while_offline_is_upstream_unavailable(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        rig.srv.around_token = fail_with(500, {})
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.OFFLINE)
+        device.listeners.clear()  # retries keep failing in the background; we only watch the answers
+        rig.clock.now += 200  # past expiry, without waking the retry timer
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(), ROOT)
+        assert info.value.status == 502 and info.value.code == "upstream_unavailable"
+        assert not device.healthy() and device.state is not State.REAUTH_REQUIRED
+        await rig.close(device)
+
+    run(main())
+
+
+def test_invalid_grant_ends_the_grant(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        assert (tmp_path / "state.bin").exists()
+        rig.srv.around_token = fail_with(400, {"error": "invalid_grant"})
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.REAUTH_REQUIRED)
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(), ROOT)
+        assert info.value.code == "reauth_required" and info.value.status == 503
+        assert not (tmp_path / "state.bin").exists()
+        assert "invalid_grant" in device.status()["last_error"]
+        assert rig.refreshes() == 1  # and no further attempts: B5, do not start over by itself
+        await rig.close(device)
+
+    run(main())
+
+
+def test_unwritable_state_keeps_serving_from_memory(tmp_path):
+    async def main():
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        rig = Rig(state_dir, lifetime=100)
+        device = await rig.paired()
+        shutil.rmtree(state_dir)  # the SD card went read-only, or someone deleted the directory
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.PAIRED)
+        assert "cannot write" in device.status()["last_error"]
+        assert (await device.token(TokenQuery(), ROOT))["expires_in"] > 90  # the rotated grant is in use
+        await rig.close(device)
+
+    run(main())
+
+
+def test_restart_uses_the_stored_grant(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        token = (await device.token(TokenQuery(), ROOT))["access_token"]
+        await device.stop()
+        again = rig.device()
+        await again.start()
+        assert again.state is State.PAIRED and again.status()["account"]["name"] == "Alice"
+        assert (await again.token(TokenQuery(), ROOT))["access_token"] == token
+        assert rig.srv.stats.device_authorizations == 1
+        await rig.close(again)
+
+    run(main())
+
+
+def test_token_scope_and_resource_checks(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        assert (await device.token(TokenQuery(scope="openid"), ROOT))["access_token"]
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(scope="openid admin"), ROOT)
+        assert info.value.code == "forbidden"
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(resource="https://api.example"), ROOT)
+        assert info.value.code == "invalid_request"
+        with pytest.raises(ApiError) as info:
+            await device.unpair(Peer(pid=1, uid=12345, gid=12345))
+        assert info.value.code == "forbidden"
+        await rig.close(device)
+
+    run(main())
+
+
+def test_status_never_carries_a_secret(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        text = json.dumps(device.status())
+        for secret in rig.srv.issued_secrets():
+            assert secret not in text
+        assert set(device.status()) >= {"state", "pairing", "account", "access_token_expires_in", "last_refresh",
+                                        "last_error", "clock_synced", "version"}
+        await rig.close(device)
+
+    run(main())
