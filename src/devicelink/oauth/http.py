@@ -57,8 +57,8 @@ class ClientAuth:
 
 class OAuthHttp:
     def __init__(self, client: httpx.AsyncClient, auth: ClientAuth,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.client, self.auth, self.clock = client, auth, clock
+                 clock: Callable[[], float] = time.monotonic, deadline: float = DEADLINE) -> None:
+        self.client, self.auth, self.clock, self.deadline = client, auth, clock, deadline
 
     async def send(self, request: m.Request) -> m.Reply:
         """One exchange. Never raises for network trouble: that is a :class:`Failure`."""
@@ -67,7 +67,7 @@ class OAuthHttp:
         if request.authenticate:
             self.auth.apply(form, headers)
         try:
-            async with asyncio.timeout(DEADLINE):
+            async with asyncio.timeout(self.deadline):
                 async with self.client.stream(request.method, request.url, headers=headers,
                                               data=dict(form) if request.method == "POST" else None,
                                               timeout=TIMEOUT) as resp:
@@ -79,7 +79,7 @@ class OAuthHttp:
                     return m.Response(resp.status_code, bytes(body), self.clock(),
                                       {k.lower(): v for k, v in resp.headers.items()})
         except TimeoutError:
-            return self._failed(request, f"no complete answer within {DEADLINE:.0f} s")
+            return self._failed(request, f"no complete answer within {self.deadline:g} s")
         except httpx.HTTPError as exc:
             return self._failed(request, _describe(exc))
 

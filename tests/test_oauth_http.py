@@ -1,0 +1,161 @@
+"""The HTTP adapter against real servers on loopback: client authentication, size cap,
+deadline, TLS verification, and that network trouble becomes a Failure, not an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import httpx
+import pytest
+
+from devicelink.oauth import messages as m
+from devicelink.oauth.http import MAX_BODY, ClientAuth, OAuthHttp
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def send(request: m.Request, auth: ClientAuth) -> m.Reply:
+    async with httpx.AsyncClient() as client:
+        return await OAuthHttp(client, auth).send(request)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_confidential_client_authenticates(dev_server, method):
+    endpoints = m.Endpoints(token_endpoint=dev_server.issuer + "/token",
+                            device_authorization_endpoint=dev_server.issuer + "/device_authorization")
+    good = ClientAuth(dev_server.confidential_client_id, method, dev_server.client_secret)
+    reply = run(send(m.device_authorization_request(endpoints, "openid"), good))
+    assert reply.status == 200 and m.parse_device_authorization(reply).user_code
+    bad = ClientAuth(dev_server.confidential_client_id, method, "wrong")
+    reply = run(send(m.device_authorization_request(endpoints, "openid"), bad))
+    assert m.oauth_error(reply) == "invalid_client"
+    assert "wrong" not in repr(bad)
+
+
+def test_basic_auth_form_encodes_id_and_secret():
+    headers: dict[str, str] = {}
+    form: list[tuple[str, str]] = []
+    ClientAuth("a:b", "client_secret_basic", "p@ss word").apply(form, headers)
+    import base64
+
+    assert base64.b64decode(headers["authorization"].split()[1]) == b"a%3Ab:p%40ss%20word"  # RFC 6749 §2.3.1
+    assert form == []
+
+
+def test_public_client_sends_client_id():
+    form: list[tuple[str, str]] = []
+    ClientAuth("tv").apply(form, {})
+    assert form == [("client_id", "tv")]  # G19
+
+
+class RawServer:
+    """A loopback TCP server that answers each connection with ``handler(conn)``."""
+
+    def __init__(self, handler):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/token"
+        self.handler = handler
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    self.handler(conn)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_oversized_body_is_a_failure_not_memory_growth():
+    def huge(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        for _ in range(MAX_BODY // len(chunk) + 4):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+    server = RawServer(huge)
+    try:
+        reply = run(send(m.Request("refresh", server.url, (("a", "b"),)), ClientAuth("tv")))
+    finally:
+        server.close()
+    assert isinstance(reply, m.Failure) and "larger than" in reply.reason
+
+
+def test_connection_reset_and_refused_are_failures():
+    server = RawServer(lambda conn: conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                    b"\x01\x00\x00\x00\x00\x00\x00\x00"))
+    try:
+        reply = run(send(m.Request("refresh", server.url), ClientAuth("tv")))
+    finally:
+        server.close()
+    assert isinstance(reply, m.Failure)
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))  # a port nothing listens on
+    url = f"http://127.0.0.1:{unused.getsockname()[1]}/token"
+    refused = run(send(m.Request("refresh", url), ClientAuth("tv")))
+    unused.close()
+    assert isinstance(refused, m.Failure) and "Connect" in refused.reason
+
+
+def test_tls_is_verified(tmp_path):
+    """A self-signed certificate is refused: verification is never turned off."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    raw = socket.create_server(("127.0.0.1", 0))
+    port = raw.getsockname()[1]
+
+    def serve():
+        try:
+            conn, _ = raw.accept()
+            with ctx.wrap_socket(conn, server_side=True):
+                pass
+        except (OSError, ssl.SSLError):
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    reply = run(send(m.Request("refresh", f"https://127.0.0.1:{port}/token"), ClientAuth("tv")))
+    raw.close()
+    assert isinstance(reply, m.Failure) and "CERTIFICATE_VERIFY_FAILED" in reply.reason.upper().replace(" ", "_")
+
+
+def test_a_server_dribbling_bytes_hits_the_deadline():
+    stop = threading.Event()
+
+    def dribble(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n")
+        while not stop.wait(0.05):  # a byte every 50 ms: each read is quick, the whole never ends
+            conn.sendall(b" ")
+
+    server = RawServer(dribble)
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            return await OAuthHttp(client, ClientAuth("tv"), deadline=0.5).send(m.Request("refresh", server.url))
+
+    try:
+        reply = run(go())
+    finally:
+        stop.set()
+        server.close()
+    assert isinstance(reply, m.Failure) and "within 0.5 s" in reply.reason
