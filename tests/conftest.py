@@ -16,6 +16,11 @@ from pathlib import Path
 import pytest
 
 
+#: The interpreter the daemon and CLI run under. bench/bookworm sets it to Debian's
+#: python3 with Debian's packages (what Raspberry Pi OS ships) and PYTHONPATH=src.
+DAEMON_PYTHON = os.environ.get("DEVICELINK_DAEMON_PYTHON", sys.executable).split()
+
+
 @pytest.fixture
 def short_tmp():
     """AF_UNIX paths are limited to ~108 bytes; pytest's tmp_path can be longer."""
@@ -72,7 +77,7 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":
-        self.proc = subprocess.Popen([sys.executable, "-m", "devicelink", "--config", str(self.config), "run"],
+        self.proc = subprocess.Popen([*DAEMON_PYTHON, "-m", "devicelink", "--config", str(self.config), "run"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
         threading.Thread(target=self._read_stderr, daemon=True).start()
         self._out = threading.Thread(target=self._read_stdout, daemon=True)
@@ -115,7 +120,7 @@ class Daemon:
                                          + "".join(self.log[-30:]))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "devicelink", "--config", str(self.config), *args],
+        return subprocess.run([*DAEMON_PYTHON, "-m", "devicelink", "--config", str(self.config), *args],
                               capture_output=True, text=True, env=self.env, timeout=60)
 
     def client(self):
