@@ -233,3 +233,37 @@ def test_status_never_carries_a_secret(tmp_path):
         await rig.close(device)
 
     run(main())
+
+
+def test_stop_lets_a_refresh_in_flight_finish(tmp_path):
+    """SIGTERM during a refresh: the server may already have rotated the refresh token,
+    so stopping must wait for the answer and save it, or the next start replays the old one."""
+    import threading
+
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        entered, release = threading.Event(), threading.Event()
+
+        def held(respond):
+            entered.set()
+            release.wait(10)
+            return respond()
+
+        rig.srv.around_token = held
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        assert await asyncio.to_thread(entered.wait, 10)
+        stopping = asyncio.create_task(device.stop())
+        await asyncio.sleep(0)  # let stop() begin while the answer is still held
+        release.set()
+        await stopping
+        rig.srv.around_token = lambda respond: respond()
+
+        again = rig.device()
+        await again.start()
+        await again.refresh()
+        assert again.state is State.PAIRED
+        assert rig.srv.stats.reuse_detections == 0 and rig.refreshes() == 2
+        await rig.close(again)
+
+    run(main())

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 RECORD_VERSION = 1
 MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
 PAIR_ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
+STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
 
 
 class Device:
@@ -107,6 +108,13 @@ class Device:
             self._start_pairing()
 
     async def stop(self) -> None:
+        # Let a refresh in flight finish: the server may already have rotated the refresh
+        # token, and cancelling now would lose the new one (the next start would replay the old).
+        if self._inflight is not None and not self._inflight.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._inflight), STOP_GRACE)
+            except (TimeoutError, Exception):
+                pass
         await self._cancel_tasks()
         if self._unsaved and self.tokens is not None:
             await self._save(self.tokens)
