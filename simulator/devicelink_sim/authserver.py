@@ -597,9 +597,9 @@ class _QuietHandler(WSGIRequestHandler):
 # -- standalone --
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m devicelink_sim.authserver") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m devicelink_sim.authserver",
+        prog=prog,
         description="Development OAuth 2.0 device-flow authorization server on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")

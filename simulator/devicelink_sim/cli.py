@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             from devicelink_sim import authserver
         except ImportError as exc:
             return _missing_extra(exc)
-        return authserver.main(rest)
+        return authserver.main(rest, prog="devicelink-sim server")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.approve_after < 0:
