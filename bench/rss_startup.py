@@ -1,11 +1,12 @@
 """Startup time and memory of the real daemon, as a device would run it.
 
     .venv/bin/python bench/rss_startup.py [--python /usr/bin/python3] [--restarts 10] [--requests 1000]
+                                          [--src DIR] [--smaps] [--json]
 
 This script runs in the project's venv (it needs the development server,
 ``devicelink_sim``); the daemon runs under ``--python`` (default: the venv's
-interpreter). The daemon always gets ``PYTHONPATH=<repo>/src`` and nothing
-else on its path, so ``--python /usr/bin/python3`` means Debian's interpreter
+interpreter). The daemon gets ``PYTHONPATH=<repo>/src`` (or ``--src``, to try a
+patched copy) and nothing else on its path, so ``--python /usr/bin/python3`` means Debian's interpreter
 with Debian's httpx, h11, cryptography and segno (see bench/bookworm), and no
 package from the venv.
 
@@ -17,7 +18,9 @@ file) and measure
   ``GET /v1/health`` on its socket (a raw AF_UNIX connect retried every 1 ms);
 * RSS at start: VmRSS from /proc/PID/status right after that answer;
 * RSS after load: VmRSS after ``--requests`` ``GET /v1/token`` requests on one
-  keep-alive connection (each answer read in full before the next request).
+  keep-alive connection (each answer read in full before the next request), and
+  its split into RssAnon (heap, Python objects) and RssFile (mapped .so files);
+  ``--smaps`` also lists the largest mappings, e.g. cryptography's OpenSSL.
 
 Prints min / median / max of each, the daemon interpreter and the versions of
 the packages it imported. A benchmark, not a test: run it on an idle machine.
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -61,11 +65,11 @@ print(json.dumps({
 """
 
 
-def daemon_env() -> dict[str, str]:
+def daemon_env(src: Path = ROOT / "src") -> dict[str, str]:
     """The daemon's environment: ours minus anything that could put the venv on its path."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "NOTIFY_SOCKET", "DEVICELINK_LOG_LEVEL")}
-    env["PYTHONPATH"] = str(ROOT / "src")
+    env["PYTHONPATH"] = str(src)
     env["PYTHONNOUSERSITE"] = "1"
     return env
 
@@ -93,12 +97,25 @@ driver = "none"
     return path
 
 
-def vm_rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and its split into RssAnon (heap, Python objects) and RssFile (mapped code, .so files)."""
     with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
+def top_mappings(pid: int, n: int = 8) -> list[tuple[float, str]]:
+    """The ``n`` mappings (by file, or [anon]/[heap]) with the most resident memory, in MiB."""
+    totals: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):  # a mapping's header line
+                name = parts[5] if len(parts) > 5 else "[anon]"
+            elif parts[0] == "Rss:":
+                totals[name] = totals.get(name, 0) + int(parts[1])
+    return sorted(((kib / 1024, name) for name, kib in totals.items()), reverse=True)[:n]
 
 
 def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
@@ -128,8 +145,8 @@ def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes]:
 class Daemon:
     """``python -m devicelink run``; its log goes to a file we poll (no reader threads)."""
 
-    def __init__(self, python: list[str], config: Path) -> None:
-        self.python, self.config = python, config
+    def __init__(self, python: list[str], config: Path, src: Path) -> None:
+        self.python, self.config, self.src = python, config, src
         self.socket = str(config.parent / "agent.sock")
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen | None = None
@@ -138,7 +155,7 @@ class Daemon:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([*self.python, "-m", "devicelink", "--config", str(self.config), "run"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                         env=daemon_env(), cwd=self.config.parent)
+                                         env=daemon_env(self.src), cwd=self.config.parent)
 
     def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
         regex, deadline = re.compile(pattern), time.monotonic() + timeout
@@ -175,8 +192,8 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
-def pair(python: list[str], config: Path, srv) -> None:
-    d = Daemon(python, config)
+def pair(python: list[str], config: Path, src: Path, srv) -> None:
+    d = Daemon(python, config, src)
     d.spawn()
     try:
         code = d.wait_for_log(r"pairing: enter code (\S+) at (\S+)").group(1)
@@ -186,8 +203,8 @@ def pair(python: list[str], config: Path, srv) -> None:
         d.stop()
 
 
-def one_run(python: list[str], config: Path, requests: int) -> dict[str, float]:
-    d = Daemon(python, config)
+def one_run(python: list[str], config: Path, src: Path, requests: int, smaps: bool = False) -> dict[str, float]:
+    d = Daemon(python, config, src)
     t0 = time.perf_counter()
     d.spawn()
     try:
@@ -195,7 +212,7 @@ def one_run(python: list[str], config: Path, requests: int) -> dict[str, float]:
         startup = time.perf_counter() - t0
         if status != 200:
             raise RuntimeError(f"GET /v1/health answered {status}: the grant was not restored")
-        rss_start = vm_rss_kib(d.proc.pid)
+        rss_start = rss_kib(d.proc.pid)
         buf = bytearray()
         with sock:
             for _ in range(requests):
@@ -203,12 +220,18 @@ def one_run(python: list[str], config: Path, requests: int) -> dict[str, float]:
                 status, body = read_response(sock, buf)
                 if status != 200 or b"access_token" not in body:
                     raise RuntimeError(f"GET /v1/token answered {status}: {body[:200]!r}")
-            rss_loaded = vm_rss_kib(d.proc.pid)
+            rss_loaded = rss_kib(d.proc.pid)
+            if smaps:
+                print("\nlargest resident mappings after the requests (MiB):")
+                for mib, name in top_mappings(d.proc.pid):
+                    print(f"  {mib:6.1f}  {name}")
     finally:
         code = d.stop()
     if code != 0:
         raise RuntimeError(f"the daemon exited {code}; log:\n{d.log.read_text()[-3000:]}")
-    return {"startup_ms": startup * 1000, "rss_start_mib": rss_start / 1024, "rss_loaded_mib": rss_loaded / 1024}
+    return {"startup_ms": startup * 1000, "rss_start_mib": rss_start["VmRSS"] / 1024,
+            "rss_loaded_mib": rss_loaded["VmRSS"] / 1024, "anon_loaded_mib": rss_loaded["RssAnon"] / 1024,
+            "file_loaded_mib": rss_loaded["RssFile"] / 1024}
 
 
 def main() -> int:
@@ -217,13 +240,19 @@ def main() -> int:
                     help="the daemon's interpreter (a command, split on spaces); default: the venv's")
     ap.add_argument("--restarts", type=int, default=10)
     ap.add_argument("--requests", type=int, default=1000, help="GET /v1/token requests before the second RSS")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the daemon's PYTHONPATH (to try a patched copy of src); default: the repo's src")
+    ap.add_argument("--smaps", action="store_true", help="print the largest mappings of the last run")
     ap.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     args = ap.parse_args()
     python = args.python.split()
+    # The daemon runs in a temporary directory: make a relative interpreter path absolute.
+    python[0] = os.path.abspath(shutil.which(python[0]) or python[0])
+    src = args.src.resolve()
 
     from devicelink_sim.authserver import DevServer
 
-    versions = json.loads(subprocess.run([*python, "-c", VERSIONS], env=daemon_env(), cwd="/",
+    versions = json.loads(subprocess.run([*python, "-c", VERSIONS], env=daemon_env(src), cwd="/",
                                          capture_output=True, text=True, check=True).stdout)
     print("daemon interpreter:")
     for name, value in versions.items():
@@ -232,15 +261,17 @@ def main() -> int:
     runs = []
     with DevServer(interval=1) as srv, tempfile.TemporaryDirectory(prefix="dl-bench-", dir="/tmp") as tmp:
         config = write_config(Path(tmp), srv.issuer, srv.client_id)
-        pair(python, config, srv)
-        for _ in range(args.restarts):
-            runs.append(one_run(python, config, args.requests))
+        pair(python, config, src, srv)
+        for i in range(args.restarts):
+            runs.append(one_run(python, config, src, args.requests, smaps=args.smaps and i == args.restarts - 1))
 
     print(f"\n{args.restarts} restarts, {args.requests} GET /v1/token on one keep-alive connection each:")
     print(f"  {'':34} {'min':>8} {'median':>8} {'max':>8}")
     for key, label in [("startup_ms", "start -> /v1/health answered (ms)"),
                        ("rss_start_mib", "VmRSS after start (MiB)"),
-                       ("rss_loaded_mib", f"VmRSS after {args.requests} tokens (MiB)")]:
+                       ("rss_loaded_mib", f"VmRSS after {args.requests} tokens (MiB)"),
+                       ("anon_loaded_mib", "  of which RssAnon (MiB)"),
+                       ("file_loaded_mib", "  of which RssFile (MiB)")]:
         values = [r[key] for r in runs]
         print(f"  {label:34} {min(values):8.1f} {statistics.median(values):8.1f} {max(values):8.1f}")
     if args.json:

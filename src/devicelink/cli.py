@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # httpx/__init__.py imports its own command-line client (click, rich, pygments) when
+    # they are installed, as Debian's python3-httpx always does: ~7 MiB and ~80 ms in every
+    # process. Marking it absent makes httpx fall back to its stub. Only the daemon and
+    # the CLI do this; apps importing devicelink.ipc.client keep httpx as it is.
+    sys.modules.setdefault("httpx._main", None)
     args = build_parser().parse_args(argv)
     from devicelink import logs
 

@@ -67,21 +67,26 @@ class OAuthHttp:
         if request.authenticate:
             self.auth.apply(form, headers)
         try:
-            async with asyncio.timeout(self.deadline):
-                async with self.client.stream(request.method, request.url, headers=headers,
-                                              data=dict(form) if request.method == "POST" else None,
-                                              timeout=TIMEOUT) as resp:
-                    body = bytearray()
-                    async for chunk in resp.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_BODY:
-                            return self._failed(request, f"answer larger than {MAX_BODY} bytes")
-                    return m.Response(resp.status_code, bytes(body), self.clock(),
-                                      {k.lower(): v for k, v in resp.headers.items()})
+            # wait_for, not asyncio.timeout: the exchange runs in a task of its own, so the
+            # deadline still ends in TimeoutError under anyio 3 (httpcore 0.16, Debian 12),
+            # which leaves a task's cancelling() count raised after every TCP connect.
+            return await asyncio.wait_for(self._exchange(request, form, headers), self.deadline)
         except TimeoutError:
             return self._failed(request, f"no complete answer within {self.deadline:g} s")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:  # httpcore < 0.17 lets ssl.SSLError through unwrapped
             return self._failed(request, _describe(exc))
+
+    async def _exchange(self, request: m.Request, form: list[tuple[str, str]], headers: dict[str, str]) -> m.Reply:
+        async with self.client.stream(request.method, request.url, headers=headers,
+                                      data=dict(form) if request.method == "POST" else None,
+                                      timeout=TIMEOUT) as resp:
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return self._failed(request, f"answer larger than {MAX_BODY} bytes")
+            return m.Response(resp.status_code, bytes(body), self.clock(),
+                              {k.lower(): v for k, v in resp.headers.items()})
 
     def _failed(self, request: m.Request, reason: str) -> m.Failure:
         logger.warning("%s request to %s failed: %s", request.kind, request.url, reason)
@@ -111,7 +116,7 @@ class OAuthHttp:
                 observe(reply)
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _describe(exc: Exception) -> str:
     """A short reason without URLs' query strings or bodies."""
     name = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
