@@ -10,13 +10,16 @@ on one event loop instead: a pessimistic number, since the clients' work then
 counts against the server.
 
 The clients are raw asyncio Unix-socket streams, not httpx, which would be the
-bottleneck. Each one sends a request, reads the whole answer, and sends the
-next one (closed loop); latency is measured per request from write to last
-byte. The agent answers a fixed token dict, so this measures the socket layer:
-accept, h11, routing, JSON, writes.
+bottleneck. By default each one sends a request, reads the whole answer, and
+sends the next one (closed loop: the server is saturated, and latency is
+roughly clients / throughput); latency is measured from write to last byte.
+``--rate R`` sends R requests/s per client on a schedule instead (open loop),
+the load real apps put on the daemon. The agent answers a fixed token dict,
+so this measures the socket layer: h11, routing, JSON, reads and writes.
 
 Output: requests/s, p50/p90/p99/p99.9/max latency, the server's RSS and peak
-RSS, and the CPU time the server process used (utilisation of one core).
+RSS, and the CPU time the server process and the clients used (as a share of
+one core). Other load on the machine shows up directly in these numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,12 +82,24 @@ async def serve(path: str) -> None:
 # -- client side -----------------------------------------------------------
 
 
-async def client(path: str, state: dict, latencies: list[int], pipeline: int) -> None:
+async def client(
+    path: str, state: dict, latencies: list[int], pipeline: int, rate: float = 0.0
+) -> None:
+    """One keep-alive connection. ``rate`` > 0: send on a schedule (open loop)."""
     reader, writer = await asyncio.open_unix_connection(path)
     batch = REQUEST * pipeline
     perf = time.perf_counter_ns
+    interval = int(1e9 / rate) if rate else 0
+    next_send = perf() + int(random.random() * interval)
     try:
         while not state["stop"]:
+            if interval:
+                # asyncio.sleep wakes up to a millisecond late, so latency is
+                # measured from the write, not from when the request was due.
+                delay = next_send - perf()
+                if delay > 0:
+                    await asyncio.sleep(delay / 1e9)
+                next_send = max(next_send + interval, perf())
             t0 = perf()
             writer.write(batch)
             for _ in range(pipeline):
@@ -143,7 +160,7 @@ async def run(args: argparse.Namespace) -> None:
         state = {"stop": False, "recording": False, "done": 0, "limit": args.requests}
         latencies: list[int] = []
         tasks = [
-            asyncio.create_task(client(path, state, latencies, args.pipeline))
+            asyncio.create_task(client(path, state, latencies, args.pipeline, args.rate))
             for _ in range(args.clients)
         ]
         await asyncio.sleep(args.warmup)
@@ -169,6 +186,7 @@ async def run(args: argparse.Namespace) -> None:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     latencies.sort()
     n = len(latencies)
@@ -177,7 +195,8 @@ async def run(args: argparse.Namespace) -> None:
         return latencies[min(n - 1, int(p / 100 * n))] / 1e6
 
     where = "same process" if args.in_process else "separate process"
-    print(f"clients {args.clients}, pipeline {args.pipeline}, server in a {where}, "
+    load = f"{args.rate:g} req/s each" if args.rate else "back to back"
+    print(f"clients {args.clients} ({load}), pipeline {args.pipeline}, server in a {where}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(f"requests   {state['done']} in {elapsed:.2f}s = {state['done'] / elapsed:,.0f} req/s")
     print(f"latency ms p50 {pct(50):.3f}  p90 {pct(90):.3f}  p99 {pct(99):.3f}  "
@@ -199,6 +218,10 @@ def main() -> None:
     group.add_argument("--requests", type=int, default=0, help="stop after this many")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
     parser.add_argument("--pipeline", type=int, default=1, help="requests per write")
+    parser.add_argument(
+        "--rate", type=float, default=0.0,
+        help="requests/s per client, sent on a schedule (default: back to back)",
+    )
     parser.add_argument("--in-process", action="store_true", help="server on the clients' loop")
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -32,8 +32,10 @@ from devicelink.errors import DeviceLinkError
 
 __all__ = [
     "MAX_MIN_TTL",
+    "REASONS",
     "ROUTES",
     "STATUS_BY_CODE",
+    "TOKEN_FIELDS",
     "Agent",
     "ApiError",
     "MethodNotAllowed",

@@ -6,13 +6,14 @@ Theory of operation
 Each accepted connection gets a :class:`_Connection` protocol, modelled on
 uvicorn's ``H11Protocol`` (``uvicorn/protocols/http/h11_impl.py``):
 
-- ``data_received`` feeds h11 and pulls events until h11 says ``NEED_DATA``
-  (wait for more bytes) or ``PAUSED`` (a complete request is waiting for our
-  answer; stop reading until we have sent it). Pipelined requests therefore
-  sit in h11's buffer and are answered strictly in order.
-- Answers that need no awaiting (status, health, errors) are written inline,
-  from the same call; token, pair and unpair run in one task each. Either way
-  the whole answer goes out in a single ``transport.write``.
+- Each read feeds h11 and pulls events until h11 says ``NEED_DATA`` (wait for
+  more bytes) or ``PAUSED`` (a complete request is waiting for our answer;
+  stop reading until we have sent it). Pipelined requests therefore sit in
+  h11's buffer and are answered strictly in order.
+- Answers that need no awaiting (status, health, errors) are written from
+  the same callback. The agent's coroutines (token, pair, unpair) run in a
+  task each, and the connection reads no further request until the task has
+  answered. Either way the whole answer goes out in one ``transport.write``.
 - ``RemoteProtocolError`` is answered with h11's status hint (400; 431 for
   headers over 16 KiB) and the connection is closed. Request bodies over
   64 KiB get 413. After such an early answer we "linger": shut down our side,
@@ -40,7 +41,6 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Generator
 from typing import Any
 
 import h11
@@ -64,7 +64,9 @@ _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _CLOSE = ((b"connection", b"close"),)
 _EOM = h11.EndOfMessage()
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=())
-_SERVER_ERROR = routes.error_response(ApiError("server_error", "internal error; see the daemon's log"))
+_SERVER_ERROR = routes.error_response(
+    ApiError("server_error", "internal error; see the daemon's log")
+)
 _TOO_LARGE = routes.error_response(
     ApiError("request_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
 )
@@ -94,8 +96,8 @@ class SocketServer:
 
     Either ``path`` (we create, chmod and later unlink the socket file) or
     ``sock``, an already bound socket such as one from systemd socket
-    activation (we only listen on it and close it on stop; the file is left
-    to whoever made it).
+    activation (we only listen on it and close it on stop; ``mode`` is not
+    applied and the file is left to whoever made it).
 
     ::
 
@@ -131,7 +133,8 @@ class SocketServer:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._drained: asyncio.Future[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._read_buffer = memoryview(bytearray(_READ_SIZE))
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -139,10 +142,10 @@ class SocketServer:
         """Bind (unless given a socket) and start accepting connections."""
         if self._server is not None:
             raise RuntimeError("the server is already running")
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         sock = self._sock if self._sock is not None else self._bind()
         try:
-            self._server = await self.loop.create_unix_server(
+            self._server = await self._loop.create_unix_server(
                 lambda: _Connection(self), sock=sock, backlog=self._backlog
             )
         except BaseException:
@@ -157,14 +160,14 @@ class SocketServer:
         server, self._server = self._server, None
         if server is None:
             return
-        assert self.loop is not None
+        assert self._loop is not None
         timeout = self.shutdown_timeout if timeout is None else timeout
         server.close()
         self._unlink()
         for conn in list(self._connections):
             conn.shutdown()
         if self._connections:
-            self._drained = self.loop.create_future()
+            self._drained = self._loop.create_future()
             try:
                 async with asyncio.timeout(timeout):
                     await self._drained
@@ -281,13 +284,13 @@ def _sock_name(sock: socket.socket | None) -> str:
     return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: h11 state, flow control, the idle timer."""
 
     def __init__(self, server: SocketServer) -> None:
         self._server = server
         self._agent = server.agent
-        loop = server.loop
+        loop = server._loop
         assert loop is not None
         self._loop = loop
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
@@ -327,10 +330,18 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         self._server._connection_lost(self)
 
-    def data_received(self, data: bytes) -> None:
+    # A BufferedProtocol, so the transport reads into one preallocated
+    # buffer: asyncio 3.11's data_received path allocates 256 KiB per read,
+    # which cost more than the read itself. The buffer is shared by all
+    # connections of the server: buffer_updated copies out of it at once.
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._lingering:
             return
-        self._conn.receive_data(data)
+        self._conn.receive_data(self._server._read_buffer[:nbytes].tobytes())
         self._handle_events()
 
     def eof_received(self) -> bool:
@@ -338,9 +349,10 @@ class _Connection(asyncio.Protocol):
             return False  # the transport closes itself
         self._conn.receive_data(b"")
         self._handle_events()
-        # Keep the transport: a half-closed client still gets its answer,
-        # and _handle_events or _finish close it once that is sent.
-        return True
+        # Keep the transport open: a half-closed client still gets its answer,
+        # and _handle_events or _finish close it once that is sent. After a
+        # rejection there is nothing left to wait for, so close (flushing).
+        return not self._lingering
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -387,13 +399,20 @@ class _Connection(asyncio.Protocol):
                 self._method = event.method
                 self._target = event.target
                 self._body_size = 0
+                # h11 enforces max_incomplete_event_size only on a request that
+                # arrives in pieces; count here so one big read gets 431 too.
+                size = len(event.target)
                 for name, value in event.headers:
+                    size += len(name) + len(value)
                     # len() first: h11 < 0.16 lets any number of digits through.
                     if name == b"content-length" and (
                         len(value) > 9 or int(value) > MAX_BODY_BYTES
                     ):
                         self._reject(_TOO_LARGE)
                         return
+                if size > MAX_HEADER_BYTES:
+                    self._reject(_PROTOCOL_ERRORS[431])
+                    return
             elif etype is h11.Data:
                 # Bodies are read and dropped: no route takes one (yet).
                 self._body_size += len(event.data)
@@ -419,29 +438,24 @@ class _Connection(asyncio.Protocol):
         try:
             handler, query = routes.resolve(self._method, self._target)
             if handler == "token":
-                coro = self._agent.token(routes.parse_token_query(query), self._peer)
+                call: tuple[Any, ...] = (self._agent.token, routes.parse_token_query(query))
             elif handler == "status":
                 return self._finish(routes.json_response(200, self._agent.status()))
             elif handler == "health":
                 return self._finish(routes.health_response(self._agent.healthy()))
             elif handler == "pair":
-                coro = self._agent.pair(self._peer)
+                call = (self._agent.pair,)
             else:
-                coro = self._agent.unpair(self._peer)
-            # Run the agent's coroutine up to its first real wait, here. A
-            # token the agent holds in memory comes back without waiting at
-            # all, and then no task is needed (what asyncio's eager tasks do
-            # in 3.12). Otherwise the rest of the call runs in a task.
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration as done:
-                return self._finish(routes.ok_response(handler, done.value))
+                call = (self._agent.unpair,)
         except ApiError as err:
             return self._finish(routes.error_response(err))
         except Exception:
             logger.exception("error answering %s", _path_only(self._target))
             return self._finish(_SERVER_ERROR)
-        task = self._loop.create_task(self._answer_later(handler, _Resume(coro, waiting_on)))
+        # Stepping the coroutine by hand here, to skip the task when the agent
+        # answers without waiting, measured no faster, and would run the agent
+        # outside any task (asyncio.timeout() needs one).
+        task = self._loop.create_task(self._answer_later(handler, *call))
         self._task = task
         self._server._tasks.add(task)
         task.add_done_callback(self._server._tasks.discard)
@@ -449,9 +463,9 @@ class _Connection(asyncio.Protocol):
         # _resume; more data arriving meanwhile makes h11 say PAUSED.
         return False
 
-    async def _answer_later(self, handler: str, call: _Resume) -> None:
+    async def _answer_later(self, handler: str, method: Any, *args: Any) -> None:
         try:
-            response = routes.ok_response(handler, await call)
+            response = routes.ok_response(handler, await method(*args, self._peer))
         except ApiError as err:
             response = routes.error_response(err)
         except Exception:
@@ -560,40 +574,6 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(deadline, self._on_timer)
         else:
             self._transport.close()
-
-
-class _Resume:
-    """Await the rest of a coroutine that has already been stepped once by hand.
-
-    ``waiting_on`` is what its first ``send(None)`` yielded (the future it
-    waits for); re-yielding that to the task, and forwarding whatever the
-    task sends or throws (cancellation included), is ``yield from`` resumed.
-    """
-
-    __slots__ = ("_coro", "_waiting_on")
-
-    def __init__(self, coro: Any, waiting_on: Any) -> None:
-        self._coro = coro
-        self._waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waiting_on = self._coro, self._waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    waiting_on = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
 
 
 # h11 validates every header of a Response event it is given, each time; that
