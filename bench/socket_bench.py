@@ -1,7 +1,10 @@
 """Load-test the socket API: N keep-alive clients hammering ``GET /v1/token``.
 
     PYTHONPATH=src python bench/socket_bench.py [--clients 32] [--seconds 5 | --requests N]
-                                                [--in-process] [--pipeline 1]
+                                                [--in-process | --daemon] [--pipeline 1]
+
+``--daemon`` loads the real ``devicelink run`` process, paired against the
+development server, instead of the socket layer alone.
 
 By default the server runs in a child process (this script with ``--serve``),
 so clients and server each get their own interpreter and, on a 2-core board,
@@ -119,6 +122,29 @@ async def client(
         writer.close()
 
 
+def start_paired_daemon(tmp: str):
+    """The real daemon (``--daemon``), paired against the development server, serving
+    its real token from memory: what apps on a device actually talk to."""
+    from pathlib import Path
+
+    import rss_startup  # bench/, beside this script
+    from devicelink_sim.authserver import DevServer
+
+    srv = DevServer(interval=1).start()
+    python = [str(rss_startup.VENV_PYTHON if rss_startup.VENV_PYTHON.exists() else sys.executable)]
+    src = rss_startup.ROOT / "src"
+    config = rss_startup.write_config(Path(tmp), srv.issuer, srv.client_id)
+    rss_startup.pair(python, config, src, srv)
+    daemon = rss_startup.Daemon(python, config, src)
+    daemon.dev_server = srv
+    daemon.spawn()
+    status, sock = daemon.health()
+    sock.close()
+    if status != 200:
+        raise SystemExit(f"the daemon is not healthy ({status})")
+    return daemon, daemon.socket
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in KiB."""
     values = {}
@@ -142,7 +168,11 @@ async def run(args: argparse.Namespace) -> None:
     path = os.path.join(tmp, "agent.sock")
     child = None
     server = None
-    if args.in_process:
+    daemon = None
+    if args.daemon:
+        daemon, path = start_paired_daemon(tmp)
+        server_pid = daemon.proc.pid
+    elif args.in_process:
         server = SocketServer(FixedAgent(), path)
         await server.start()
         server_pid = os.getpid()
@@ -182,6 +212,9 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         if server is not None:
             await server.stop()
+        if daemon is not None:
+            daemon.stop()
+            daemon.dev_server.stop()
         if child is not None:
             assert child.stdin is not None
             child.stdin.close()
@@ -195,6 +228,8 @@ async def run(args: argparse.Namespace) -> None:
         return latencies[min(n - 1, int(p / 100 * n))] / 1e6
 
     where = "same process" if args.in_process else "separate process"
+    if args.daemon:
+        where = "real daemon (paired, dev server), separate process"
     load = f"{args.rate:g} req/s each" if args.rate else "back to back"
     print(f"clients {args.clients} ({load}), pipeline {args.pipeline}, server in a {where}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
@@ -223,6 +258,8 @@ def main() -> None:
         help="requests/s per client, sent on a schedule (default: back to back)",
     )
     parser.add_argument("--in-process", action="store_true", help="server on the clients' loop")
+    parser.add_argument("--daemon", action="store_true",
+                        help="load the real daemon (paired against the dev server) instead of a fixed agent")
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
