@@ -43,9 +43,10 @@ class Rig:
         self.state_dir = state_dir
         self.key = os.urandom(32)
 
-    def device(self) -> Device:
+    def device(self, **provider) -> Device:
         cfg = Config(provider=ProviderConfig(issuer=self.srv.issuer, client_id=self.srv.client_id,
-                                             scope="openid offline_access", allow_insecure_http=True),
+                                             scope="openid offline_access", allow_insecure_http=True,
+                                             **provider),
                      storage=StorageConfig(state_dir=self.state_dir))
         self.client = httpx.AsyncClient()
         http = OAuthHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock)
@@ -54,8 +55,8 @@ class Rig:
         self.states = StateLog(device)
         return device
 
-    async def paired(self) -> Device:
-        device = self.device()
+    async def paired(self, **provider) -> Device:
+        device = self.device(**provider)
         status = await device.pair(ROOT)
         code = status["pairing"]["user_code"]
         self.srv.approve(code, subject="alice", name="Alice")
@@ -267,3 +268,42 @@ def test_stop_lets_a_refresh_in_flight_finish(tmp_path):
         await rig.close(again)
 
     run(main())
+
+
+def test_unpair_when_revocation_fails_stops_serving_and_says_so(tmp_path):
+    """RFC 7009 §2.2.1: a 503 means the token may still be valid. The device stops serving it at
+    once and reports the failure (a persistent retry queue comes with issue 4)."""
+    import http.server
+    import threading
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(503)
+            self.send_header("retry-after", "30")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    revoker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=revoker.serve_forever, daemon=True).start()
+
+    async def main():
+        rig = Rig(tmp_path)
+        # a configured endpoint wins over the discovered one, even when it is the only one configured
+        device = await rig.paired(revocation_endpoint=f"http://127.0.0.1:{revoker.server_port}/revoke")
+        answer = await device.unpair(ROOT)
+        assert answer["revoked"] is False and "503" in answer["revocation_error"]
+        assert device.state is State.UNPAIRED and not (tmp_path / "state.bin").exists()
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(), ROOT)
+        assert info.value.code == "not_paired"
+        assert rig.srv.stats.revocations == 0
+        await rig.close(device)
+
+    try:
+        run(main())
+    finally:
+        revoker.shutdown()

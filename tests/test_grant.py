@@ -314,8 +314,8 @@ def test_discovery_falls_back_to_oidc_and_checks_issuer():
 def test_configured_endpoints_win():
     meta = {"issuer": ISSUER, "token_endpoint": "https://id.example/t",
             "device_authorization_endpoint": "https://id.example/d"}
-    configured = m.Endpoints(token_endpoint="https://other/t")
+    configured = {"token_endpoint": "https://other/t"}
     got = grant.resolve_endpoints(meta, configured)
     assert got.token_endpoint == "https://other/t" and got.device_authorization_endpoint == "https://id.example/d"
     with pytest.raises(ProtocolViolation, match="device_authorization_endpoint"):
-        grant.resolve_endpoints({"token_endpoint": "https://id.example/t"}, None)  # G26
+        grant.resolve_endpoints({"token_endpoint": "https://id.example/t"}, {})  # G26

@@ -156,7 +156,7 @@ def _unpaired(answer: dict) -> int:
     if answer.get("revocation_error"):
         print("unpaired on this device")
         return _fail(answer["revocation_error"], EXIT_UPSTREAM)
-    print("unpaired on this device (the server offers no revocation)")
+    print("unpaired on this device")
     return 0
 
 

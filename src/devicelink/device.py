@@ -59,7 +59,10 @@ class Device:
         self.rng = rng or random.Random()
         self.state = State.UNPAIRED
         self.tokens: TokenSet | None = None
-        self.endpoints: m.Endpoints | None = _configured_endpoints(self.provider)
+        self._configured = _configured_endpoints(self.provider)
+        #: Known once pairing has resolved them (or the config names them all), or from the state file.
+        self.endpoints: m.Endpoints | None = (m.Endpoints(**self._configured)
+                                              if _complete(self._configured) else None)
         self.pairing: PairingCode | None = None
         self.message: str | None = None
         self.last_error: str | None = None
@@ -260,13 +263,12 @@ class Device:
         self._move(event)
 
     async def _resolve_endpoints(self) -> m.Endpoints:
-        configured = _configured_endpoints(self.provider)
-        if configured and configured.device_authorization_endpoint:
-            return configured
+        if _complete(self._configured):  # no discovery needed (GitHub has none)
+            return m.Endpoints(**self._configured)
         backoff = grant.Backoff(self.rng)
         metadata = await self.http.run(grant.discover(self.provider.issuer, backoff), sleep=self.sleep,
                                        observe=self._observe)
-        endpoints = grant.resolve_endpoints(metadata, configured)
+        endpoints = grant.resolve_endpoints(metadata, self._configured)
         for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
             url = getattr(endpoints, name)
             if url and not _transport_allowed(url, self.provider):
@@ -399,8 +401,7 @@ class Device:
             tokens = TokenSet.from_record(record["tokens"], self.clock(), self.wall_clock())
             stored = record.get("endpoints")
             if stored:  # discovered at pairing; explicit endpoints in the config still win
-                configured = {k: v for k, v in (vars(self.endpoints) if self.endpoints else {}).items() if v}
-                self.endpoints = m.Endpoints(**{**stored, **configured})
+                self.endpoints = m.Endpoints(**{**stored, **self._configured})
         except (KeyError, TypeError, ValueError):
             logger.error("%s: the state record is incomplete; starting unpaired", self.store.path)
             return None
@@ -484,10 +485,13 @@ class Device:
         return f" as {account.name or account.sub}" if account else ""
 
 
-def _configured_endpoints(p: ProviderConfig) -> m.Endpoints | None:
-    if not p.token_endpoint:
-        return None
-    return m.Endpoints(p.token_endpoint, p.device_authorization_endpoint, p.revocation_endpoint)
+def _configured_endpoints(p: ProviderConfig) -> dict[str, str]:
+    names = ("token_endpoint", "device_authorization_endpoint", "revocation_endpoint")
+    return {name: url for name in names if (url := getattr(p, name))}
+
+
+def _complete(endpoints: dict[str, str]) -> bool:
+    return "token_endpoint" in endpoints and "device_authorization_endpoint" in endpoints
 
 
 def _transport_allowed(url: str, p: ProviderConfig) -> bool:

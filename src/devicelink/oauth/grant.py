@@ -105,12 +105,11 @@ def discover(issuer: str, backoff: Backoff) -> Generator[Step, m.Reply, dict]:
                             + " (set the endpoints in [provider] for servers without discovery)")
 
 
-def resolve_endpoints(metadata: dict, configured: m.Endpoints | None) -> m.Endpoints:
+def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints:
     """Explicit endpoints in the config win over discovered ones (RFC-CHECKLIST C5, G26)."""
     def pick(name: str) -> str | None:
-        value = getattr(configured, name, None) if configured else None
         found = metadata.get(name)
-        return value or (found if isinstance(found, str) else None)
+        return configured.get(name) or (found if isinstance(found, str) and found else None)
 
     token = pick("token_endpoint")
     device = pick("device_authorization_endpoint")
