@@ -16,6 +16,16 @@ from pathlib import Path
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/*.png from the current renderer instead of comparing")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return request.config.getoption("--update-golden")
+
+
 #: The interpreter the daemon and CLI run under. bench/bookworm sets it to Debian's
 #: python3 with Debian's packages (what Raspberry Pi OS ships) and PYTHONPATH=src.
 DAEMON_PYTHON = os.environ.get("DEVICELINK_DAEMON_PYTHON", sys.executable).split()

@@ -67,6 +67,7 @@ class Device:
         self.message: str | None = None
         self.last_error: str | None = None
         self.last_refresh: float | None = None  # wall clock, for status only
+        self.reset_in: int | None = None  # factory-reset countdown while the button is held
         self._refresh_backoff = grant.Backoff(self.rng, base=5.0)
         self._retry_at = 0.0  # no refresh attempt before this (monotonic), after a failure
         self._last_attempt = float("-inf")
@@ -93,7 +94,8 @@ class Device:
 
     def _redraw(self) -> None:
         account = self.tokens.account if self.tokens else None
-        screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message)
+        screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message,
+                        reset_in=self.reset_in, clock_synced=clock_synced())
         try:
             self.display.show(screen, self.clock())
         except Exception:  # a broken panel must not take the grant down with it
@@ -202,6 +204,30 @@ class Device:
         return {"state": self.state.value, "revoked": error is None and bool(tokens and self._can_revoke()),
                 "revocation_error": error}
 
+    # -- the button (gpio/button.py) ----------------------------------------------
+
+    def button_pressed(self) -> None:
+        """A short press: a new code when the device is waiting for one (or showing one);
+        otherwise the screen is drawn again, which is how the owner sees the status."""
+        if self.state in (State.UNPAIRED, State.REAUTH_REQUIRED, State.PAIRING):
+            logger.info("button: new code")
+            self._start_pairing()
+        else:
+            self._redraw()
+
+    def show_reset_countdown(self, seconds: int | None) -> None:
+        """While the button is held: the seconds left before a factory reset (None: cancelled)."""
+        if seconds != self.reset_in:
+            self.reset_in = seconds
+            self._redraw()
+
+    async def factory_reset(self) -> None:
+        """The button was held to the end: revoke, wipe, and show a code for the next owner."""
+        logger.info("button: factory reset")
+        self.reset_in = None
+        await self.unpair(Peer(os.getpid(), os.getuid(), os.getgid()))
+        self._start_pairing()
+
     # -- pairing ----------------------------------------------------------------
 
     def _start_pairing(self) -> None:
@@ -234,6 +260,7 @@ class Device:
                 if expired_in_a_row <= self.cfg.pairing.restart_on_expiry:
                     logger.info("the code expired; showing a new one (%d of %d)",
                                 expired_in_a_row, self.cfg.pairing.restart_on_expiry)
+                    self.message = "The last code expired. Here is a new one."
                     self._move(Event.CODE_REPLACED)
                     continue
                 # RFC 8628 §3.5: after expired_token, wait for the user before starting again.
