@@ -55,6 +55,8 @@ def test_good_config_and_relative_paths(tmp_path):
     (GOOD.replace('scope = "openid profile offline_access"', "dpop = 'yes'"), "[provider] dpop", "true or false"),
     ("[provider\nissuer=", "", "not valid TOML"),
     (GOOD + "\n[[client]]\nname = 'player'\n", "[[client]] #1", "user, uid or group"),
+    (GOOD.replace("https://id.example.com/realms/tv", "https://[::1"), "[provider] issuer", "https://"),
+    (GOOD.replace('scope = ', "resource = ['https://[x']\nscope = "), "[provider] resource", "absolute URIs"),
     (GOOD + "\n[socket]\npath = '/" + "x" * 120 + "'\n", "[socket] path", "AF_UNIX"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):

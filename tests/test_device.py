@@ -44,9 +44,9 @@ class Rig:
         self.key = os.urandom(32)
 
     def device(self, **provider) -> Device:
-        cfg = Config(provider=ProviderConfig(issuer=self.srv.issuer, client_id=self.srv.client_id,
-                                             scope="openid offline_access", allow_insecure_http=True,
-                                             **provider),
+        provider = {"client_id": self.srv.client_id, **provider}
+        provider = {"scope": "openid offline_access", **provider}
+        cfg = Config(provider=ProviderConfig(issuer=self.srv.issuer, allow_insecure_http=True, **provider),
                      storage=StorageConfig(state_dir=self.state_dir))
         self.client = httpx.AsyncClient()
         http = OAuthHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock)
@@ -307,3 +307,89 @@ def test_unpair_when_revocation_fails_stops_serving_and_says_so(tmp_path):
         run(main())
     finally:
         revoker.shutdown()
+
+
+def test_unpair_during_a_refresh_does_not_bring_the_grant_back(tmp_path):
+    import threading
+
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired()
+        entered, release = threading.Event(), threading.Event()
+
+        def held(respond):
+            entered.set()
+            release.wait(10)
+            return respond()
+
+        rig.srv.around_token = held
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        assert await asyncio.to_thread(entered.wait, 10)
+        unpairing = asyncio.create_task(device.unpair(ROOT))
+        await asyncio.sleep(0)
+        release.set()
+        answer = await unpairing
+        assert answer["revoked"] is True and device.state is State.UNPAIRED
+        assert not (tmp_path / "state.bin").exists()  # no late save restored it
+        again = rig.device()
+        await again.start()
+        assert again.state is State.PAIRING  # the previous owner's grant is gone for good
+        assert all(rig.srv.revoked(rt) for rt in rig.srv.issued_refresh_tokens())
+        await again.stop()
+        await rig.close(device)
+
+    run(main())
+
+
+def _strip(*fields):
+    """Wrap the token endpoint so the device-code answer lacks ``fields``."""
+    def around(respond):
+        resp = respond()
+        data = json.loads(resp.get_data())
+        if "error" not in data and "id_token" in data:  # the device grant's answer
+            for name in fields:
+                data.pop(name, None)
+            resp.set_data(json.dumps(data))
+        return resp
+    return around
+
+
+def test_no_refresh_token_and_no_expiry_keeps_serving(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        rig.srv.around_token = _strip("refresh_token", "expires_in")  # a GitHub OAuth app
+        device = await rig.paired()
+        token = (await device.token(TokenQuery(), ROOT))["access_token"]
+        rig.clock.advance(86400)
+        assert (await device.token(TokenQuery(), ROOT))["access_token"] == token
+        assert device.state is State.PAIRED and rig.refreshes() == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def test_no_refresh_token_is_served_until_it_expires(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        rig.srv.around_token = _strip("refresh_token")
+        device = await rig.paired()
+        rig.clock.advance(90)
+        assert (await device.token(TokenQuery(), ROOT))["expires_in"] <= 10  # not dropped early
+        assert device.state is State.PAIRED
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+        await rig.states.wait(State.REAUTH_REQUIRED)
+        assert rig.refreshes() == 0 and "no refresh token" in device.status()["last_error"]
+        await rig.close(device)
+
+    run(main())
+
+
+def test_pair_answers_as_soon_as_pairing_fails(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = rig.device(scope="no-such-scope")
+        status = await asyncio.wait_for(device.pair(ROOT), 10)  # not the 30 s wait for a code
+        assert status["state"] == "unpaired" and "invalid_scope" in status["last_error"]
+        await rig.close(device)
+
+    run(main())

@@ -319,3 +319,50 @@ def test_configured_endpoints_win():
     assert got.token_endpoint == "https://other/t" and got.device_authorization_endpoint == "https://id.example/d"
     with pytest.raises(ProtocolViolation, match="device_authorization_endpoint"):
         grant.resolve_endpoints({"token_endpoint": "https://id.example/t"}, {})  # G26
+
+
+# -- hostile answers never escape the parsers ---------------------------------
+
+
+@pytest.mark.parametrize("value", ["²", 1e999, float("nan"), 10**400, -5, "12abc", True])
+def test_absurd_seconds_are_protocol_violations(value):
+    with pytest.raises(ProtocolViolation, match="expires_in"):
+        Flow({**CODE, "expires_in": value})
+
+
+@pytest.mark.parametrize("headers", [{"retry-after": "²"}, {"retry-after": "99999999999999999999"},
+                                     {"retry-after": "Wed, 21 Oct 2015 07:28:30 -0000",
+                                      "date": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                                     {"retry-after": "soon"}])
+def test_odd_retry_after_never_raises(headers):
+    value = m.retry_after(answer(429, b"", 0, headers))
+    assert value is None or 0 <= value <= m.MAX_SECONDS
+
+
+@pytest.mark.parametrize("uri", ["https://[", "https://ok.example/\nInjected: yes", "ftp://x.example/"])
+def test_bad_verification_uris_are_protocol_violations(uri):
+    with pytest.raises(ProtocolViolation, match="verification_uri"):
+        Flow({**CODE, "verification_uri": uri})
+
+
+def test_deeply_nested_json_is_not_a_crash():
+    body = b"[" * 100000 + b"]" * 100000
+    assert m.body_fields(answer(200, body, 0)) is None
+    f = Flow()
+    assert isinstance(f.poll(200, body), grant.Send)  # retried like any non-OAuth page
+
+
+def test_error_codes_with_control_characters_are_not_echoed():
+    f = Flow()
+    with pytest.raises(GrantFailed) as info:
+        f.poll(400, {"error": "bad\nFAKE LOG LINE"})
+    assert "\n" not in str(info.value) and info.value.oauth_error == "malformed_error_code"
+
+
+def test_token_without_expiry_or_refresh_token_is_not_dropped_early():
+    no_expiry = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
+    assert m.parse_tokens(answer(200, no_expiry, 0), ISSUER, CLIENT).lifetime > 365 * 86400  # GitHub apps
+    with_rt = {k: v for k, v in TOKENS.items() if k != "expires_in"}
+    assert m.parse_tokens(answer(200, with_rt, 0), ISSUER, CLIENT).lifetime == 300
+    refreshed = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
+    assert m.parse_tokens(answer(200, refreshed, 0), ISSUER, CLIENT, refreshable=True).lifetime == 300

@@ -4,6 +4,7 @@ deadline, TLS verification, and that network trouble becomes a Failure, not an e
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
 import threading
 
@@ -177,3 +178,37 @@ def test_a_server_dribbling_bytes_hits_the_deadline():
         stop.set()
         server.close()
     assert isinstance(reply, m.Failure) and "within 0.5 s" in reply.reason
+
+
+def test_repeated_parameters_are_all_sent():
+    """RFC 8707 allows several resource parameters; a dict would keep only the last."""
+    seen = {}
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen["body"] = self.rfile.read(int(self.headers["content-length"])).decode()
+            seen["type"] = self.headers["content-type"]
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            body = b'{"error":"invalid_target"}'
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoints = m.Endpoints(token_endpoint="x", device_authorization_endpoint=f"http://127.0.0.1:{server.server_port}/d")
+    try:
+        reply = run(send(m.device_authorization_request(endpoints, "openid", ("https://a.example", "https://b.example")),
+                         ClientAuth("tv")))
+    finally:
+        server.shutdown()
+    assert m.oauth_error(reply) == "invalid_target"
+    from urllib.parse import parse_qs
+
+    form = parse_qs(seen["body"])
+    assert form["resource"] == ["https://a.example", "https://b.example"] and form["client_id"] == ["tv"]
+    assert seen["type"] == "application/x-www-form-urlencoded"

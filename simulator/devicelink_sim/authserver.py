@@ -238,6 +238,10 @@ class DevServer:
     def stats(self) -> Stats:
         return self._state.stats()
 
+    def issued_refresh_tokens(self) -> list[str]:
+        with self._state.lock:
+            return list(self._state.refresh_tokens)
+
     def issued_secrets(self) -> list[str]:
         """Every device code, access token and refresh token this server handed out, for
         tests that prove none of them reached a client's files or logs."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from devicelink import __version__, config
 from devicelink.errors import ConfigError, DeviceLinkError
 
+CLIENT_TIMEOUT = 45.0
 EXIT_USAGE, EXIT_NOT_PAIRED, EXIT_FORBIDDEN, EXIT_UNREACHABLE, EXIT_UPSTREAM, EXIT_CONFIG = 2, 3, 4, 5, 6, 78
 
 #: Socket API error codes -> exit codes.
@@ -96,7 +97,9 @@ def _ask_daemon(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     socket_path = str(cfg.socket.path if cfg else config.SocketConfig().path)
     try:
-        with Client(socket_path) as client:
+        # Longer than the daemon's own budgets (a 30 s exchange deadline, 30 s waiting for a
+        # code), so a slow server is reported as the server's fault, not a missing daemon.
+        with Client(socket_path, timeout=CLIENT_TIMEOUT) as client:
             if args.command == "status":
                 return _status(client.status(), args.json)
             if args.command == "token":

@@ -248,8 +248,12 @@ class _Validator:
 
     def url(self, key: str, value: Any) -> str:
         text = self.text(key, value)
-        parts = urlsplit(text)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            host = None
+        if not host or parts.scheme not in ("https", "http") or not text.isprintable():
             self.fail(key, f"expected an https:// URL, got {_show(text)}")
         if parts.fragment or (key.endswith("issuer") and parts.query):
             self.fail(key, f"expected a URL without query or fragment, got {_show(text)}")
@@ -262,7 +266,10 @@ class _Validator:
             self.fail(key, f"expected a list of absolute URIs, got {_show(value)}")
         out = []
         for item in value:  # RFC 8707 §2: absolute URI, no fragment
-            parts = urlsplit(item) if isinstance(item, str) else None
+            try:
+                parts = urlsplit(item) if isinstance(item, str) and item.isprintable() else None
+            except ValueError:
+                parts = None
             if parts is None or not parts.scheme or parts.fragment:
                 self.fail(key, f"expected absolute URIs without a fragment, got {_show(item)}")
             out.append(item)

@@ -74,9 +74,10 @@ class Device:
         self._inflight: asyncio.Future[None] | None = None
         self._pairing_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._code_shown = asyncio.Event()
+        self._pairing_settled = asyncio.Event()
         self._tokens_changed = asyncio.Event()
         self._unsaved = False
+        self._saving: asyncio.Future[None] | None = None
         #: Called with the new state after every move (the events API and tests subscribe).
         self.listeners: list[Callable[[State], None]] = []
 
@@ -113,14 +114,10 @@ class Device:
             self._start_pairing()
 
     async def stop(self) -> None:
-        # Let a refresh in flight finish: the server may already have rotated the refresh
-        # token, and cancelling now would lose the new one (the next start would replay the old).
-        if self._inflight is not None and not self._inflight.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._inflight), STOP_GRACE)
-            except (TimeoutError, Exception):
-                pass
+        await self._settle_refresh()
         await self._cancel_tasks()
+        if self._saving is not None:
+            await asyncio.wait([self._saving])
         if self._unsaved and self.tokens is not None:
             await self._save(self.tokens)
 
@@ -182,16 +179,21 @@ class Device:
         if self.state in HOLDS_GRANT:
             raise ApiError("invalid_request", f"already paired{self._account_suffix()}; unpair first")
         self._start_pairing()
-        try:
-            await asyncio.wait_for(self._code_shown.wait(), PAIR_ANSWER_WAIT)
+        try:  # until a code is shown or pairing has ended
+            await asyncio.wait_for(self._pairing_settled.wait(), PAIR_ANSWER_WAIT)
         except TimeoutError:
             pass  # still connecting: the status says so
         return self.status()
 
     async def unpair(self, peer: Peer) -> dict[str, Any]:
         self._require_admin(peer, "unpair")
-        tokens = self.tokens
+        # A refresh in flight may already have rotated the refresh token at the server:
+        # wait for it, so the token revoked is the live one and no late save restores the grant.
+        await self._settle_refresh()
         await self._cancel_tasks()
+        if self._saving is not None:
+            await asyncio.wait([self._saving])
+        tokens = self.tokens
         self.tokens = None
         self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
         try:
@@ -233,7 +235,7 @@ class Device:
     def _start_pairing(self) -> None:
         if self._pairing_task is not None:
             self._pairing_task.cancel()
-        self._code_shown.clear()
+        self._pairing_settled.clear()
         self.message = None
         self._move(Event.PAIR_REQUESTED)
         self._pairing_task = asyncio.create_task(self._pair())
@@ -266,6 +268,7 @@ class Device:
                 # RFC 8628 §3.5: after expired_token, wait for the user before starting again.
                 self.message = "The code expired. Press the button or run `devicelink pair` for a new one."
                 logger.info("the code expired; waiting for the user to ask for a new one")
+                self._pairing_settled.set()
                 self._move(Event.CODE_EXPIRED)
                 return
             except AuthorizationDenied as exc:
@@ -273,6 +276,10 @@ class Device:
                 return
             except (GrantFailed, ProtocolViolation) as exc:
                 self._fail_pairing(Event.PAIRING_FAILED, str(exc))
+                return
+            except Exception as exc:  # never leave a dead task behind a code on screen
+                logger.exception("pairing failed unexpectedly")
+                self._fail_pairing(Event.PAIRING_FAILED, f"unexpected {type(exc).__name__}")
                 return
             self.last_error = None
             self.message = None
@@ -285,6 +292,7 @@ class Device:
 
     def _fail_pairing(self, event: Event, reason: str) -> None:
         logger.error("pairing failed: %s", reason)
+        self._pairing_settled.set()
         self.last_error = reason
         self.message = "Pairing failed. Press the button or run `devicelink pair` to try again."
         self._move(event)
@@ -307,7 +315,7 @@ class Device:
         self.pairing = step.code
         self.last_error = None
         logger.info("pairing: enter code %s at %s", step.code.user_code, step.code.verification_uri)
-        self._code_shown.set()
+        self._pairing_settled.set()
         self._redraw()
 
     async def _tick(self) -> None:
@@ -335,27 +343,41 @@ class Device:
         tokens, endpoints = self.tokens, self.endpoints
         if tokens is None or self.state not in (State.PAIRED, State.OFFLINE):
             return
+        if not tokens.refresh_token or endpoints is None:
+            # Nothing to refresh with: serve the token until it expires, then ask for a pairing.
+            if not tokens.valid_for(0, self.clock()):
+                self._move(Event.REFRESH_STARTED)
+                await self._reject("the access token expired and the server issued no refresh token; pair again")
+            return
         self._move(Event.REFRESH_STARTED)
         self._last_attempt = self.clock()
-        if not tokens.refresh_token or endpoints is None:
-            self._reject("the server issued no refresh token; pair again" if not tokens.refresh_token
-                         else "no token endpoint is known; pair again")
-            return
+        try:
+            await self._exchange_refresh(tokens, endpoints)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an answer nobody foresaw: never wedge in "refreshing"
+            logger.exception("refresh failed unexpectedly")
+            self._refresh_failed(m.Failure(type(exc).__name__, self.clock()),
+                                 f"refresh failed: unexpected {type(exc).__name__}")
+
+    async def _exchange_refresh(self, tokens: TokenSet, endpoints: m.Endpoints) -> None:
+        assert tokens.refresh_token
         reply = await self.http.send(m.refresh_request(endpoints, tokens.refresh_token))
         error = m.oauth_error(reply) if isinstance(reply, m.Response) else None
         if error == "invalid_grant":
             # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
-            self._reject("the authorization server rejected the refresh token (invalid_grant); pair again")
+            await self._reject("the authorization server rejected the refresh token (invalid_grant); pair again")
             return
         try:
             if m.is_transient(reply) or error is not None:
-                raise GrantFailed(f"refresh failed: {m.describe(reply) if isinstance(reply, m.Response) else reply.reason}",
-                                  error)
+                reason = m.describe(reply) if isinstance(reply, m.Response) else reply.reason
+                raise GrantFailed(f"refresh failed: {reason}", error)
             assert isinstance(reply, m.Response)
-            fresh = tokens.rotated(m.parse_tokens(reply, self.provider.issuer, self.provider.client_id))
+            parsed = m.parse_tokens(reply, self.provider.issuer, self.provider.client_id, refreshable=True)
         except (GrantFailed, ProtocolViolation) as exc:
             self._refresh_failed(reply, str(exc))
             return
+        fresh = tokens.rotated(parsed)
         # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
         # token is served, or a crash now would leave only a dead refresh token behind.
         self.last_error = None  # _save sets it again if the disk fails
@@ -375,13 +397,13 @@ class Device:
         self._move(Event.REFRESH_FAILED)
         self._tokens_changed.set()
 
-    def _reject(self, reason: str) -> None:
+    async def _reject(self, reason: str) -> None:
         logger.error("%s", reason)
         self.last_error = reason
         self.tokens = None
         self.message = "Pairing needed again. Press the button or run `devicelink pair`."
         try:
-            self.store.clear()
+            await asyncio.to_thread(self.store.clear)
         except StoreError as exc:
             logger.error("%s", exc)
         self._move(Event.REFRESH_REJECTED)
@@ -389,7 +411,12 @@ class Device:
     async def _keep_fresh(self) -> None:
         """Refresh before expiry, with jitter; after a failure, at the backoff's time."""
         while self.tokens is not None and self.state in HOLDS_GRANT:
-            due = self._retry_at if self.state is State.OFFLINE else self.tokens.refresh_due(self.rng)
+            if not self.tokens.refresh_token:
+                due = self.tokens.expires_at  # nothing to refresh with: wake at expiry
+            elif self.state is State.OFFLINE:
+                due = self._retry_at
+            else:
+                due = self.tokens.refresh_due(self.rng)
             due = max(due, self._last_attempt + MIN_REFRESH_SPACING)
             self._tokens_changed.clear()
             delay = due - self.clock()
@@ -442,8 +469,11 @@ class Device:
             "endpoints": vars(self.endpoints) if self.endpoints else None,
             "tokens": tokens.to_record(self.clock(), self.wall_clock()),
         }
+        # Shielded: a cancelled caller must not leave a write running that nobody waits for
+        # (unpair's clear would race it and the grant could come back).
+        self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.save, record))
         try:
-            await asyncio.to_thread(self.store.save, record)
+            await asyncio.shield(self._saving)
             self._unsaved = False
         except StoreError as exc:
             # Keep serving from memory (the old refresh token may already be dead at the
@@ -474,6 +504,15 @@ class Device:
         self.last_error = f"revocation failed: {reason}"
         logger.warning("revocation failed: %s; the grant was forgotten locally", reason)
         return self.last_error
+
+    async def _settle_refresh(self) -> None:
+        """Let a refresh in flight finish: the server may already have rotated the refresh
+        token, and cancelling now would lose the new one (the next start would replay the old)."""
+        if self._inflight is not None and not self._inflight.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._inflight), STOP_GRACE)
+            except (TimeoutError, Exception):
+                pass
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()

@@ -14,7 +14,7 @@ import base64
 import logging
 import time
 from typing import Awaitable, Callable, Generator, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -73,12 +73,18 @@ class OAuthHttp:
             return await asyncio.wait_for(self._exchange(request, form, headers), self.deadline)
         except TimeoutError:
             return self._failed(request, f"no complete answer within {self.deadline:g} s")
-        except (httpx.HTTPError, OSError) as exc:  # httpcore < 0.17 lets ssl.SSLError through unwrapped
+        # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
+        # what a discovered endpoint with a control character in it gets.
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             return self._failed(request, _describe(exc))
 
     async def _exchange(self, request: m.Request, form: list[tuple[str, str]], headers: dict[str, str]) -> m.Reply:
-        async with self.client.stream(request.method, request.url, headers=headers,
-                                      data=dict(form) if request.method == "POST" else None,
+        body = None
+        if request.method == "POST":
+            # Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource).
+            body = urlencode(form).encode()
+            headers["content-type"] = "application/x-www-form-urlencoded"
+        async with self.client.stream(request.method, request.url, headers=headers, content=body,
                                       timeout=TIMEOUT) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():

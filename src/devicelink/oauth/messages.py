@@ -13,14 +13,17 @@ import base64
 import binascii
 import email.utils
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from devicelink.errors import ProtocolViolation
-from devicelink.tokens.model import DEFAULT_LIFETIME, Account, TokenSet
+from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,80}")
+MAX_SECONDS = 10**9  # larger "seconds" are nonsense, and float('inf') would poison the maths
 
 #: RFC 8628 §3.2: "If no value is provided, clients MUST use 5 as the default."
 DEFAULT_INTERVAL = 5
@@ -102,7 +105,7 @@ def body_fields(resp: Response) -> dict[str, Any] | None:
             return None
     try:
         data = json.loads(resp.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return data if isinstance(data, dict) else None
 
@@ -113,7 +116,11 @@ def oauth_error(resp: Response) -> str | None:
     if data is None:
         return None
     error = data.get("error")
-    return error if isinstance(error, str) and error else None
+    if not isinstance(error, str) or not error:
+        return None
+    # RFC 6749 §5.2: printable ASCII without '"' and '\\'. Anything else is not echoed into
+    # logs and last_error, where a hostile server could inject lines.
+    return error if ERROR_CODE.fullmatch(error) else "malformed_error_code"
 
 
 #: Error codes that say "not now" rather than "no" (RFC 6749 §4.1.2.1, used by token endpoints too).
@@ -125,6 +132,8 @@ def is_transient(reply: Reply) -> bool:
     ``temporarily_unavailable``. Everything else is the server's real answer."""
     if isinstance(reply, Failure):
         return True
+    if reply.status == 200 and body_fields(reply) is None:
+        return True  # a captive portal's or a proxy's page, not the server's answer
     error = oauth_error(reply)
     if error in TRANSIENT_ERRORS:
         return True
@@ -139,14 +148,14 @@ def retry_after(resp: Response) -> float | None:
     value = resp.headers.get("retry-after", "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), MAX_SECONDS))
     try:
         then = email.utils.parsedate_to_datetime(value)
         now = email.utils.parsedate_to_datetime(resp.headers.get("date", ""))
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, (then - now).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):  # also naive minus aware dates
         return None
-    return max(0.0, (then - now).total_seconds())
 
 
 def _field(data: dict[str, Any], *names: str) -> Any:
@@ -158,16 +167,21 @@ def _field(data: dict[str, Any], *names: str) -> Any:
 
 def _seconds(value: Any, name: str) -> int:
     """A positive number of seconds; some servers send it as a string (Entra v1)."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # The range check also refuses NaN and infinity (every comparison with NaN is false).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
         raise ProtocolViolation(f"the server sent an invalid {name} (expected seconds)")
     return int(value)
 
 
 def _web_uri(value: Any, name: str) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) and value.isprintable() else None
+        valid = parts is not None and parts.scheme in ("https", "http") and bool(parts.hostname)
+    except ValueError:  # e.g. "https://["
+        valid = False
+    if not valid:
         raise ProtocolViolation(f"the server sent an invalid {name} (expected an http(s) URL)")
     return value
 
@@ -203,9 +217,14 @@ def parse_device_authorization(resp: Response) -> DeviceAuthorization:
     )
 
 
-def parse_tokens(resp: Response, issuer: str, client_id: str) -> TokenSet:
+def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool | None = None) -> TokenSet:
     """RFC 6749 §5.1. Unknown fields are ignored (MUST); an unknown token_type is
-    refused (§7.1 MUST NOT use it)."""
+    refused (§7.1 MUST NOT use it).
+
+    Without ``expires_in`` a refreshable token is given a short life (refresh early);
+    one that cannot be refreshed (no refresh token: GitHub OAuth apps) is served until
+    the server stops taking it, since dropping it early would only force a new pairing.
+    ``refreshable`` defaults to whether this response carries a refresh token."""
     data = body_fields(resp)
     if data is None or resp.status != 200:
         raise ProtocolViolation(f"the token endpoint answered {resp.status} without a token response")
@@ -214,12 +233,18 @@ def parse_tokens(resp: Response, issuer: str, client_id: str) -> TokenSet:
         raise ProtocolViolation("the token response has no access_token")
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise ProtocolViolation(f"the token response has token_type {token_type!r}; only Bearer is supported")
-    expires_in = data.get("expires_in")
-    lifetime = float(_seconds(expires_in, "expires_in")) if expires_in is not None else DEFAULT_LIFETIME
+        raise ProtocolViolation(f"the token response has token_type {str(token_type)[:40]!r}; "
+                                "only Bearer is supported")
     refresh_token = data.get("refresh_token")
     if refresh_token is not None and (not isinstance(refresh_token, str) or not refresh_token):
         raise ProtocolViolation("the token response has an invalid refresh_token")
+    if refreshable is None:
+        refreshable = refresh_token is not None
+    expires_in = data.get("expires_in")
+    if expires_in is not None:
+        lifetime = float(_seconds(expires_in, "expires_in"))
+    else:
+        lifetime = DEFAULT_LIFETIME if refreshable else UNBOUNDED_LIFETIME
     scope = data.get("scope")
     if isinstance(scope, list):  # some servers send a JSON array
         scope = " ".join(str(s) for s in scope)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from devicelink.errors import ConfigError, StoreError
-from devicelink.tokens.store import fsync_dir
+from devicelink.tokens.store import atomic_write
 
 KEY_BYTES = 32
 KEY_FILE = "state.key"
@@ -49,22 +49,12 @@ def _read_key(path: Path) -> bytes:
 
 
 def _file_key(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
+    if path.exists():
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)
         return _read_key(path)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the state key: {exc.strerror}") from None
-    try:
-        key = os.urandom(KEY_BYTES)
-        os.write(fd, key)
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        raise StoreError(f"{path}: cannot write the state key: {exc.strerror}") from None
-    os.close(fd)
-    fsync_dir(path.parent)
+    # Written whole and renamed into place, so a power cut never leaves a short key
+    # file that would stop every later start.
+    key = os.urandom(KEY_BYTES)
+    atomic_write(path, key)
     return key

@@ -15,6 +15,10 @@ from typing import Any
 #: assume a short life and refresh early rather than serve a dead token.
 DEFAULT_LIFETIME = 300.0
 
+#: A token with no ``expires_in`` and no refresh token: nothing better can be had, so it
+#: is served until the server stops accepting it (ten years stands for "no expiry").
+UNBOUNDED_LIFETIME = 10 * 365 * 86400.0
+
 #: Refresh at least this long before expiry, so apps asking with a small
 #: ``min_ttl`` never wait for a refresh.
 REFRESH_MARGIN = 60.0

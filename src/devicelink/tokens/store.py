@@ -88,11 +88,11 @@ class EncryptedFileStore:
         """Forget the grant. The file is unlinked; its blocks held only ciphertext."""
         try:
             os.unlink(self.path)
+            fsync_dir(self.dir)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot remove: {exc.strerror}") from None
-        fsync_dir(self.dir)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
