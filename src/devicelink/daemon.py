@@ -55,10 +55,12 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     from devicelink.tokens.keys import load_key
     from devicelink.tokens.store import EncryptedFileStore, ensure_private_dir
 
-    if cfg.gpio is not None:
-        raise ConfigError(f"{cfg.path}: [gpio]: the LED and button come with the hardware support; "
-                          "remove the section in this version")
     secret = read_client_secret(cfg)
+    if cfg.gpio is not None or cfg.display.driver in ("ssd1306", "sh1106"):
+        # lgpio (gpiozero's pin factory, and luma's SPI D/C and reset pins) needs a writable CWD.
+        from devicelink.gpio import ensure_lgpio_workdir
+
+        ensure_lgpio_workdir()
     display = make_display(cfg)
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
@@ -78,6 +80,11 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         stack.callback(display.close)
         await device.start()
         stack.push_async_callback(device.stop)
+        if cfg.gpio is not None:
+            from devicelink.gpio import attach
+
+            gpio = await attach(device, cfg.gpio)
+            stack.push_async_callback(gpio.close)  # closed before device.stop
         server = SocketServer(device, str(cfg.socket.path))
         await server.start()
         stack.push_async_callback(server.stop)
