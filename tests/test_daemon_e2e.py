@@ -178,3 +178,14 @@ def test_cli_without_daemon_exits_5(short_tmp, dev_server):
     d = Daemon(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
     out = d.cli("status")
     assert out.returncode == 5 and "agent.sock" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_daemon_starts_with_gpio_on_mock_pins(short_tmp, dev_server, daemons):
+    """[gpio] wired into the real daemon (gpiozero's mock pin factory stands in for the header)."""
+    pytest.importorskip("gpiozero")
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id,
+                       extra="\n[gpio]\nled = 17\nbutton = 27\nhold_seconds = 5\n")
+    d = daemons(cfg, env={"GPIOZERO_PIN_FACTORY": "mock"})
+    pair(d, dev_server)
+    assert d.cli("token").returncode == 0
+    assert d.stop() == 0
