@@ -91,8 +91,9 @@ def test_daemon_exits_78_with_one_line(tmp_path, text):
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_configured_but_unavailable_display_is_a_config_error(tmp_path):
-    path = write(tmp_path, GOOD + "\n[display]\ndriver = 'ssd1306'\n")
+def test_configured_but_missing_hardware_is_a_clear_startup_error(tmp_path):
+    path = write(tmp_path, GOOD + "\n[display]\ndriver = 'ssd1306'\ni2c_port = 97\n")
     proc = subprocess.run([sys.executable, "-m", "devicelink", "--config", str(path), "run"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 78 and "[display] driver" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "/dev/i2c-97" in proc.stderr and "enable I2C" in proc.stderr

@@ -393,3 +393,37 @@ def test_pair_answers_as_soon_as_pairing_fails(tmp_path):
         await rig.close(device)
 
     run(main())
+
+
+def test_a_slow_panel_never_delays_token_requests(tmp_path):
+    import threading
+
+    class StuckPanel:
+        draws_slowly = True
+
+        def __init__(self):
+            self.entered, self.release, self.frames = threading.Event(), threading.Event(), []
+
+        def show(self, screen, now):
+            self.entered.set()
+            self.release.wait(10)
+            self.frames.append(screen)
+
+        def close(self):
+            pass
+
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        panel = device.display = StuckPanel()
+        device.show_reset_countdown(5)
+        assert await asyncio.to_thread(panel.entered.wait, 10)  # the panel is busy drawing ...
+        device.show_reset_countdown(4)
+        device.show_reset_countdown(3)
+        answer = await asyncio.wait_for(device.token(TokenQuery(), ROOT), 5)  # ... apps are still served
+        assert answer["access_token"]
+        panel.release.set()
+        await rig.close(device)  # stop() waits for the last frame
+        assert [s.reset_in for s in panel.frames] == [5, 3]  # frames coalesce: the newest screen wins
+
+    run(main())

@@ -13,22 +13,9 @@ import signal
 from contextlib import AsyncExitStack
 
 from devicelink.config import Config
-from devicelink.display.base import Display, NullDisplay
 from devicelink.errors import ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
-
-
-def make_display(cfg: Config) -> Display:
-    driver = cfg.display.driver
-    if driver == "none":
-        return NullDisplay()
-    if driver == "terminal":
-        from devicelink.display.terminal import TerminalDisplay
-
-        return TerminalDisplay()
-    raise ConfigError(f"{cfg.path}: [display] driver: {driver!r} comes with the hardware screens; "
-                      "expected 'none' or 'terminal' in this version")
 
 
 def read_client_secret(cfg: Config) -> str | None:
@@ -49,6 +36,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     import httpx
 
     from devicelink import systemd
+    from devicelink.display.factory import open_display
     from devicelink.device import Device
     from devicelink.ipc.server import SocketServer
     from devicelink.oauth.http import ClientAuth, OAuthHttp
@@ -61,7 +49,6 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         from devicelink.gpio import ensure_lgpio_workdir
 
         ensure_lgpio_workdir()
-    display = make_display(cfg)
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
     store = EncryptedFileStore(cfg.storage.state_dir, key)
@@ -74,10 +61,11 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             pass
 
     async with AsyncExitStack() as stack:
+        display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
+        stack.callback(display.close)
         client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret)
         device = Device(cfg, store, OAuthHttp(client, auth), display=display)
-        stack.callback(display.close)
         await device.start()
         stack.push_async_callback(device.stop)
         if cfg.gpio is not None:

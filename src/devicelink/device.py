@@ -78,6 +78,8 @@ class Device:
         self._tokens_changed = asyncio.Event()
         self._unsaved = False
         self._saving: asyncio.Future[None] | None = None
+        self._screen: Screen | None = None  # waiting to be drawn
+        self._drawing: asyncio.Future[None] | None = None
         #: Called with the new state after every move (the events API and tests subscribe).
         self.listeners: list[Callable[[State], None]] = []
 
@@ -94,13 +96,31 @@ class Device:
             listener(self.state)
 
     def _redraw(self) -> None:
+        """Hand the current screen to the display. Panels that draw slowly (an OLED frame is
+        ~100 ms on a 100 kHz I2C bus; a 1080p frame longer on a Zero) draw in a worker thread,
+        one frame at a time, newest screen wins, so token requests never wait behind them."""
+        if isinstance(self.display, NullDisplay):
+            return
         account = self.tokens.account if self.tokens else None
         screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message,
                         reset_in=self.reset_in, clock_synced=clock_synced())
-        try:
-            self.display.show(screen, self.clock())
-        except Exception:  # a broken panel must not take the grant down with it
-            logger.exception("the display failed to draw")
+        if not getattr(self.display, "draws_slowly", False):
+            try:
+                self.display.show(screen, self.clock())
+            except Exception:  # a broken display must not take the grant down with it
+                logger.exception("the display failed to draw")
+            return
+        self._screen = screen
+        if self._drawing is None or self._drawing.done():
+            self._drawing = asyncio.ensure_future(self._draw())
+
+    async def _draw(self) -> None:
+        while self._screen is not None:
+            screen, self._screen = self._screen, None
+            try:
+                await asyncio.to_thread(self.display.show, screen, self.clock())
+            except Exception:  # a broken panel must not take the grant down with it
+                logger.exception("the display failed to draw")
 
     async def start(self) -> None:
         """Restore a stored grant, or show a code (a device that boots unpaired pairs, RFC-CHECKLIST A3)."""
@@ -116,8 +136,9 @@ class Device:
     async def stop(self) -> None:
         await self._settle_refresh()
         await self._cancel_tasks()
-        if self._saving is not None:
-            await asyncio.wait([self._saving])
+        for pending in (self._saving, self._drawing):
+            if pending is not None:
+                await asyncio.wait([pending])
         if self._unsaved and self.tokens is not None:
             await self._save(self.tokens)
 

@@ -36,6 +36,10 @@ class Screen:
 
 
 class Display(Protocol):
+    #: True for panels whose ``show`` takes long (a bus, a big framebuffer): the daemon then
+    #: calls it from a worker thread, one frame at a time. Absent means False.
+    draws_slowly: bool
+
     def show(self, screen: Screen, now: float) -> None:
         """Draw ``screen``; ``now`` is time.monotonic(), for countdowns."""
 
