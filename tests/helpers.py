@@ -49,6 +49,16 @@ class FakeClock:
             await asyncio.wait_for(self._slept.wait(), timeout)
         return self.next_wake
 
+    async def timer_beyond(self, delay: float, timeout: float = 10.0) -> float:
+        """The first pending timer at least ``delay`` from now, once a task sets one."""
+        self._slept = self._slept or asyncio.Event()
+        while True:
+            later = [when for when, _, f in self._sleepers if not f.done() and when >= self.now + delay]
+            if later:
+                return min(later)
+            self._slept.clear()
+            await asyncio.wait_for(self._slept.wait(), timeout)
+
     @property
     def next_wake(self) -> float | None:
         live = [when for when, _, f in self._sleepers if not f.done()]

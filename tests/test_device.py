@@ -42,6 +42,7 @@ class Rig:
         self.srv = DevServer(clock=self.clock, interval=5, access_token_lifetime=lifetime, **server_kw).start()
         self.state_dir = state_dir
         self.key = os.urandom(32)
+        self.clock_synced = lambda: True  # the wall clock is trusted unless a test says otherwise
 
     def device(self, **provider) -> Device:
         provider = {"client_id": self.srv.client_id, **provider}
@@ -51,7 +52,7 @@ class Rig:
         self.client = httpx.AsyncClient()
         http = OAuthHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock)
         device = Device(cfg, EncryptedFileStore(self.state_dir, self.key), http, clock=self.clock,
-                        sleep=self.clock.sleep, rng=random.Random(7))
+                        sleep=self.clock.sleep, rng=random.Random(7), clock_synced=self.clock_synced)
         self.states = StateLog(device)
         return device
 
@@ -270,16 +271,22 @@ def test_stop_lets_a_refresh_in_flight_finish(tmp_path):
     run(main())
 
 
-def test_unpair_when_revocation_fails_stops_serving_and_says_so(tmp_path):
+def test_unpair_when_revocation_fails_stops_serving_and_retries_until_revoked(tmp_path):
     """RFC 7009 §2.2.1: a 503 means the token may still be valid. The device stops serving it at
-    once and reports the failure (a persistent retry queue comes with issue 4)."""
+    once, keeps the revocation owed (encrypted, across restarts) and retries until a 200."""
     import http.server
     import threading
 
-    class Unavailable(http.server.BaseHTTPRequestHandler):
+    answers = [503, 503, 200]
+    seen = []
+    second = threading.Event()
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            self.send_response(503)
+            seen.append(self.rfile.read(int(self.headers.get("content-length", 0))))
+            self.send_response(answers.pop(0) if len(answers) > 1 else answers[0])
+            if len(seen) == 2:
+                second.set()
             self.send_header("retry-after", "30")
             self.send_header("content-length", "0")
             self.end_headers()
@@ -287,21 +294,33 @@ def test_unpair_when_revocation_fails_stops_serving_and_says_so(tmp_path):
         def log_message(self, *args):
             pass
 
-    revoker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    revoker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     threading.Thread(target=revoker.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{revoker.server_port}/revoke"
 
     async def main():
         rig = Rig(tmp_path)
         # a configured endpoint wins over the discovered one, even when it is the only one configured
-        device = await rig.paired(revocation_endpoint=f"http://127.0.0.1:{revoker.server_port}/revoke")
+        device = await rig.paired(revocation_endpoint=endpoint)
         answer = await device.unpair(ROOT)
         assert answer["revoked"] is False and "503" in answer["revocation_error"]
-        assert device.state is State.UNPAIRED and not (tmp_path / "state.bin").exists()
+        assert device.state is State.UNPAIRED and device.status()["pending_revocations"] == 1
         with pytest.raises(ApiError) as info:
             await device.token(TokenQuery(), ROOT)
         assert info.value.code == "not_paired"
-        assert rig.srv.stats.revocations == 0
-        await rig.close(device)
+        await device.stop()
+
+        again = rig.device(revocation_endpoint=endpoint)  # a power cut later: still owed
+        await again.start()
+        assert again.status()["pending_revocations"] == 1 and again.state is State.PAIRING
+        assert await asyncio.to_thread(second.wait, 10)  # retried at start: 503 again
+        retry = await rig.clock.timer_beyond(29)  # its Retry-After: 30 s
+        rig.clock.advance(retry - rig.clock.now)
+        await asyncio.wait_for(again.revocations_settled(), 10)
+        assert again.status()["pending_revocations"] == 0 and len(seen) == 3
+        assert all(b"token=" in body and b"token_type_hint=refresh_token" in body for body in seen)
+        assert len(set(seen)) == 1  # the same refresh token every time
+        await rig.close(again)
 
     try:
         run(main())

@@ -34,6 +34,7 @@ from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_st
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
 from devicelink.oauth.http import OAuthHttp
+from devicelink.budget import RequestBudget
 from devicelink.tokens.model import TokenSet
 from devicelink.tokens.store import EncryptedFileStore
 
@@ -51,12 +52,21 @@ class Device:
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 clock_synced: Callable[[], bool | None] | None = None,
+                 key_source: str | None = None) -> None:
         self.cfg, self.provider = cfg, cfg.provider
         self.store, self.http = store, http
         self.display = display or NullDisplay()
         self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
         self.rng = rng or random.Random()
+        self.clock_synced = clock_synced or _clock_synced
+        self.key_source = key_source
+        self.budget = RequestBudget()
+        self._pending_revocations: list[tuple[str, str]] = []  # (token, hint): kept encrypted until revoked
+        self._revoking: asyncio.Task[None] | None = None
+        self._revocation_backoff = grant.Backoff(self.rng, base=5.0)
+        self._revocation_delay = 5.0
         self.state = State.UNPAIRED
         self.tokens: TokenSet | None = None
         self._configured = _configured_endpoints(self.provider)
@@ -103,7 +113,7 @@ class Device:
             return
         account = self.tokens.account if self.tokens else None
         screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message,
-                        reset_in=self.reset_in, clock_synced=clock_synced())
+                        reset_in=self.reset_in, clock_synced=self.clock_synced())
         if not getattr(self.display, "draws_slowly", False):
             try:
                 self.display.show(screen, self.clock())
@@ -132,6 +142,9 @@ class Device:
             self._refresh_task = asyncio.create_task(self._keep_fresh())
         else:
             self._start_pairing()
+        if self._pending_revocations:
+            logger.info("%d revocation(s) still owed to the server; retrying", len(self._pending_revocations))
+            self._start_revoking(first_delay=0.0)
 
     async def stop(self) -> None:
         await self._settle_refresh()
@@ -186,7 +199,9 @@ class Device:
             "last_refresh": _iso(self.last_refresh),
             "last_error": self.last_error,
             "message": self.message,
-            "clock_synced": clock_synced(),
+            "clock_synced": self.clock_synced(),
+            "key_source": self.key_source,
+            "pending_revocations": len(self._pending_revocations),
             "version": __version__,
         }
 
@@ -215,15 +230,21 @@ class Device:
         if self._saving is not None:
             await asyncio.wait([self._saving])
         tokens = self.tokens
-        self.tokens = None
+        self.tokens = None  # served no more, from this instant
         self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
-        try:
-            await asyncio.to_thread(self.store.clear)
-        except StoreError as exc:
-            logger.error("%s", exc)
-            self.last_error = str(exc)
+        if tokens is not None and self._can_revoke():
+            # RFC 7009 §2.2.1: until the server answers 200 the token may still be valid, so it
+            # is owed a revocation, kept encrypted on disk and retried until it goes through.
+            self._pending_revocations.append(
+                (tokens.refresh_token, "refresh_token") if tokens.refresh_token
+                else (tokens.access_token, "access_token"))
+        elif tokens is not None:
+            logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
+        await self._save(None)  # the grant is gone from disk; owed revocations stay
         self._move(Event.UNPAIRED)
-        error = await self._revoke(tokens) if tokens else None
+        error = await self._revoke_pending()
+        if error is not None:
+            self._start_revoking(first_delay=self._revocation_delay)
         return {"state": self.state.value, "revoked": error is None and bool(tokens and self._can_revoke()),
                 "revocation_error": error}
 
@@ -370,8 +391,18 @@ class Device:
                 self._move(Event.REFRESH_STARTED)
                 await self._reject("the access token expired and the server issued no refresh token; pair again")
             return
+        now = self.clock()
+        allowance = RequestBudget.allowance(tokens.lifetime)
+        if not self.budget.allows(now, allowance):
+            self._retry_at = self.budget.next_free(now, allowance)
+            self.last_error = (f"hourly request budget spent ({self.budget.limit} requests beyond what the "
+                               f"token lifetime needs); next refresh in {self._retry_at - now:.0f} s")
+            logger.warning("%s", self.last_error)
+            self._tokens_changed.set()
+            return
+        self.budget.spend(now)
         self._move(Event.REFRESH_STARTED)
-        self._last_attempt = self.clock()
+        self._last_attempt = now
         try:
             await self._exchange_refresh(tokens, endpoints)
         except asyncio.CancelledError:
@@ -436,8 +467,8 @@ class Device:
                 due = self.tokens.expires_at  # nothing to refresh with: wake at expiry
             elif self.state is State.OFFLINE:
                 due = self._retry_at
-            else:
-                due = self.tokens.refresh_due(self.rng)
+            else:  # the schedule, but never before a backoff or the budget allows
+                due = max(self.tokens.refresh_due(self.rng), self._retry_at)
             due = max(due, self._last_attempt + MIN_REFRESH_SPACING)
             self._tokens_changed.clear()
             delay = due - self.clock()
@@ -473,22 +504,35 @@ class Device:
             logger.warning("the stored grant belongs to another issuer or client_id; starting unpaired")
             return None
         try:
-            tokens = TokenSet.from_record(record["tokens"], self.clock(), self.wall_clock())
+            self._pending_revocations = [(str(t), str(h)) for t, h in record.get("pending_revocations", [])]
             stored = record.get("endpoints")
             if stored:  # discovered at pairing; explicit endpoints in the config still win
                 self.endpoints = m.Endpoints(**{**stored, **self._configured})
+            if record.get("tokens") is None:
+                return None  # only revocations left to retry
+            trusted = self.clock_synced() is True
+            tokens = TokenSet.from_record(record["tokens"], self.clock(), self.wall_clock(), trusted)
+            if not trusted:
+                logger.info("the wall clock is not known to be synchronised: the stored access token "
+                            "counts as expired and is refreshed before it is served")
         except (KeyError, TypeError, ValueError):
             logger.error("%s: the state record is incomplete; starting unpaired", self.store.path)
             return None
         return tokens
 
-    async def _save(self, tokens: TokenSet) -> None:
+    async def _save(self, tokens: TokenSet | None) -> None:
+        """Write the grant (or, with ``tokens`` None, only the revocations still owed)."""
+        if tokens is None and not self._pending_revocations:
+            self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.clear))
+            await asyncio.shield(self._saving)
+            return
         record = {
             "version": RECORD_VERSION,
             "issuer": self.provider.issuer,
             "client_id": self.provider.client_id,
             "endpoints": vars(self.endpoints) if self.endpoints else None,
-            "tokens": tokens.to_record(self.clock(), self.wall_clock()),
+            "tokens": tokens.to_record(self.clock(), self.wall_clock()) if tokens else None,
+            "pending_revocations": self._pending_revocations,
         }
         # Shielded: a cancelled caller must not leave a write running that nobody waits for
         # (unpair's clear would race it and the grant could come back).
@@ -508,23 +552,50 @@ class Device:
     def _can_revoke(self) -> bool:
         return bool(self.endpoints and self.endpoints.revocation_endpoint)
 
-    async def _revoke(self, tokens: TokenSet) -> str | None:
-        """RFC 7009: revoke the refresh token (which SHOULD take its access tokens with it).
-        Returns why it failed, or None."""
-        if not self._can_revoke():
-            logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
-            return None
-        assert self.endpoints is not None
-        token, hint = (tokens.refresh_token, "refresh_token") if tokens.refresh_token \
-            else (tokens.access_token, "access_token")
-        reply = await self.http.send(m.revocation_request(self.endpoints, token, hint))
-        if isinstance(reply, m.Response) and reply.status == 200:  # §2.2: 200 even if already invalid
-            logger.info("the grant was revoked at the server")
-            return None
-        reason = reply.reason if isinstance(reply, m.Failure) else m.describe(reply)
-        self.last_error = f"revocation failed: {reason}"
-        logger.warning("revocation failed: %s; the grant was forgotten locally", reason)
-        return self.last_error
+    async def _revoke_pending(self) -> str | None:
+        """Try every revocation still owed, once (RFC 7009). Returns why one failed, or None."""
+        error = None
+        for token, hint in list(self._pending_revocations):
+            if self.endpoints is None or not self.endpoints.revocation_endpoint:
+                return "no revocation endpoint is known"
+            now = self.clock()
+            if not self.budget.allows(now):
+                return "revocation failed: hourly request budget spent; will retry"
+            self.budget.spend(now)
+            reply = await self.http.send(m.revocation_request(self.endpoints, token, hint))
+            # §2.2: 200 even if the token was already invalid. A definite refusal (400
+            # unsupported_token_type, invalid_request) will not change on a retry either.
+            done = isinstance(reply, m.Response) and (reply.status == 200 or not m.is_transient(reply))
+            if done:
+                if reply.status == 200:
+                    logger.info("the grant was revoked at the server")
+                else:
+                    logger.warning("the server refused the revocation (%s); not retrying", m.describe(reply))
+                self._pending_revocations.remove((token, hint))
+                await self._save(self.tokens)
+                continue
+            reason = reply.reason if isinstance(reply, m.Failure) else m.describe(reply)
+            error = self.last_error = f"revocation failed: {reason}; will retry"
+            logger.warning("%s", error)
+            self._revocation_delay = grant.transient_delay(reply, self._revocation_backoff)
+        return error
+
+    def _start_revoking(self, first_delay: float) -> None:
+        if self._revoking is None or self._revoking.done():
+            self._revoking = asyncio.create_task(self._keep_revoking(first_delay))
+
+    async def _keep_revoking(self, delay: float) -> None:
+        """Retry owed revocations with capped, jittered backoff until the server takes them."""
+        while self._pending_revocations:
+            await self.sleep(delay)
+            await self._revoke_pending()
+            delay = self._revocation_delay
+        self._revocation_backoff.reset()
+
+    async def revocations_settled(self) -> None:
+        """Wait until no revocation is owed (for tests and an orderly factory reset)."""
+        if self._revoking is not None:
+            await asyncio.wait([self._revoking])
 
     async def _settle_refresh(self) -> None:
         """Let a refresh in flight finish: the server may already have rotated the refresh
@@ -537,14 +608,14 @@ class Device:
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
-        for task in (self._pairing_task, self._refresh_task, self._inflight):
+        for task in (self._pairing_task, self._refresh_task, self._inflight, self._revoking):
             if task is not None and task is not current and not task.done():
                 task.cancel()
                 try:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        self._pairing_task = self._refresh_task = self._inflight = None
+        self._pairing_task = self._refresh_task = self._inflight = self._revoking = None
 
     # -- helpers ----------------------------------------------------------------
 
@@ -598,6 +669,6 @@ def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds") if wall else None
 
 
-def clock_synced() -> bool | None:
+def _clock_synced() -> bool | None:
     """True when systemd-timesyncd says the clock is synchronised; None when unknown."""
     return True if os.path.exists("/run/systemd/timesync/synchronized") else None

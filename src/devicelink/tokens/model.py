@@ -83,12 +83,14 @@ class TokenSet:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], now: float, wall_now: float) -> TokenSet:
-        """Rebuild from the state file. A wall clock that moved backwards (or an expiry
-        further away than the token's lifetime) is not trusted: the token counts as expired."""
+    def from_record(cls, record: dict[str, Any], now: float, wall_now: float,
+                    trust_wall_clock: bool = True) -> TokenSet:
+        """Rebuild from the state file. An unsynchronised wall clock, one that moved backwards,
+        or an expiry further away than the token's lifetime is not trusted: the access token
+        counts as expired (the refresh token is kept)."""
         remaining = float(record["expires_at_wall"]) - wall_now
         lifetime = float(record["lifetime"])
-        if remaining > lifetime:
+        if remaining > lifetime or not trust_wall_clock:
             remaining = 0.0
         account = record.get("account")
         return cls(
