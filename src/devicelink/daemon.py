@@ -65,7 +65,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         stack.callback(display.close)
         client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret)
-        device = Device(cfg, store, OAuthHttp(client, auth), display=display)
+        device = Device(cfg, store, OAuthHttp(client, auth), display=display, key_source=key_source)
         await device.start()
         stack.push_async_callback(device.stop)
         if cfg.gpio is not None:
