@@ -77,7 +77,9 @@ class Daemon:
         self.config = config
         self.socket = str(config.parent / "agent.sock")
         self.state_dir = config.parent / "state"
-        self.env = {**os.environ, "DEVICELINK_LOG_LEVEL": "DEBUG", **(env or {})}
+        # The wall clock counts as synchronised (a test machine may have no NTP): restarts then
+        # serve the stored token; tests/test_clock.py covers the unsynchronised case.
+        self.env = {**os.environ, "DEVICELINK_LOG_LEVEL": "DEBUG", "DEVICELINK_CLOCK_SYNCED": "1", **(env or {})}
         self.env.pop("NOTIFY_SOCKET", None)
         self.log: list[str] = []
         self.stdout = ""

@@ -404,7 +404,9 @@ def test_status_screens_say_what_they_are(size, mode):
 def test_screen_precedence():
     pairing = Screen(State.PAIRING, code(), reset_in=3, clock_synced=False)
     assert r.layout(pairing, (128, 64), "1", NOW).text("number") == "3"  # reset over everything
-    waiting = Screen(State.PAIRING, code(), clock_synced=False)
+    with_code = Screen(State.PAIRING, code(), clock_synced=False)
+    assert r.layout(with_code, (128, 64), "1", NOW).qr() is not None  # a code on hand is always shown
+    waiting = Screen(State.PAIRING, None, clock_synced=False)
     layout = r.layout(waiting, (128, 64), "1", NOW)
     assert layout.qr() is None and "Waiting" in layout.text("title")
     paired_unsynced = Screen(State.PAIRED, account="bob", clock_synced=False)

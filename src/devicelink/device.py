@@ -35,6 +35,8 @@ from devicelink.oauth import grant
 from devicelink.oauth import messages as m
 from devicelink.oauth.http import OAuthHttp
 from devicelink.budget import RequestBudget
+from devicelink.clock import clock_synced as probe_clock_synced
+from devicelink.clock import explain_failure
 from devicelink.tokens.model import TokenSet
 from devicelink.tokens.store import EncryptedFileStore
 
@@ -60,7 +62,7 @@ class Device:
         self.display = display or NullDisplay()
         self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
         self.rng = rng or random.Random()
-        self.clock_synced = clock_synced or _clock_synced
+        self.clock_synced = clock_synced or probe_clock_synced
         self.key_source = key_source
         self.budget = RequestBudget()
         self._pending_revocations: list[tuple[str, str]] = []  # (token, hint): kept encrypted until revoked
@@ -369,7 +371,8 @@ class Device:
 
     def _observe(self, reply: m.Reply) -> None:
         if isinstance(reply, m.Failure):
-            self.last_error = f"cannot reach the authorization server: {reply.reason}"
+            self.last_error = ("cannot reach the authorization server: "
+                               f"{explain_failure(reply.reason, self.clock_synced())}")
         elif m.is_transient(reply):
             self.last_error = f"the authorization server answered {m.describe(reply)}"
 
@@ -422,7 +425,8 @@ class Device:
             return
         try:
             if m.is_transient(reply) or error is not None:
-                reason = m.describe(reply) if isinstance(reply, m.Response) else reply.reason
+                reason = (m.describe(reply) if isinstance(reply, m.Response)
+                          else explain_failure(reply.reason, self.clock_synced()))
                 raise GrantFailed(f"refresh failed: {reason}", error)
             assert isinstance(reply, m.Response)
             parsed = m.parse_tokens(reply, self.provider.issuer, self.provider.client_id, refreshable=True)
@@ -510,7 +514,7 @@ class Device:
                 self.endpoints = m.Endpoints(**{**stored, **self._configured})
             if record.get("tokens") is None:
                 return None  # only revocations left to retry
-            trusted = self.clock_synced() is True
+            trusted = self.clock_synced() is True and record.get("wall_clock_synced") is True
             tokens = TokenSet.from_record(record["tokens"], self.clock(), self.wall_clock(), trusted)
             if not trusted:
                 logger.info("the wall clock is not known to be synchronised: the stored access token "
@@ -533,6 +537,8 @@ class Device:
             "endpoints": vars(self.endpoints) if self.endpoints else None,
             "tokens": tokens.to_record(self.clock(), self.wall_clock()) if tokens else None,
             "pending_revocations": self._pending_revocations,
+            # An expiry written by an unsynchronised clock is not trusted at the next start either.
+            "wall_clock_synced": self.clock_synced() is True,
         }
         # Shielded: a cancelled caller must not leave a write running that nobody waits for
         # (unpair's clear would race it and the grant could come back).
@@ -667,8 +673,3 @@ def _uid_of(user: str) -> int | None:
 
 def _iso(wall: float | None) -> str | None:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds") if wall else None
-
-
-def _clock_synced() -> bool | None:
-    """True when systemd-timesyncd says the clock is synchronised; None when unknown."""
-    return True if os.path.exists("/run/systemd/timesync/synchronized") else None

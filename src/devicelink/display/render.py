@@ -580,8 +580,9 @@ def layout(screen: Screen, size: tuple[int, int], mode: str, now: float) -> Layo
     if width < 32 or height < 16:
         raise ValueError(f"panel too small: {width}x{height}")
     compact = height < COMPACT_HEIGHT
-    pairing = (screen.reset_in is None and screen.state is State.PAIRING and screen.pairing is not None
-               and screen.clock_synced is not False)
+    # A code on hand is always shown, synchronised clock or not: the device grant needs no
+    # wall clock, and hiding a valid code would only stall the owner.
+    pairing = screen.reset_in is None and screen.state is State.PAIRING and screen.pairing is not None
     if pairing:
         items = _compact_pairing(screen, size, now) if compact else _full_pairing(screen, size, now)
     else:
