@@ -65,6 +65,28 @@ class Rig:
         await self.states.wait(State.PAIRED)
         return device
 
+    async def during_a_held_refresh(self, action):
+        """Start the proactive refresh, hold its answer at the server, run ``action`` meanwhile,
+        then let the answer go: the server has rotated the refresh token before the device knows."""
+        import threading
+
+        entered, release = threading.Event(), threading.Event()
+
+        def held(respond):
+            entered.set()
+            release.wait(10)
+            return respond()
+
+        self.srv.around_token = held
+        self.clock.advance(await self.clock.next_timer() - self.clock.now)
+        assert await asyncio.to_thread(entered.wait, 10)
+        task = asyncio.ensure_future(action)
+        await asyncio.sleep(0)  # let the action begin while the answer is still held
+        release.set()
+        result = await task
+        self.srv.around_token = lambda respond: respond()
+        return result
+
     def refreshes(self) -> int:
         return self.srv.stats.token_requests.get("refresh_token", 0)
 
@@ -240,26 +262,10 @@ def test_status_never_carries_a_secret(tmp_path):
 def test_stop_lets_a_refresh_in_flight_finish(tmp_path):
     """SIGTERM during a refresh: the server may already have rotated the refresh token,
     so stopping must wait for the answer and save it, or the next start replays the old one."""
-    import threading
-
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        entered, release = threading.Event(), threading.Event()
-
-        def held(respond):
-            entered.set()
-            release.wait(10)
-            return respond()
-
-        rig.srv.around_token = held
-        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
-        assert await asyncio.to_thread(entered.wait, 10)
-        stopping = asyncio.create_task(device.stop())
-        await asyncio.sleep(0)  # let stop() begin while the answer is still held
-        release.set()
-        await stopping
-        rig.srv.around_token = lambda respond: respond()
+        await rig.during_a_held_refresh(device.stop())
 
         again = rig.device()
         await again.start()
@@ -329,25 +335,10 @@ def test_unpair_when_revocation_fails_stops_serving_and_retries_until_revoked(tm
 
 
 def test_unpair_during_a_refresh_does_not_bring_the_grant_back(tmp_path):
-    import threading
-
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        entered, release = threading.Event(), threading.Event()
-
-        def held(respond):
-            entered.set()
-            release.wait(10)
-            return respond()
-
-        rig.srv.around_token = held
-        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
-        assert await asyncio.to_thread(entered.wait, 10)
-        unpairing = asyncio.create_task(device.unpair(ROOT))
-        await asyncio.sleep(0)
-        release.set()
-        answer = await unpairing
+        answer = await rig.during_a_held_refresh(device.unpair(ROOT))
         assert answer["revoked"] is True and device.state is State.UNPAIRED
         assert not (tmp_path / "state.bin").exists()  # no late save restored it
         again = rig.device()
