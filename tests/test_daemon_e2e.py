@@ -189,3 +189,20 @@ def test_daemon_starts_with_gpio_on_mock_pins(short_tmp, dev_server, daemons):
     pair(d, dev_server)
     assert d.cli("token").returncode == 0
     assert d.stop() == 0
+
+
+def test_rekey_from_the_command_line_keeps_the_grant(short_tmp, dev_server, daemons):
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)
+    d = daemons(cfg)
+    pair(d, dev_server)
+    token = d.cli("token").stdout.strip()
+    busy = d.cli("rekey")
+    assert busy.returncode == 1 and "running" in busy.stderr  # never under a live daemon
+    assert d.stop() == 0
+    old_key = (d.state_dir / "state.key").read_bytes()
+    out = d.cli("rekey")
+    assert out.returncode == 0, out.stderr
+    assert (d.state_dir / "state.key").read_bytes() != old_key
+    d2 = daemons(cfg)
+    d2.wait_for(r"restored the grant")
+    assert d2.cli("token").stdout.strip() == token and dev_server.stats.device_authorizations == 1

@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--min-ttl", type=int, metavar="SECONDS", help="the token must stay valid this long")
     sub.add_parser("pair", help="show a new pairing code now")
     sub.add_parser("unpair", help="revoke the grant at the server and forget it")
+    rekey = sub.add_parser("rekey", help="re-encrypt the state under a new key (daemon stopped)")
+    rekey.add_argument("--to", choices=("file", "credential"),
+                       help="the key source to move to (set [storage] key to it first)")
+    rekey.add_argument("--credential", type=Path, metavar="PATH",
+                       help="the sealed credential the unit loads (default /etc/credstore.encrypted/devicelink.key)")
+    rekey.add_argument("--new-credential", type=Path, metavar="PATH",
+                       help="a credential already sealed with the new key, instead of making one")
+    rekey.add_argument("--seal", choices=("auto", "host", "tpm2", "host+tpm2"), default="auto",
+                       help="what systemd-creds seals a new credential to")
     return parser
 
 
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "rekey":
+            return _rekey(args)
         return _ask_daemon(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_config(args: argparse.Namespace) -> config.Config | None:
     path = args.config or config.default_path()
-    if args.config is None and args.command != "run" and not path.exists():
+    if args.config is None and args.command not in ("run", "rekey") and not path.exists():
         return None  # clients may run without a config: the default socket path applies
     return config.load(path)
 
@@ -89,6 +100,22 @@ def _run(args: argparse.Namespace) -> int:
     except (DeviceLinkError, OSError) as exc:
         logging.getLogger("devicelink").error("cannot start: %s", exc)
         return 1
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    from devicelink.rekey import rekey
+    from devicelink.tokens import keys
+
+    cfg = _load_config(args)
+    assert cfg is not None
+    try:
+        print(rekey(cfg, args.to, credential=args.credential or keys.CREDSTORE_PATH,
+                    new_credential=args.new_credential, seal_with=args.seal))
+    except ConfigError:
+        raise
+    except (DeviceLinkError, OSError) as exc:
+        return _fail(str(exc), 1)
+    return 0
 
 
 def _ask_daemon(args: argparse.Namespace) -> int:
