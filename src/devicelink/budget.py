@@ -24,7 +24,8 @@ class RequestBudget:
         return f"RequestBudget({len(self._sent)}/{self.limit} per {self.window:g} s)"
 
     def _trim(self, now: float) -> None:
-        while self._sent and self._sent[0] <= now - self.window:
+        # The same sum next_free() returns, so the instant it names is allowed exactly.
+        while self._sent and self._sent[0] + self.window <= now:
             self._sent.popleft()
 
     def allows(self, now: float, extra: int = 0) -> bool:

@@ -245,7 +245,7 @@ class Device:
         await self._save(None)  # the grant is gone from disk; owed revocations stay
         self._move(Event.UNPAIRED)
         error = await self._revoke_pending()
-        if error is not None:
+        if self._pending_revocations:
             self._start_revoking(first_delay=self._revocation_delay)
         return {"state": self.state.value, "revoked": error is None and bool(tokens and self._can_revoke()),
                 "revocation_error": error}
@@ -397,7 +397,7 @@ class Device:
         now = self.clock()
         allowance = RequestBudget.allowance(tokens.lifetime)
         if not self.budget.allows(now, allowance):
-            self._retry_at = self.budget.next_free(now, allowance)
+            self._retry_at = max(self.budget.next_free(now, allowance), now + MIN_REFRESH_SPACING)
             self.last_error = (f"hourly request budget spent ({self.budget.limit} requests beyond what the "
                                f"token lifetime needs); next refresh in {self._retry_at - now:.0f} s")
             logger.warning("%s", self.last_error)
@@ -576,7 +576,8 @@ class Device:
                 if reply.status == 200:
                     logger.info("the grant was revoked at the server")
                 else:
-                    logger.warning("the server refused the revocation (%s); not retrying", m.describe(reply))
+                    error = self.last_error = f"the server refused the revocation ({m.describe(reply)})"
+                    logger.warning("%s; not retrying", error)
                 self._pending_revocations.remove((token, hint))
                 await self._save(self.tokens)
                 continue
