@@ -261,11 +261,12 @@ def test_refresh_rotates_and_reuse_revokes_the_family(srv, http):
     assert not srv.revoked(second["refresh_token"])
 
     third = refresh(http, srv, second["refresh_token"]).json()
-    assert srv.stats.reuse_detections == 0
+    assert srv.stats.reuse_detections == 0 and srv.stats.grace_reuses == 0
 
-    # RFC 9700 §4.14.2: the rotated-away token comes back; everything goes.
+    # RFC 9700 §4.14.2: a rotated-away token whose successor was already used comes
+    # back, so a stale copy exists somewhere; everything goes.
     assert error(refresh(http, srv, first["refresh_token"])) == "invalid_grant"
-    assert srv.stats.reuse_detections == 1
+    assert srv.stats.reuse_detections == 1 and srv.stats.grace_reuses == 0
     assert srv.revoked(third["refresh_token"])
     assert error(refresh(http, srv, third["refresh_token"])) == "invalid_grant"
     for access_token in (first["access_token"], second["access_token"], third["access_token"]):
@@ -283,16 +284,60 @@ def test_refresh_rotates_and_reuse_revokes_the_family(srv, http):
     assert srv.stats.token_requests["refresh_token"] == 4
 
 
-def test_concurrent_refreshes_with_one_token_trip_reuse_detection(srv, http):
-    # Two refreshes racing with the same token (checklist G24): one wins, the
-    # other presents a token that was just rotated away, and the grant is gone.
+def test_grace_a_crash_between_rotation_and_save_is_not_reuse(srv, http):
+    # The client presents a token, the server rotates, the client dies before saving
+    # the successor and comes back with the old token: allowed while the successor was
+    # never used (Okta's grace period, Auth0's reuse interval), and counted.
+    first = sign_in(http, srv)
+    lost = refresh(http, srv, first["refresh_token"]).json()  # never saved
+    again = refresh(http, srv, first["refresh_token"])
+    assert again.status_code == 200
+    kept = again.json()
+    assert kept["refresh_token"] not in (first["refresh_token"], lost["refresh_token"])
+    assert srv.stats.grace_reuses == 1 and srv.stats.reuse_detections == 0
+    # ... as many times as the client crashes at that point
+    kept = refresh(http, srv, first["refresh_token"]).json()
+    assert srv.stats.grace_reuses == 2 and srv.stats.reuse_detections == 0
+
+    # Once the successor is used, the old token's grace is over: reuse, the grant goes.
+    fourth = refresh(http, srv, kept["refresh_token"]).json()
+    assert srv.stats.reuse_detections == 0 and not srv.revoked(fourth["refresh_token"])
+    assert error(refresh(http, srv, first["refresh_token"])) == "invalid_grant"
+    assert srv.stats.reuse_detections == 1
+    assert srv.revoked(fourth["refresh_token"])
+    assert userinfo(http, fourth["access_token"]).status_code == 401
+
+
+def test_grace_supersedes_the_unused_successor(srv, http):
+    # A successor replaced by a grace reuse was superseded: a client that presents it
+    # kept a copy it should not have (or fell back to a stale state), and that is reuse.
+    first = sign_in(http, srv)
+    superseded = refresh(http, srv, first["refresh_token"]).json()
+    kept = refresh(http, srv, first["refresh_token"]).json()
+    assert srv.stats.grace_reuses == 1
+    assert error(refresh(http, srv, superseded["refresh_token"])) == "invalid_grant"
+    assert srv.stats.reuse_detections == 1
+    assert srv.revoked(kept["refresh_token"])
+    assert error(refresh(http, srv, kept["refresh_token"])) == "invalid_grant"
+    assert srv.stats.reuse_detections == 1  # an already revoked grant is not counted again
+
+
+def test_concurrent_refreshes_with_one_token_leave_one_live_token(srv, http):
+    # Two refreshes racing with the same token (checklist G24): the server takes them
+    # one after the other, so the second is a grace reuse and both get tokens, but
+    # only the one the server issued last stays live. A client that kept the other
+    # is caught at its next refresh, and the grant is gone.
     tokens = sign_in(http, srv)
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(lambda _: refresh(http, srv, tokens["refresh_token"]), range(2)))
-    assert sorted(r.status_code for r in responses) == [200, 400]
-    winner = next(r for r in responses if r.status_code == 200).json()
+    assert [r.status_code for r in responses] == [200, 200]
+    assert srv.stats.grace_reuses == 1 and srv.stats.reuse_detections == 0
+    issued = {r.json()["refresh_token"] for r in responses}
+    live = srv.issued_refresh_tokens()[-1]
+    (superseded,) = issued - {live}
+    assert error(refresh(http, srv, superseded)) == "invalid_grant"
     assert srv.stats.reuse_detections == 1
-    assert srv.revoked(winner["refresh_token"])
+    assert srv.revoked(live)
 
 
 def test_refresh_without_rotation_keeps_the_refresh_token(make_server):

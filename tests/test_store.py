@@ -107,3 +107,150 @@ def test_credential_key(tmp_path, monkeypatch):
     (creds / "devicelink.key").write_bytes(b"k" * 32)
     assert keys.load_key("auto", tmp_path) == (b"k" * 32, "credential")
     assert keys.load_key("credential", tmp_path) == (b"k" * 32, "credential")
+
+
+# -- two generations ----------------------------------------------------------------
+
+OLD = {**RECORD, "tokens": {"access_token": "at-OLD", "refresh_token": "rt-OLD"}}
+NEW = {**RECORD, "tokens": {"access_token": "at-NEW", "refresh_token": "rt-NEW"}}
+
+
+def test_save_keeps_the_previous_generation(tmp_path):
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    assert not store.previous_path.exists()  # the first save has nothing to keep
+    store.save(NEW)
+    assert store.load() == NEW
+    assert store.previous_path.name == "state.prev.bin"
+    for path in (store.path, store.previous_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert b"SECRET" not in path.read_bytes() and b"OLD" not in path.read_bytes()
+    store.path.unlink()
+    assert store.load() == OLD  # the previous generation really is the one before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[:len(b) // 2],            # torn: half the file
+    lambda b: b[:-1],                     # truncated by one byte
+    lambda b: b[:40] + bytes([b[40] ^ 0x80]) + b[41:],  # one bit flipped in the ciphertext
+    lambda b: b"",                        # empty (metadata written, data lost)
+    lambda b: b"\0" * len(b),             # zeroed blocks
+])
+def test_torn_newest_loads_the_previous_generation(tmp_path, caplog, damage):
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    store.save(NEW)
+    store.path.write_bytes(damage(store.path.read_bytes()))
+    with caplog.at_level("WARNING", logger="devicelink.tokens.store"):
+        assert store.load() == OLD
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(store.path) in lines[0] and "previous generation" in lines[0]
+    assert "SECRET" not in lines[0] and "OLD" not in lines[0]
+
+    # The next save replaces the damaged newest and keeps the good previous generation
+    # (rotating the damaged one into its place would leave nothing readable between the renames).
+    store.save(NEW)
+    assert store.load() == NEW
+    store.path.unlink()
+    assert store.load() == OLD
+
+
+def test_both_generations_unreadable(tmp_path):
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    store.save(NEW)
+    store.path.write_bytes(b"DLS1" + b"x" * 40)
+    store.previous_path.write_bytes(store.previous_path.read_bytes()[:-3])
+    with pytest.raises(StoreUnreadable) as info:
+        store.load()
+    message = str(info.value)
+    assert str(store.path) in message and "previous generation is unreadable too" in message
+    assert "\n" not in message and "SECRET" not in message
+    # another key opens neither generation
+    store.save(NEW)
+    store.save(NEW)
+    with pytest.raises(StoreUnreadable, match="another key.*previous generation is unreadable too"):
+        EncryptedFileStore(tmp_path, os.urandom(32)).load()
+
+
+def test_newest_missing_beside_a_previous_generation(tmp_path, caplog):
+    # A save cut off between its two renames: the previous generation is the newest committed one.
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    store.save(NEW)
+    os.replace(store.path, store.previous_path)
+    with caplog.at_level("WARNING", logger="devicelink.tokens.store"):
+        assert store.load() == NEW
+    assert "missing" in caplog.text and "previous generation" in caplog.text
+    store.save(OLD)  # nothing to rotate: the previous generation stays
+    assert store.load() == OLD
+    store.path.unlink()
+    assert store.load() == NEW
+
+
+class _Crash(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler cleans up."""
+
+
+# A save's system calls, in order; a crash just before each one, and after the last.
+SAVE_STEPS = ["open temp", "write temp", "fsync temp", "rename newest -> previous",
+              "rename temp -> newest", "open dir", "fsync dir", "done"]
+
+
+@pytest.mark.parametrize("step", range(len(SAVE_STEPS)), ids=SAVE_STEPS)
+def test_a_crash_at_any_step_of_a_save_leaves_a_whole_generation(tmp_path, monkeypatch, step):
+    key = os.urandom(32)
+    store = EncryptedFileStore(tmp_path, key)
+    store.save(OLD)
+    store.save(OLD)
+    calls = []
+
+    def crashing(name, real):
+        def call(*args, **kwargs):
+            if len(calls) == step:
+                raise _Crash
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("open", "write", "fsync", "replace"):
+        monkeypatch.setattr(os, name, crashing(name, getattr(os, name)))
+    try:
+        store.save(NEW)
+    except _Crash:
+        pass
+    monkeypatch.undo()
+    assert calls == ["open", "write", "fsync", "replace", "replace", "open", "fsync"][:step]
+    # what a restarted daemon finds: the old record until the new one is renamed in, then the new
+    expected = OLD if step <= SAVE_STEPS.index("rename temp -> newest") else NEW
+    assert EncryptedFileStore(tmp_path, key).load() == expected
+
+
+def test_clear_removes_both_generations(tmp_path):
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    store.save(NEW)
+    store.clear()
+    assert not store.path.exists() and not store.previous_path.exists()
+    assert store.load() is None
+
+
+def test_a_record_without_a_grant_keeps_no_previous_generation(tmp_path):
+    # Unpaired, a revocation still owed: the grant given up must not come back through a
+    # fallback to the previous generation.
+    store = EncryptedFileStore(tmp_path, os.urandom(32))
+    store.save(OLD)
+    store.save(NEW)
+    owed = {**RECORD, "tokens": None, "pending_revocations": [["rt-NEW", "refresh_token"]]}
+    store.save(owed)
+    assert store.load() == owed
+    assert not store.previous_path.exists()
+    store.path.write_bytes(store.path.read_bytes()[:-1])
+    with pytest.raises(StoreUnreadable, match="no previous generation"):
+        store.load()
+    # pairing again: generations as usual
+    store.save(OLD)
+    store.save(NEW)
+    store.path.unlink()
+    assert store.load() == OLD

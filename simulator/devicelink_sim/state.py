@@ -6,12 +6,22 @@ holds it for the whole of each OAuth request, so two requests never interleave.
 That is what makes refresh-token reuse detection deterministic when a client
 races itself.
 
+Refresh-token rotation (RFC 6749 §6) with reuse detection (RFC 9700 §4.14.2)
+and a grace rule: each grant has one current refresh token; presenting it
+rotates it. A rotated-away token whose successor is still the current, never
+used token is accepted once more (the client may have crashed after the server
+rotated and before it saved the successor; Okta's grace period and Auth0's
+reuse interval exist for the same reason), and the unused successor is
+superseded. Any other rotated-away or superseded token is reuse: a stale copy
+exists somewhere, so the whole grant goes. See `present_refresh_token`.
+
 Expiry is measured with the injected `clock` (default `time.monotonic`), so
 tests can step time instead of sleeping.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections import Counter
@@ -23,6 +33,8 @@ from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
 from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE, DeviceCredentialMixin
 
 Clock = Callable[[], float]
+
+logger = logging.getLogger("devicelink_sim.authserver")
 
 
 def normalize_user_code(user_code: str) -> str:
@@ -113,6 +125,8 @@ class Grant:
     user: User
     scope: str | None
     revoked: bool = False
+    #: The one refresh token of this grant that may be presented without question.
+    current: RefreshToken | None = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -144,6 +158,8 @@ class _Token(TokenMixin):
 @dataclass(eq=False)
 class AccessToken(_Token):
     revoked: bool = False
+    #: The refresh token issued in the same response (None when none was).
+    issued_with: str | None = field(default=None, repr=False)
 
     def is_revoked(self):
         return self.revoked or self.grant.revoked
@@ -152,6 +168,9 @@ class AccessToken(_Token):
 @dataclass(eq=False)
 class RefreshToken(_Token):
     rotated: bool = False  # replaced by a newer refresh token (RFC 6749 §6)
+    #: What presenting this token last produced. While that is still the grant's
+    #: current token (never presented itself), this one may be presented again.
+    successor: RefreshToken | None = field(default=None, repr=False)
 
     def is_revoked(self):
         return self.grant.revoked
@@ -172,6 +191,7 @@ class Stats:
     device_authorizations: int
     revocations: int  # tokens revoked through /revoke
     reuse_detections: int  # refresh-token families revoked for reuse
+    grace_reuses: int = 0  # rotated-away tokens accepted again because their successor was never used
 
 
 class State:
@@ -189,6 +209,7 @@ class State:
         self._device_authorizations = 0
         self._revocations = 0
         self._reuse_detections = 0
+        self._grace_reuses = 0
 
     # -- device codes --
 
@@ -219,16 +240,84 @@ class State:
             scope=token.get("scope"),
             expires_at=now + token["expires_in"],
             clock=self.clock,
+            issued_with=token.get("refresh_token"),
         )
         if "refresh_token" in token:
             lifetime = self.refresh_token_lifetime
-            self.refresh_tokens[token["refresh_token"]] = RefreshToken(
+            grant.current = self.refresh_tokens[token["refresh_token"]] = RefreshToken(
                 value=token["refresh_token"],
                 grant=grant,
                 scope=refresh_scope,
                 expires_at=None if lifetime is None else now + lifetime,
                 clock=self.clock,
             )
+
+    def present_refresh_token(self, value: str) -> RefreshToken | None:
+        """The refresh token a refresh request may use, or None (invalid_grant).
+
+        - unknown, of a revoked grant, or expired: None;
+        - the grant's current token: itself;
+        - rotated away, and its successor is still the current token (so was never
+          used): itself, under the grace rule (a crash between the server's rotation
+          and the client's save is not the client's fault), counted in `grace_reuses`
+          by `rotated` once the refresh succeeds;
+        - any other token (its successor was used, or it was superseded by a grace
+          reuse): reuse, RFC 9700 §4.14.2. The whole grant is revoked.
+        """
+        token = self.refresh_tokens.get(value)
+        if token is None or token.grant.revoked:
+            return None
+        grant = token.grant
+        if grant.current not in (token, token.successor):
+            self.reuse_detected(grant)
+            logger.warning("refresh token reuse by %s: grant revoked", grant.client_id)
+            return None
+        if token.is_expired():
+            return None
+        return token
+
+    def refresh_token_standing(self, value: str) -> str:
+        """What presenting this refresh token now would meet, for tests and harnesses:
+        ``current``, ``grace`` (rotated away, successor never used), ``stale`` (reuse),
+        ``revoked`` (its grant is gone) or ``unknown``."""
+        with self.lock:
+            token = self.refresh_tokens.get(value)
+            if token is None:
+                return "unknown"
+            if token.grant.revoked:
+                return "revoked"
+            if token is token.grant.current:
+                return "current"
+            return "grace" if token.successor is token.grant.current else "stale"
+
+    def refresh_token_issued_with(self, access_token: str) -> str | None:
+        """The refresh token that came in the same response as this access token."""
+        with self.lock:
+            token = self.access_tokens.get(access_token)
+            return token.issued_with if token else None
+
+    def same_or_later(self, refresh_token: str, than: str) -> bool:
+        """Whether ``refresh_token`` is ``than`` or came from it by rotations (following each
+        token's latest successor): a client holding it has not gone back past ``than``."""
+        with self.lock:
+            token = self.refresh_tokens.get(than)
+            seen = set()
+            while token is not None and id(token) not in seen:
+                if token.value == refresh_token:
+                    return True
+                seen.add(id(token))
+                token = token.successor
+            return False
+
+    def rotated(self, old: RefreshToken) -> None:
+        """`old` was just presented and the new refresh token stored (it is the grant's
+        current one now). The successor a grace reuse replaces is superseded: presenting
+        it later is reuse."""
+        if old.rotated:
+            self._grace_reuses += 1
+            logger.info("refresh token presented again before its successor was used (grace): rotated again")
+        old.rotated = True
+        old.successor = old.grant.current
 
     def revoke(self, token: AccessToken | RefreshToken) -> None:
         # RFC 7009 §2.1: revoking a refresh token SHOULD also invalidate the
@@ -259,4 +348,5 @@ class State:
                 device_authorizations=self._device_authorizations,
                 revocations=self._revocations,
                 reuse_detections=self._reuse_detections,
+                grace_reuses=self._grace_reuses,
             )
