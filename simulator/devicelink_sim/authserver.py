@@ -11,11 +11,15 @@ storage hooks from `state.State` and adds what Authlib leaves out: refresh-token
 rotation with reuse detection (RFC 9700 §4.14.2), ID tokens, discovery
 metadata, and the verification page.
 
+Fault injection for the daemon's tests (latency, 5xx, 429, resets, timeouts,
+malformed or oversized answers, revoked grants) is `srv.faults`, faults.py.
+
 It listens on 127.0.0.1 only. Standalone:
 
     python -m devicelink_sim.authserver [--port N] [--access-token-lifetime S] ...
 
-prints `issuer http://127.0.0.1:PORT` and serves until SIGINT or SIGTERM.
+prints `issuer http://127.0.0.1:PORT` and serves until SIGINT or SIGTERM;
+`--fault ENDPOINT:KIND[,FIELD=VALUE...]` injects faults (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import pages
+from .faults import Faults, parse_spec, revoke_all
 from .state import (
     Client,
     DeviceCode,
@@ -142,11 +147,18 @@ class DevServer:
         self._issuer: str | None = None
         self._httpd = None
         self._thread: threading.Thread | None = None
-        # The one seam for fault injection (latency, 5xx, 429, malformed JSON):
-        # a callable that gets the real token endpoint as `respond` and returns
-        # what the client sees. Every token request still lands in `stats`.
+        # A low-level seam on the token endpoint: a callable that gets the real
+        # token endpoint as `respond` and returns what the client sees. Every
+        # token request still lands in `stats`.
         self.around_token: Callable[[Callable[[], Response]], object] = _pass_through
         self._app = self._build_app()
+        # Fault injection on every endpoint a device uses (faults.py): latency, 5xx,
+        # 429, resets, timeouts, malformed or oversized answers, revoked grants.
+        self.faults = Faults(clock, revoke_grants=lambda: revoke_all(self._state))
+        self._app.wsgi_app = self.faults.wrap(
+            self._app.wsgi_app,
+            lambda grant_type, outcome, at: self._state.record_token_request(
+                TokenEvent(at, grant_type, outcome)))
 
     # -- lifecycle --
 
@@ -192,6 +204,7 @@ class DevServer:
     def stop(self) -> None:
         if self._httpd is None:
             return
+        self.faults.release()  # held requests end, so shutdown does not wait for them
         self._httpd.shutdown()
         self._thread.join()
         self._httpd.server_close()
@@ -361,6 +374,19 @@ class DevServer:
 
         app.post("/sim/approve", endpoint="sim_approve")(lambda: sim_decision(True))
         app.post("/sim/deny", endpoint="sim_deny")(lambda: sim_decision(False))
+
+        @app.route("/sim/faults", methods=["GET", "POST", "DELETE"])
+        def sim_faults():
+            # faults.py, Faults.configure: {"clear", "seed", "release", "revoke_grants", "token": [...], ...}
+            if request.method == "DELETE":
+                self.faults.clear()
+            elif request.method == "POST":
+                try:
+                    self.faults.configure(request.get_json(silent=True))
+                except (ValueError, RuntimeError) as exc:
+                    return jsonify(error="invalid_request", error_description=str(exc)), 400
+            return jsonify(self.faults.snapshot())
+
         return app
 
 
@@ -520,25 +546,16 @@ class _RefreshTokenGrant(RefreshTokenGrant):
         return self.server.settings.rotate_refresh_tokens
 
     def authenticate_refresh_token(self, refresh_token):
-        token = self.server.state.refresh_tokens.get(refresh_token)
-        if token is None or token.grant.revoked:
-            return None
-        if token.rotated:
-            # RFC 9700 §4.14.2: a rotated-away refresh token came back, so a
-            # stale copy exists somewhere. Revoke the active one too.
-            self.server.state.reuse_detected(token.grant)
-            logger.warning("refresh token reuse by %s: grant revoked", token.grant.client_id)
-            return None
-        if token.is_expired():
-            return None
-        return token
+        # RFC 9700 §4.14.2 reuse detection, with a grace rule for a client that
+        # crashed before saving the successor: State.present_refresh_token.
+        return self.server.state.present_refresh_token(refresh_token)
 
     def authenticate_user(self, refresh_token):
         return refresh_token.grant.user
 
     def revoke_old_credential(self, refresh_token):
         if self.INCLUDE_NEW_REFRESH_TOKEN:
-            refresh_token.rotated = True
+            self.server.state.rotated(refresh_token)
 
 
 class _RevocationEndpoint(RevocationEndpoint):
@@ -617,7 +634,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m devicelink_sim.au
                         action="store_false", help="keep one refresh token for the grant's life")
     parser.add_argument("--client-secret", default=None,
                         help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
+    parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[,FIELD=VALUE...]",
+                        help="inject a fault (repeatable, applied in order), e.g. token:status,status=503,times=3 "
+                             "or token:reset,probability=0.2,times=none; see docs/faults.md")
+    parser.add_argument("--fault-seed", type=int, default=None, metavar="N",
+                        help="seed of the RNG behind fault probabilities")
     args = parser.parse_args(argv)
+    try:
+        faults = [parse_spec(spec) for spec in args.fault]
+    except ValueError as exc:
+        parser.error(f"--fault: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # Block the signals in every thread and take them here, in sigwait.
@@ -635,6 +661,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m devicelink_sim.au
         )
     except ValueError as exc:
         parser.error(str(exc))
+    server.faults.seed(args.fault_seed)
+    for endpoint, fault in faults:
+        server.faults.endpoint(endpoint).add(fault)
     try:
         server.start()
     except OSError as exc:

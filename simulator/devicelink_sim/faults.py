@@ -1,0 +1,519 @@
+"""Fault injection for the development authorization server.
+
+Every endpoint that a device talks to has a list of rules, ``srv.faults.token``,
+``.device``, ``.revocation`` and ``.discovery``. A request is matched against
+the first rule that still has uses left; with that rule's ``probability`` (a
+seeded RNG) it gets the fault, otherwise the real answer. So a list of rules is
+a schedule, and a rule with ``times=None`` lasts until ``clear()``::
+
+    srv.faults.token.fail(503, times=3)                 # three 503s, then the real answers
+    srv.faults.token.reset().timeout().fail(429, retry_after=30)   # one of each, in order
+    srv.faults.token.slow_down(times=20)                # a slow_down storm
+    srv.faults.device.delay(2.0, times=None)            # every device authorization 2 s late
+    srv.faults.discovery.malformed()
+    srv.faults.token.add(Fault("reset", probability=0.3, times=None))
+    srv.faults.revoke_grants()                          # every grant revoked behind the device's back
+    srv.faults.release()                                # held requests (timeout, delay) end now
+    srv.faults.clear()                                  # healthy again (and release)
+
+Kinds (:data:`KINDS`): ``ok`` (the real answer, after ``delay``: latency),
+``status`` (``status`` with ``{"error": error}``, or a plain page when
+``error`` is None, and ``Retry-After`` when ``retry_after`` is set),
+``reset`` (the connection is aborted with a TCP RST, no answer), ``close`` (closed with
+a FIN, no answer), ``timeout`` (held for
+``hold`` seconds, longer than a client's deadline, or until ``release()``, then
+closed without an answer), ``malformed`` (truncated JSON), ``oversized`` (a
+token-shaped 200 of more than 1 MiB), ``revoke`` (every grant is revoked, then
+the real answer). ``slow_down``, ``rate_limit`` and ``error_body`` are
+shorthands for ``status`` rules. ``after=True`` runs the real endpoint first
+and loses its answer (a refresh token rotated at the server, never delivered).
+
+The same rules arrive over HTTP (``POST /sim/faults``, see :meth:`Faults.configure`)
+and from ``devicelink-sim server --fault token:status,status=503,times=3``
+(see :func:`parse_spec`). Every request to the four endpoints lands in
+:attr:`Faults.log`, and token requests also in ``srv.stats``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qs
+
+__all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "parse_spec"]
+
+ENDPOINTS = ("token", "device", "revocation", "discovery")
+KINDS = ("ok", "status", "reset", "close", "timeout", "malformed", "oversized", "revoke")
+OVERSIZED = (1 << 20) + 4096  # past the daemon's 1 MiB cap on answers
+_SHORTHANDS: dict[str, dict[str, Any]] = {
+    "slow_down": {"status": 400, "error": "slow_down"},
+    "rate_limit": {"status": 429},
+    "error_body": {"status": 200, "error": "server_error"},  # GitHub answers errors with 200
+}
+_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+@dataclass
+class Fault:
+    """One rule. ``times`` uses (None: until cleared); ``used`` counts them."""
+
+    kind: str
+    times: int | None = 1
+    probability: float = 1.0
+    delay: float = 0.0  # seconds before the fault or the real answer (latency); release() ends it
+    status: int | None = None  # "status" (default 503) and "malformed" (default 200)
+    error: str | None = None  # "status": the body's OAuth error; None is a plain-text page
+    retry_after: int | str | None = None  # "status": a Retry-After header (seconds or an HTTP date)
+    hold: float = 60.0  # "timeout": the longest hold; the daemon's deadline is 30 s
+    after: bool = False  # run the real endpoint first and lose its answer
+    used: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind in _SHORTHANDS:
+            for name, value in _SHORTHANDS[self.kind].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+            self.kind = "status"
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(KINDS + tuple(_SHORTHANDS))}")
+        if self.status is None:
+            self.status = 200 if self.kind == "malformed" else 503
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be None (until cleared) or at least 1")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        if self.delay < 0 or self.hold < 0:
+            raise ValueError("delay and hold must not be negative")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+
+    @property
+    def spent(self) -> bool:
+        return self.times is not None and self.used >= self.times
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fault:
+        known = {f.name for f in fields(cls)} - {"used"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        if "kind" not in data:
+            raise ValueError("a fault needs a kind")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Hit:
+    """One request to a faultable endpoint, as the server saw it."""
+
+    at: float  # the server's clock on arrival
+    endpoint: str  # token, device, revocation, discovery
+    request: str  # discovery, device, token (a device-code poll), refresh, revocation, or token:<grant_type>
+    fault: str | None  # the fault kind it got, None for the real answer
+    outcome: str = "pending"  # ok, an OAuth error code, http_NNN, reset, close, timeout, malformed, oversized
+
+
+class EndpointFaults:
+    """The rules of one endpoint. Every method appends a rule and returns ``self``, so calls chain."""
+
+    def __init__(self, name: str, owner: Faults) -> None:
+        self.name, self._owner = name, owner
+        self.rules: list[Fault] = []
+
+    def add(self, *faults: Fault) -> EndpointFaults:
+        with self._owner.lock:
+            self.rules.extend(faults)
+        return self
+
+    def schedule(self, faults: Iterable[Fault | dict[str, Any]]) -> EndpointFaults:
+        """Append rules in order: ``schedule([Fault("reset"), Fault("status", status=502), Fault("ok")])``."""
+        return self.add(*(f if isinstance(f, Fault) else Fault.from_dict(f) for f in faults))
+
+    def fail(self, status: int = 503, *, error: str | None = None, retry_after: int | str | None = None,
+             times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.add(Fault("status", status=status, error=error, retry_after=retry_after, times=times, **kw))
+
+    def rate_limit(self, retry_after: int | str | None = 30, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.fail(429, retry_after=retry_after, times=times, **kw)
+
+    def error_body(self, error: str = "server_error", times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.fail(200, error=error, times=times, **kw)
+
+    def slow_down(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.fail(400, error="slow_down", times=times, **kw)
+
+    def delay(self, seconds: float, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.add(Fault("ok", delay=seconds, times=times, **kw))
+
+    def reset(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        """Abort the connection (TCP RST) without an answer."""
+        return self.add(Fault("reset", times=times, **kw))
+
+    def close(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        """Close the connection (FIN) without an answer."""
+        return self.add(Fault("close", times=times, **kw))
+
+    def timeout(self, times: int | None = 1, hold: float = 60.0, **kw: Any) -> EndpointFaults:
+        return self.add(Fault("timeout", times=times, hold=hold, **kw))
+
+    def malformed(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.add(Fault("malformed", times=times, **kw))
+
+    def oversized(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        return self.add(Fault("oversized", times=times, **kw))
+
+    def revoke(self, times: int | None = 1, **kw: Any) -> EndpointFaults:
+        """Revoke every grant when the next request arrives (then answer it for real)."""
+        return self.add(Fault("revoke", times=times, **kw))
+
+    def clear(self) -> None:
+        with self._owner.lock:
+            self.rules.clear()
+
+    def _pick(self, rng: random.Random) -> Fault | None:
+        """The rule this request gets, or None for the real answer. Holds the owner's lock."""
+        self.rules[:] = [rule for rule in self.rules if not rule.spent]
+        if not self.rules:
+            return None
+        rule = self.rules[0]
+        if rule.probability < 1.0 and rng.random() >= rule.probability:
+            return None
+        rule.used += 1
+        return rule
+
+
+class Faults:
+    """The fault rules of one development server, its request log, and the WSGI layer that applies them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, seed: int | None = None,
+                 revoke_grants: Callable[[], int] | None = None, log_size: int = 100_000) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.rng = random.Random(seed)
+        self._revoke_grants = revoke_grants
+        self._released = threading.Event()
+        self.token = EndpointFaults("token", self)
+        self.device = EndpointFaults("device", self)
+        self.revocation = EndpointFaults("revocation", self)
+        self.discovery = EndpointFaults("discovery", self)
+        #: Every request to the four endpoints, in arrival order (the oldest dropped past ``log_size``).
+        self.log: deque[Hit] = deque(maxlen=log_size)
+
+    def endpoint(self, name: str) -> EndpointFaults:
+        if name not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {name!r}; one of {', '.join(ENDPOINTS)}")
+        return getattr(self, name)
+
+    # -- controls -----------------------------------------------------------------
+
+    def seed(self, seed: int | None) -> None:
+        with self.lock:
+            self.rng.seed(seed)
+
+    def release(self) -> None:
+        """End every hold and delay now (held ``timeout`` requests are closed without an answer)."""
+        with self.lock:
+            self._released.set()
+            self._released = threading.Event()
+
+    def clear(self) -> None:
+        """No more faults: drop every rule and release what is held."""
+        with self.lock:
+            for name in ENDPOINTS:
+                self.endpoint(name).rules.clear()
+        self.release()
+
+    def revoke_grants(self) -> int:
+        """Revoke every grant at the server now, as an administrator would; returns how many."""
+        if self._revoke_grants is None:
+            raise RuntimeError("this Faults is not attached to a server")
+        return self._revoke_grants()
+
+    @property
+    def active(self) -> bool:
+        with self.lock:
+            return any(not rule.spent for name in ENDPOINTS for rule in self.endpoint(name).rules)
+
+    def hits(self, request: str | None = None, since: float = float("-inf")) -> list[Hit]:
+        with self.lock:
+            return [h for h in self.log if (request is None or h.request == request) and h.at >= since]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Requests by kind, and by kind and outcome."""
+        with self.lock:
+            by_kind = Counter(h.request for h in self.log)
+            by_outcome = Counter(f"{h.request} {h.outcome}" for h in self.log)
+        return {"requests": dict(by_kind), "outcomes": dict(by_outcome)}
+
+    def configure(self, body: Any) -> dict[str, Any]:
+        """What ``POST /sim/faults`` does with its JSON::
+
+            {"clear": true, "seed": 7, "release": true, "revoke_grants": true,
+             "token": [{"kind": "status", "status": 503, "times": 3}, {"kind": "reset"}],
+             "device": [...], "revocation": [...], "discovery": [...]}
+
+        ``clear`` first, then the rules are appended, then ``revoke_grants``. ValueError for a bad body."""
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        unknown = set(body) - {"clear", "seed", "release", "revoke_grants", *ENDPOINTS}
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        rules = {}
+        for name in ENDPOINTS:
+            given = body.get(name, [])
+            if not isinstance(given, list) or not all(isinstance(f, dict) for f in given):
+                raise ValueError(f"{name}: expected a list of fault objects")
+            try:
+                rules[name] = [Fault.from_dict(f) for f in given]
+            except TypeError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if body.get("clear"):
+            self.clear()
+        if "seed" in body:
+            self.seed(body["seed"])
+        for name, faults in rules.items():
+            self.endpoint(name).add(*faults)
+        if body.get("release"):
+            self.release()
+        if body.get("revoke_grants"):
+            self.revoke_grants()
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            rules = {name: [r.to_dict() for r in self.endpoint(name).rules if not r.spent] for name in ENDPOINTS}
+        return {**rules, **self.counts()}
+
+    # -- the WSGI layer --------------------------------------------------------------
+
+    def wrap(self, app: Callable, record_token: Callable[[str, str, float], None] | None = None) -> Callable:
+        """Wrap a WSGI app. ``record_token(grant_type, outcome, arrived)`` is told about every
+        token request that a fault answered (the real endpoint records the others itself)."""
+
+        def middleware(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            endpoint = _endpoint_of(environ)
+            if endpoint is None:
+                return app(environ, start_response)
+            arrived = self.clock()
+            body = _take_body(environ)
+            grant_type = _form_value(body, "grant_type") if endpoint == "token" else ""
+            with self.lock:
+                rule = self.endpoint(endpoint)._pick(self.rng)
+                released = self._released
+                hit = Hit(arrived, endpoint, _request_name(endpoint, grant_type), rule and rule.kind)
+                self.log.append(hit)
+            if rule is None or rule.kind in ("ok", "revoke"):
+                if rule is not None:
+                    released.wait(rule.delay)
+                    if rule.kind == "revoke":
+                        self.revoke_grants()
+                status, headers, content = _call(app, environ)
+                hit.outcome = _outcome(status, content)
+                start_response(status, headers)
+                return [content]
+            released.wait(rule.delay)
+            if rule.after:
+                _call(app, _fresh(environ, body))  # the server acts; the device never hears of it
+            if rule.kind == "timeout":
+                hit.outcome = "timeout"
+                self._record(record_token, endpoint, grant_type, "timeout", arrived, rule)
+                released.wait(rule.hold)
+                _drop(environ, rst=False)
+            if rule.kind in ("reset", "close"):
+                hit.outcome = rule.kind
+                self._record(record_token, endpoint, grant_type, rule.kind, arrived, rule)
+                _drop(environ, rst=rule.kind == "reset")
+            status, headers, content = _fault_answer(rule)
+            hit.outcome = rule.kind if rule.kind != "status" else _outcome(status, content)
+            self._record(record_token, endpoint, grant_type, hit.outcome, arrived, rule)
+            start_response(status, headers)
+            return [content]
+
+        return middleware
+
+    @staticmethod
+    def _record(record_token, endpoint, grant_type, outcome, arrived, rule) -> None:
+        if record_token is not None and endpoint == "token" and not rule.after:
+            record_token(grant_type, outcome, arrived)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _endpoint_of(environ: dict[str, Any]) -> str | None:
+    path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+    if path == "/token" and method == "POST":
+        return "token"
+    if path == "/device_authorization" and method == "POST":
+        return "device"
+    if path == "/revoke" and method == "POST":
+        return "revocation"
+    if path.startswith("/.well-known/") and method == "GET":
+        return "discovery"
+    return None
+
+
+def _request_name(endpoint: str, grant_type: str) -> str:
+    if endpoint != "token":
+        return endpoint
+    if grant_type == _DEVICE_CODE:
+        return "token"
+    if grant_type == "refresh_token":
+        return "refresh"
+    return f"token:{grant_type or '-'}"
+
+
+def _take_body(environ: dict[str, Any]) -> bytes:
+    """Read the request body and put it back, so the real endpoint can read it again."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ["wsgi.input"]
+    body = stream.read(length) if length > 0 else (stream.read() if environ.get("wsgi.input_terminated") else b"")
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _fresh(environ: dict[str, Any], body: bytes) -> dict[str, Any]:
+    again = dict(environ)
+    again["wsgi.input"] = io.BytesIO(body)
+    return again
+
+
+def _form_value(body: bytes, name: str) -> str:
+    try:
+        return parse_qs(body.decode("utf-8", "replace")).get(name, [""])[0]
+    except ValueError:
+        return ""
+
+
+def _call(app: Callable, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run the real app to completion and keep its answer."""
+    answer: dict[str, Any] = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"], answer["headers"] = status, headers
+        return lambda data: None
+
+    chunks = app(environ, start_response)
+    try:
+        content = b"".join(chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+    return answer["status"], answer["headers"], content
+
+
+def _outcome(status: str, content: bytes) -> str:
+    """Like the server's token log: the OAuth error, else ok or http_NNN."""
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"]
+    code = int(status.split()[0])
+    return "ok" if code == 200 else f"http_{code}"
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+def _fault_answer(rule: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
+    status = rule.status or 503
+    headers = [("Cache-Control", "no-store")]
+    if rule.kind == "status":
+        if rule.error is not None:
+            content = json.dumps({"error": rule.error, "error_description": "injected fault"}).encode()
+            headers.append(("Content-Type", "application/json"))
+        else:  # what a proxy or a load balancer answers
+            content = f"<html><body><h1>{status} {_REASONS.get(status, 'Error')}</h1></body></html>".encode()
+            headers.append(("Content-Type", "text/html; charset=utf-8"))
+        if rule.retry_after is not None:
+            headers.append(("Retry-After", str(rule.retry_after)))
+    elif rule.kind == "malformed":
+        content = b'{"access_token": "abc", "token_type": "Bearer", "expires_in": 36'  # cut short
+        headers.append(("Content-Type", "application/json"))
+    else:  # oversized: a token answer a client without a size cap would accept
+        pad = OVERSIZED - 80
+        content = b'{"access_token": "' + b"A" * pad + b'", "token_type": "Bearer", "expires_in": 3600}'
+        headers.append(("Content-Type", "application/json"))
+        status = 200
+    headers.append(("Content-Length", str(len(content))))
+    return f"{status} {_REASONS.get(status, 'Fault')}", headers, content
+
+
+def _drop(environ: dict[str, Any], rst: bool = True) -> None:
+    """Close the connection without an answer, and tell werkzeug the peer went away, so it
+    neither answers nor logs a traceback. ``rst``: abort with a TCP reset (SO_LINGER 0, the
+    descriptor closed before werkzeug's own shutdown(SHUT_WR) could send a FIN); else a FIN."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            if rst:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RD if rst else socket.SHUT_RDWR)  # the keep-alive loop reads EOF
+            if rst:
+                sock.close()  # really closed (RST) when the handler closes its files, before any FIN
+        except OSError:
+            pass
+    raise ConnectionResetError("fault injection: connection closed without an answer")
+
+
+def parse_spec(spec: str) -> tuple[str, Fault]:
+    """``ENDPOINT:KIND[,FIELD=VALUE...]`` (the CLI's ``--fault``), e.g. ``token:status,status=503,times=3``,
+    ``token:slow_down,times=20``, ``device:reset``, ``token:timeout,probability=0.2,times=none``."""
+    endpoint, sep, rest = spec.partition(":")
+    if not sep or endpoint not in ENDPOINTS:
+        raise ValueError(f"{spec!r}: expected ENDPOINT:KIND[,FIELD=VALUE...] with ENDPOINT one of "
+                         + ", ".join(ENDPOINTS))
+    kind, *pairs = rest.split(",")
+    data: dict[str, Any] = {"kind": kind.strip()}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise ValueError(f"{spec!r}: {pair!r} is not FIELD=VALUE")
+        data[name.strip()] = _value(value.strip())
+    try:
+        return endpoint, Fault.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None
+
+
+def _value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("none", "null", "forever"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def revoke_all(state: Any) -> int:
+    """Mark every grant of a ``state.State`` revoked (the admin console's "sign out everywhere")."""
+    with state.lock:
+        grants = {id(t.grant): t.grant for t in (*state.refresh_tokens.values(), *state.access_tokens.values())}
+        for grant in grants.values():
+            grant.revoked = True
+    return len(grants)
