@@ -71,30 +71,13 @@ def daemon_env(src: Path = ROOT / "src") -> dict[str, str]:
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "NOTIFY_SOCKET", "DEVICELINK_LOG_LEVEL")}
     env["PYTHONPATH"] = str(src)
     env["PYTHONNOUSERSITE"] = "1"
+    # A device whose clock is synchronised (this machine may have no NTP): a restart then
+    # serves the stored token at once. On an unsynchronised clock it refreshes first.
+    env["DEVICELINK_CLOCK_SYNCED"] = "1"
     return env
 
 
-def write_config(directory: Path, issuer: str, client_id: str) -> Path:
-    """As tests/conftest.py's write_config: relative state dir and socket, no display."""
-    path = directory / "config.toml"
-    path.write_text(f"""\
-[provider]
-issuer = "{issuer}"
-client_id = "{client_id}"
-scope = "openid profile offline_access"
-allow_insecure_http = true
-
-[storage]
-state_dir = "state"
-key = "file"
-
-[socket]
-path = "agent.sock"
-
-[display]
-driver = "none"
-""")
-    return path
+from devicelink_sim.devconfig import write_config  # noqa: E402  (socket_bench uses it from here)
 
 
 def rss_kib(pid: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from devicelink_sim.devconfig import write_config  # noqa: F401  (tests import it from here)
 
 
 def pytest_addoption(parser):
@@ -47,27 +48,6 @@ def dev_server():
         yield srv
 
 
-def write_config(directory: Path, issuer: str, client_id: str, *, extra: str = "", display: str = "none",
-                 scope: str = "openid profile offline_access") -> Path:
-    path = directory / "config.toml"
-    path.write_text(f"""\
-[provider]
-issuer = "{issuer}"
-client_id = "{client_id}"
-scope = "{scope}"
-allow_insecure_http = true
-{extra}
-[storage]
-state_dir = "state"
-key = "file"
-
-[socket]
-path = "agent.sock"
-
-[display]
-driver = "{display}"
-""")
-    return path
 
 
 class Daemon:
