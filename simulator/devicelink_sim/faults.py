@@ -19,12 +19,11 @@ a schedule, and a rule with ``times=None`` lasts until ``clear()``::
 Kinds (:data:`KINDS`): ``ok`` (the real answer, after ``delay``: latency),
 ``status`` (``status`` with ``{"error": error}``, or a plain page when
 ``error`` is None, and ``Retry-After`` when ``retry_after`` is set),
-``reset`` (the connection is aborted with a TCP RST, no answer), ``close`` (closed with
-a FIN, no answer), ``timeout`` (held for
-``hold`` seconds, longer than a client's deadline, or until ``release()``, then
-closed without an answer), ``malformed`` (truncated JSON), ``oversized`` (a
-token-shaped 200 of more than 1 MiB), ``revoke`` (every grant is revoked, then
-the real answer). ``slow_down``, ``rate_limit`` and ``error_body`` are
+``reset`` (the connection aborted with a TCP RST, no answer), ``close``
+(closed with a FIN, no answer), ``timeout`` (held for ``hold`` seconds, longer
+than a client's deadline, or until ``release()``, then closed without an
+answer), ``malformed`` (truncated JSON), ``oversized`` (a token-shaped 200 of
+more than 1 MiB), ``revoke`` (every grant is revoked, then the real answer). ``slow_down``, ``rate_limit`` and ``error_body`` are
 shorthands for ``status`` rules. ``after=True`` runs the real endpoint first
 and loses its answer (a refresh token rotated at the server, never delivered).
 
