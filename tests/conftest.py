@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from devicelink_sim.devconfig import write_config  # noqa: F401  (tests import it from here)
 
 
 def pytest_addoption(parser):
@@ -30,6 +29,14 @@ def update_golden(request) -> bool:
 #: The interpreter the daemon and CLI run under. bench/bookworm sets it to Debian's
 #: python3 with Debian's packages (what Raspberry Pi OS ships) and PYTHONPATH=src.
 DAEMON_PYTHON = os.environ.get("DEVICELINK_DAEMON_PYTHON", sys.executable).split()
+
+
+def write_config(*args, **kwargs) -> Path:
+    """devicelink_sim.devconfig.write_config, imported late: bench/bookworm runs the unit
+    tests under Debian's python with only src/ on the path."""
+    from devicelink_sim.devconfig import write_config as write
+
+    return write(*args, **kwargs)
 
 
 @pytest.fixture
