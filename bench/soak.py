@@ -23,10 +23,10 @@ Printed at the end:
   were told; the daemon's warnings);
 * the longest time without a valid token while the server was healthy, from
   the apps' side: a token request that failed although the server had been
-  healthy for longer than one backoff step (the step the daemon is in after
-  that fault period: 5 s doubling per failed refresh, capped at 300 s, or the
-  Retry-After given; plus 5 s for the request itself) counts, until the next
-  success. Latency periods count as healthy; the time from an unpair or a
+  healthy for longer than one backoff step (the step the daemon is in when
+  the fault period ends: 5 s doubling per failed refresh in a row, which may
+  have begun in an earlier period, capped at 300 s, or the Retry-After given;
+  plus 5 s for the request itself) counts, until the next success. Latency periods count as healthy; the time from an unpair or a
   revoked grant to the next pairing does not count. Target: zero;
 * the daemon's RSS (sampled every 10 s) at start (just after pairing), after a
   one-minute warm-up and at the end, and its growth rate fitted over the samples
@@ -124,7 +124,7 @@ class Episode:
     end: float | None = None
     retry_after: float = 0.0
     healthy: bool = False
-    failed_refreshes: int = 0
+    failed_refreshes: int = 0  # failed refreshes in a row when it ended (backoff carries across episodes)
 
     def grace(self) -> float:
         """How long after healing the daemon may still be waiting out its backoff."""
@@ -302,10 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     srv.faults.endpoint(name).add(*(Fault(**{**r.to_dict(), "used": 0}) for r in rules))
                 stop.wait(rng.uniform(5, 30))
                 srv.faults.clear()
-                healed = time.monotonic()
-                failed = [h for h in srv.faults.hits("refresh", since=episode.start) if h.fault]
                 with timeline.lock:
-                    episode.end, episode.failed_refreshes = healed, len(failed)
+                    episode.end = time.monotonic()
 
         def app(index: int) -> None:
             app_rng = random.Random(args.seed * 1000 + index)
@@ -366,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
 def report(args, srv, daemon, timeline, app_log, rss, t0, alive, exit_code) -> dict:
     counts = srv.faults.counts()
     hits = list(srv.faults.log)
+    refreshes = [h for h in hits if h.request == "refresh"]
+    for episode in timeline.episodes:  # the backoff step the daemon was in when the server healed
+        before = [h for h in refreshes if h.at < episode.end] if episode.end is not None else []
+        while before and before[-1].outcome not in ("ok", "invalid_grant"):  # a new grant starts afresh
+            episode.failed_refreshes += 1
+            before.pop()
     refreshes_ok = sum(1 for h in hits if h.request == "refresh" and h.outcome == "ok")
     faults_served = Counter(f"{h.request}: {h.outcome}" for h in hits if h.fault and h.fault != "ok")
     app_outcomes = Counter(o for _, _, o in app_log)
@@ -390,7 +394,7 @@ def report(args, srv, daemon, timeline, app_log, rss, t0, alive, exit_code) -> d
     longest = max(windows, default=0.0)
 
     minutes = (rss[-1][0] - rss[0][0]) / 60 if len(rss) > 1 else 0.0
-    settled = [(t, kib) for t, kib in rss if t >= t0 + WARMUP] or rss  # first refresh, unpair, QR import
+    settled = [(t, kib) for t, kib in rss if t >= t0 + WARMUP] or rss  # first refresh, unpair, lazy imports
     slope = _slope([(t / 3600, kib / 1000) for t, kib in settled]) if len(settled) > 2 else 0.0
     episodes = [e for e in timeline.episodes]
     revoked = sum(1 for e in episodes if e.kind == "grant revoked")
@@ -421,6 +425,12 @@ def report(args, srv, daemon, timeline, app_log, rss, t0, alive, exit_code) -> d
         "rss_growth_mb_per_hour_fit": round(slope, 2),
         "rss_window_min": round(minutes, 1),
         "rss_samples_kib": [(round(t - t0), kib) for t, kib in rss],
+        "episodes": [{"kind": e.kind, "target": e.target, "start": round(e.start - t0, 1),
+                      "end": round(e.end - t0, 1) if e.end is not None else None,
+                      "failed_refreshes": e.failed_refreshes, "grace": round(e.grace(), 1)} for e in episodes],
+        "unpaired_windows": [(round(a - t0, 1), round(b - t0, 1) if b != float("inf") else None)
+                             for a, b in timeline.unpaired],
+        "refresh_log": [(round(h.at - t0, 1), h.outcome) for h in hits if h.request == "refresh"],
         "crashed": not alive,
         "exit_code": exit_code,
         "tracebacks": daemon.tracebacks,
