@@ -29,7 +29,7 @@ from devicelink import clock as c
 from devicelink.clock import STA_UNSYNC, TIME_ERROR, ClockProbe, explain_failure, wait_for_sync
 from devicelink.config import Config, ProviderConfig, StorageConfig
 from devicelink.device import Device
-from devicelink.ipc.routes import ApiError, Peer, TokenQuery
+from devicelink.ipc.routes import ApiError, TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth import messages as m
 from devicelink.oauth.http import ClientAuth, OAuthHttp
@@ -37,7 +37,6 @@ from devicelink.tokens.model import REFRESH_MARGIN
 from devicelink.tokens.store import EncryptedFileStore
 from tests.helpers import FakeClock, StateLog
 
-ROOT = Peer(pid=os.getpid(), uid=0, gid=0)
 YEAR = 365 * 86400.0
 TIME_OK, TIME_INS = 0, 1
 
@@ -84,9 +83,13 @@ def test_without_the_flag_the_kernel_decides(tmp_path):
 
 
 def test_unknown_only_when_nothing_can_be_asked(tmp_path):
+    no_timesyncd = tmp_path / "missing"
     for error in (OSError(errno.EPERM, "seccomp"), NotImplementedError("not Linux")):
-        assert probe(tmp_path, FakeAdjtimex(error=error)).reading() == (None, "unknown")
-    assert ClockProbe(tmp_path, None, environ={})() is None
+        assert probe(no_timesyncd, FakeAdjtimex(error=error)).reading() == (None, "unknown")
+        # timesyncd runs (its directory exists) but has not synchronised: under the unit's
+        # seccomp filter (ProtectClock=) that is the only way to know the clock is not set yet
+        assert probe(tmp_path, FakeAdjtimex(error=error)).reading() == (False, "timesyncd")
+    assert ClockProbe(no_timesyncd, None, environ={})() is None
     # no timesyncd at all (chrony, ntpd, or a container): the kernel still answers
     assert probe(tmp_path / "missing" / "dir", FakeAdjtimex(TIME_OK, 0))() is True
 
@@ -291,7 +294,7 @@ class Rig:
 
     async def paired(self) -> Device:
         device = self.device()
-        status = await device.pair(ROOT)
+        status = await device.pair()
         self.srv.approve(status["pairing"]["user_code"], subject="alice", name="Alice")
         self.clock.advance(5)  # RFC 8628 §3.5: the first poll waits one interval
         await self.states.wait(State.PAIRED)
@@ -332,19 +335,19 @@ def test_wall_clock_jumps_of_a_year_change_nothing_while_running(tmp_path):
         rig = Rig(tmp_path, lifetime=lifetime)
         device = await rig.paired()
         paired_at = rig.clock.now
-        first = await device.token(TokenQuery(), ROOT)
+        first = await device.token(TokenQuery())
         due = await rig.clock.next_timer()
         assert 0.75 * lifetime <= due - paired_at <= 0.85 * lifetime
 
         rig.clock.advance(600)
         rig.wall.jump(+YEAR)  # NTP steps a clock that was a year behind
-        answer = await device.token(TokenQuery(), ROOT)
+        answer = await device.token(TokenQuery())
         assert answer["access_token"] == first["access_token"] and answer["expires_in"] == lifetime - 600
         assert device.status()["access_token_expires_in"] == lifetime - 600 and device.healthy()
 
         rig.clock.advance(600)
         rig.wall.jump(-2 * YEAR)  # and now a year the other way
-        answer = await device.token(TokenQuery(min_ttl=60), ROOT)
+        answer = await device.token(TokenQuery(min_ttl=60))
         assert answer["access_token"] == first["access_token"] and answer["expires_in"] == lifetime - 1200
         assert device.status()["access_token_expires_in"] == lifetime - 1200
 
@@ -356,7 +359,7 @@ def test_wall_clock_jumps_of_a_year_change_nothing_while_running(tmp_path):
         refreshed_at = [await rig.next_refresh()]
         assert rig.refreshes() == 1
         assert device.status()["last_refresh"] == iso(rig.wall())  # a year behind: that is fine
-        served = await device.token(TokenQuery(), ROOT)
+        served = await device.token(TokenQuery())
         # expires_in is whole seconds of a float difference: 3599 or 3600 right after a refresh
         assert served["access_token"] != first["access_token"] and served["expires_in"] >= lifetime - 1
 
@@ -366,12 +369,12 @@ def test_wall_clock_jumps_of_a_year_change_nothing_while_running(tmp_path):
             due = await rig.clock.next_timer()
             rig.clock.advance((due - rig.clock.now) / 2)
             rig.wall.jump(YEAR if i % 2 else -YEAR)
-            assert (await device.token(TokenQuery(), ROOT))["access_token"] == served["access_token"]
+            assert (await device.token(TokenQuery()))["access_token"] == served["access_token"]
             assert await rig.clock.next_timer() == due and rig.states.seen == []
             refreshed_at.append(await rig.next_refresh())
             assert rig.refreshes() == 2 + i
             assert device.status()["last_refresh"] == iso(rig.wall())
-            served = await device.token(TokenQuery(), ROOT)
+            served = await device.token(TokenQuery())
             assert served["expires_in"] >= lifetime - 1
         gaps = [b - a for a, b in zip(refreshed_at, refreshed_at[1:])]
         assert all(0.75 * lifetime <= g <= min(0.85 * lifetime, lifetime - REFRESH_MARGIN) for g in gaps)
@@ -393,13 +396,13 @@ def test_a_state_file_written_during_a_jump_is_not_trusted_after_it(tmp_path):
         for jump in (+YEAR, -YEAR):
             rig.wall.jump(jump)
             await device.refresh()  # saves the rotated grant with the wrong wall clock
-            old = (await device.token(TokenQuery(), ROOT))["access_token"]
+            old = (await device.token(TokenQuery()))["access_token"]
             await device.stop()
             rig.wall.jump(-jump)  # NTP put it right while the daemon was down
             before = rig.refreshes()
             device = rig.device()  # synchronised now
             await device.start()
-            answer = await device.token(TokenQuery(), ROOT)
+            answer = await device.token(TokenQuery())
             assert answer["access_token"] != old and answer["expires_in"] >= 3599
             assert rig.refreshes() == before + 1
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
@@ -417,7 +420,7 @@ def test_restart_with_an_unsynchronised_clock_refreshes_first(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery(), ROOT))["access_token"]
+        old = (await device.token(TokenQuery()))["access_token"]
         await device.stop()
         rig.clock.advance(60)
 
@@ -425,11 +428,11 @@ def test_restart_with_an_unsynchronised_clock_refreshes_first(tmp_path):
         await again.start()
         assert again.state in (State.PAIRED, State.REFRESHING)  # restored: no pairing
         assert again.status()["clock_synced"] is False
-        answer = await again.token(TokenQuery(), ROOT)
+        answer = await again.token(TokenQuery())
         assert answer["access_token"] != old and answer["expires_in"] >= 3599
         assert rig.refreshes() == 1
         for _ in range(10):  # and that was the only one
-            assert (await again.token(TokenQuery(min_ttl=300), ROOT))["access_token"] == answer["access_token"]
+            assert (await again.token(TokenQuery(min_ttl=300)))["access_token"] == answer["access_token"]
         assert rig.refreshes() == 1
         assert await rig.clock.next_timer() - rig.clock.now >= 0.75 * 3600  # the normal schedule again
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
@@ -467,7 +470,7 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery(), ROOT))["access_token"]
+        old = (await device.token(TokenQuery()))["access_token"]
         await device.stop()
 
         rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
@@ -476,7 +479,7 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
         await rig.states.wait(State.OFFLINE)
         for _ in range(20):
             with pytest.raises(ApiError) as info:
-                await again.token(TokenQuery(), ROOT)
+                await again.token(TokenQuery())
             assert info.value.code == "upstream_unavailable"
         assert rig.refreshes() == 1  # asking does not hammer the server
         assert again.state is State.OFFLINE and "503" in again.status()["last_error"]
@@ -486,7 +489,7 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
         rig.srv.around_token = lambda respond: respond()  # the network is back
         rig.clock.advance(retry - rig.clock.now)
         await rig.states.wait(State.PAIRED)
-        answer = await again.token(TokenQuery(), ROOT)
+        answer = await again.token(TokenQuery())
         assert answer["access_token"] != old and answer["expires_in"] >= 3599
         assert rig.refreshes() == 2 and again.status()["last_error"] is None
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
@@ -500,14 +503,14 @@ def test_restart_with_a_synchronised_clock_serves_the_stored_token(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery(), ROOT))["access_token"]
+        old = (await device.token(TokenQuery()))["access_token"]
         await device.stop()
         rig.clock.advance(60)
 
         again = rig.device(clock_synced=lambda: True)
         await again.start()
         assert again.status()["clock_synced"] is True
-        answer = await again.token(TokenQuery(), ROOT)
+        answer = await again.token(TokenQuery())
         assert answer["access_token"] == old and 3600 - 61 <= answer["expires_in"] <= 3600 - 60
         assert rig.refreshes() == 0
         await rig.close(again)
@@ -532,7 +535,7 @@ def test_a_clock_that_was_ahead_when_saving_does_not_stretch_the_token(tmp_path)
         again = rig.device(clock_synced=lambda: True)  # synchronised now
         await again.start()
         before = rig.refreshes()
-        answer = await again.token(TokenQuery(), ROOT)
+        answer = await again.token(TokenQuery())
         # the state file says its expiry came from an unsynchronised clock: refreshed first
         assert rig.refreshes() == before + 1 and answer["expires_in"] > 3000
         await rig.close(again)

@@ -296,3 +296,45 @@ def test_denied_pairing_is_reauth_required(short_tmp, provider, daemons):
     assert d.stop() == 0
 
     assert_no_secrets(issued, [d], short_tmp, [access_token])
+
+
+def test_narrowed_tokens_per_app_keep_the_rotating_grant(short_tmp, provider, daemons):
+    """Per-app tokens against a server that is not ours: a narrower scope (RFC 6749 §6) for an
+    app under another uid, an audience-restricted JWT for a resource (RFC 8707), and every
+    rotation they cause chained correctly (a replay would revoke the grant)."""
+    import os
+    import shutil
+
+    from tests.test_apps_e2e import as_app
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("starts an app under another uid (needs root and setpriv)")
+    api = "https://api.example.com"
+    op, issued = provider(access_token_ttl=6, device_poll_interval=1)  # the grant refreshes every ~3 s
+    short_tmp.chmod(0o755)
+    cfg = write_config(short_tmp, op.issuer, op.client_id, scope=f"{SCOPE} api:read api:write",
+                       extra=f'resource = ["{api}"]\n')
+    (short_tmp / "clients.d").mkdir()
+    (short_tmp / "clients.d" / "player.toml").write_text(
+        '[[client]]\nname = "player"\nuser = "nobody"\nscope = "openid profile api:read"\n')
+    d = daemons(cfg)
+    pair(d, op)
+
+    narrowed = as_app(d, 65534, "token", "--scope", "openid profile")
+    assert narrowed.returncode == 0, narrowed.stderr
+    info = op.access_token_info(narrowed.stdout.strip())
+    assert info["active"] and set(info["scope"].split()) == {"openid", "profile"}
+
+    for_api = as_app(d, 65534, "token", "--scope", "api:read", "--resource", api)
+    assert for_api.returncode == 0, for_api.stderr
+    claims = op.access_token_info(for_api.stdout.strip())
+    assert claims["aud"] == api and claims["scope"] == "api:read"  # not api:write: not the app's
+
+    refused = as_app(d, 65534, "token", "--scope", "api:write", "--resource", api)
+    assert refused.returncode == 4
+    # the grant's own token and refresh still work after the narrowed rotations
+    assert userinfo(op, cli_token(d)).status_code == 200
+    refreshed(d)  # the grant's own refresh, after the narrowed ones rotated its refresh token
+    assert userinfo(op, cli_token(d)).status_code == 200
+    assert len(issued.values("refresh_token.consumed")) >= 3
+    assert_rotation_chain(issued)

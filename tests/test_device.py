@@ -19,13 +19,11 @@ import pytest
 
 from devicelink.config import Config, ProviderConfig, StorageConfig
 from devicelink.device import Device
-from devicelink.ipc.routes import ApiError, Peer, TokenQuery
+from devicelink.ipc.routes import ApiError, TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth.http import ClientAuth, OAuthHttp
 from devicelink.tokens.store import EncryptedFileStore
 from tests.helpers import FakeClock, StateLog
-
-ROOT = Peer(pid=os.getpid(), uid=0, gid=0)
 
 
 def fail_with(status: int, body: dict):
@@ -58,7 +56,7 @@ class Rig:
 
     async def paired(self, **provider) -> Device:
         device = self.device(**provider)
-        status = await device.pair(ROOT)
+        status = await device.pair()
         code = status["pairing"]["user_code"]
         self.srv.approve(code, subject="alice", name="Alice")
         self.clock.advance(5)  # RFC 8628 §3.5: the first poll waits one interval
@@ -104,9 +102,9 @@ def test_one_refresh_however_many_apps_ask(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        first = (await device.token(TokenQuery(), ROOT))["access_token"]
+        first = (await device.token(TokenQuery()))["access_token"]
         rig.clock.advance(1850)  # less than half the lifetime left, before the proactive refresh
-        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600), ROOT) for _ in range(50)))
+        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(50)))
         assert rig.refreshes() == 1  # RFC 9700 §4.14.2: never two refreshes of one grant at once
         assert {a["access_token"] for a in answers} != {first} and len({a["access_token"] for a in answers}) == 1
         assert all(a["expires_in"] > 3500 for a in answers)
@@ -133,7 +131,7 @@ def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        cached = (await device.token(TokenQuery(), ROOT))["access_token"]
+        cached = (await device.token(TokenQuery()))["access_token"]
         rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.OFFLINE)
@@ -142,7 +140,7 @@ def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
 
         # apps keep getting the cached token, and asking does not make the daemon hammer the server
         for _ in range(20):
-            assert (await device.token(TokenQuery(min_ttl=90), ROOT))["access_token"] == cached
+            assert (await device.token(TokenQuery(min_ttl=90)))["access_token"] == cached
         assert rig.refreshes() == 1
         retry = await rig.clock.next_timer()
         assert retry - rig.clock.now >= 2.5  # backoff, not a loop
@@ -151,7 +149,7 @@ def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
         rig.clock.advance(retry - rig.clock.now)
         await rig.states.wait(State.PAIRED)
         assert rig.refreshes() == 2 and device.status()["last_error"] is None
-        assert (await device.token(TokenQuery(), ROOT))["access_token"] != cached
+        assert (await device.token(TokenQuery()))["access_token"] != cached
         await rig.close(device)
 
     run(main())
@@ -167,7 +165,7 @@ def test_expired_while_offline_is_upstream_unavailable(tmp_path):
         device.listeners.clear()  # retries keep failing in the background; we only watch the answers
         rig.clock.now += 200  # past expiry, without waking the retry timer
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.status == 502 and info.value.code == "upstream_unavailable"
         assert not device.healthy() and device.state is not State.REAUTH_REQUIRED
         await rig.close(device)
@@ -184,7 +182,7 @@ def test_invalid_grant_ends_the_grant(tmp_path):
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.REAUTH_REQUIRED)
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.code == "reauth_required" and info.value.status == 503
         assert not (tmp_path / "state.bin").exists()
         assert "invalid_grant" in device.status()["last_error"]
@@ -204,7 +202,7 @@ def test_unwritable_state_keeps_serving_from_memory(tmp_path):
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.PAIRED)
         assert "cannot write" in device.status()["last_error"]
-        assert (await device.token(TokenQuery(), ROOT))["expires_in"] > 90  # the rotated grant is in use
+        assert (await device.token(TokenQuery()))["expires_in"] > 90  # the rotated grant is in use
         await rig.close(device)
 
     run(main())
@@ -214,12 +212,12 @@ def test_restart_uses_the_stored_grant(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        token = (await device.token(TokenQuery(), ROOT))["access_token"]
+        token = (await device.token(TokenQuery()))["access_token"]
         await device.stop()
         again = rig.device()
         await again.start()
         assert again.state is State.PAIRED and again.status()["account"]["name"] == "Alice"
-        assert (await again.token(TokenQuery(), ROOT))["access_token"] == token
+        assert (await again.token(TokenQuery()))["access_token"] == token
         assert rig.srv.stats.device_authorizations == 1
         await rig.close(again)
 
@@ -230,16 +228,13 @@ def test_token_scope_and_resource_checks(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        assert (await device.token(TokenQuery(scope="openid"), ROOT))["access_token"]
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(scope="openid admin"), ROOT)
+            await device.token(TokenQuery(scope="openid admin"))
+        assert info.value.code == "forbidden" and "not part of the grant" in info.value.description
+        with pytest.raises(ApiError) as info:  # not in [provider] resource, and root's entry has no list
+            await device.token(TokenQuery(resource="https://api.example"))
         assert info.value.code == "forbidden"
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(resource="https://api.example"), ROOT)
-        assert info.value.code == "invalid_request"
-        with pytest.raises(ApiError) as info:
-            await device.unpair(Peer(pid=1, uid=12345, gid=12345))
-        assert info.value.code == "forbidden"
+        assert rig.refreshes() == 0  # refused before anything was asked upstream
         await rig.close(device)
 
     run(main())
@@ -308,11 +303,11 @@ def test_unpair_when_revocation_fails_stops_serving_and_retries_until_revoked(tm
         rig = Rig(tmp_path)
         # a configured endpoint wins over the discovered one, even when it is the only one configured
         device = await rig.paired(revocation_endpoint=endpoint)
-        answer = await device.unpair(ROOT)
+        answer = await device.unpair()
         assert answer["revoked"] is False and "503" in answer["revocation_error"]
         assert device.state is State.UNPAIRED and device.status()["pending_revocations"] == 1
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.code == "not_paired"
         await device.stop()
 
@@ -338,7 +333,7 @@ def test_unpair_during_a_refresh_does_not_bring_the_grant_back(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        answer = await rig.during_a_held_refresh(device.unpair(ROOT))
+        answer = await rig.during_a_held_refresh(device.unpair())
         assert answer["revoked"] is True and device.state is State.UNPAIRED
         assert not (tmp_path / "state.bin").exists()  # no late save restored it
         again = rig.device()
@@ -369,9 +364,9 @@ def test_no_refresh_token_and_no_expiry_keeps_serving(tmp_path):
         rig = Rig(tmp_path)
         rig.srv.around_token = _strip("refresh_token", "expires_in")  # a GitHub OAuth app
         device = await rig.paired()
-        token = (await device.token(TokenQuery(), ROOT))["access_token"]
+        token = (await device.token(TokenQuery()))["access_token"]
         rig.clock.advance(86400)
-        assert (await device.token(TokenQuery(), ROOT))["access_token"] == token
+        assert (await device.token(TokenQuery()))["access_token"] == token
         assert device.state is State.PAIRED and rig.refreshes() == 0
         await rig.close(device)
 
@@ -384,7 +379,7 @@ def test_no_refresh_token_is_served_until_it_expires(tmp_path):
         rig.srv.around_token = _strip("refresh_token")
         device = await rig.paired()
         rig.clock.advance(90)
-        assert (await device.token(TokenQuery(), ROOT))["expires_in"] <= 10  # not dropped early
+        assert (await device.token(TokenQuery()))["expires_in"] <= 10  # not dropped early
         assert device.state is State.PAIRED
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.REAUTH_REQUIRED)
@@ -398,7 +393,7 @@ def test_pair_answers_as_soon_as_pairing_fails(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = rig.device(scope="no-such-scope")
-        status = await asyncio.wait_for(device.pair(ROOT), 10)  # not the 30 s wait for a code
+        status = await asyncio.wait_for(device.pair(), 10)  # not the 30 s wait for a code
         assert status["state"] == "unpaired" and "invalid_scope" in status["last_error"]
         await rig.close(device)
 
@@ -430,7 +425,7 @@ def test_a_slow_panel_never_delays_token_requests(tmp_path):
         assert await asyncio.to_thread(panel.entered.wait, 10)  # the panel is busy drawing ...
         device.show_reset_countdown(4)
         device.show_reset_countdown(3)
-        answer = await asyncio.wait_for(device.token(TokenQuery(), ROOT), 5)  # ... apps are still served
+        answer = await asyncio.wait_for(device.token(TokenQuery()), 5)  # ... apps are still served
         assert answer["access_token"]
         panel.release.set()
         await rig.close(device)  # stop() waits for the last frame

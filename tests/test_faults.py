@@ -40,7 +40,7 @@ from devicelink_sim.authserver import DevServer
 from devicelink_sim.faults import Fault, Faults, parse_spec
 from tests.conftest import write_config
 from tests.helpers import FakeClock, StateLog
-from tests.test_device import ROOT, Rig, run
+from tests.test_device import Rig, run
 
 CAP = 300.0  # the backoff cap, seconds (docs/behaviour.md)
 REFRESH_BASE = 5.0  # refresh backoff: 5 s doubling (device.py)
@@ -244,7 +244,7 @@ def test_refresh_fault_keeps_the_grant_and_serves_the_cached_token(tmp_path, no_
         rig = FaultRig(tmp_path, lifetime=7200)
         device = await rig.paired()
         paired_at = rig.clock.now
-        cached = (await device.token(TokenQuery(), ROOT))["access_token"]
+        cached = (await device.token(TokenQuery()))["access_token"]
         REFRESH_FAULTS[fault](rig.faults.token)
         retry_after = RETRY_AFTER.get(fault, 0.0)
 
@@ -258,7 +258,7 @@ def test_refresh_fault_keeps_the_grant_and_serves_the_cached_token(tmp_path, no_
         while len(rig.hits("refresh")) < FAILED_ATTEMPTS:
             before = len(rig.hits("refresh"))
             for _ in range(10):  # apps keep asking, even for more than the cached token has left ...
-                answer = await device.token(TokenQuery(min_ttl=3500), ROOT)
+                answer = await device.token(TokenQuery(min_ttl=3500))
                 assert answer["access_token"] == cached and 0 < answer["expires_in"] <= 7200 - 5400
             assert len(rig.hits("refresh")) == before  # ... and never make it retry sooner
             await rig.step()
@@ -275,7 +275,7 @@ def test_refresh_fault_keeps_the_grant_and_serves_the_cached_token(tmp_path, no_
         assert success.at - healed_at <= max(step_bound(REFRESH_BASE, FAILED_ATTEMPTS), retry_after) + EPS
         assert success.at - last_failure <= CAP + retry_after
         assert device.state is State.PAIRED and device.status()["last_error"] is None
-        fresh = await device.token(TokenQuery(), ROOT)
+        fresh = await device.token(TokenQuery())
         assert fresh["access_token"] != cached and fresh["expires_in"] > 7000
         assert (tmp_path / "state.bin").exists() and rig.srv.stats.reuse_detections == 0
         await rig.close()
@@ -295,7 +295,7 @@ def test_backoff_is_capped_at_five_minutes_and_apps_never_speed_it_up(tmp_path, 
             await rig.step()
             for _ in range(5):
                 try:
-                    await device.token(TokenQuery(), ROOT)
+                    await device.token(TokenQuery())
                 except ApiError as exc:
                     assert exc.code == "upstream_unavailable" and exc.status == 502
             assert device.state in (State.OFFLINE, State.PAIRED)
@@ -312,7 +312,7 @@ def test_backoff_is_capped_at_five_minutes_and_apps_never_speed_it_up(tmp_path, 
         await rig.step()
         assert device.state is State.PAIRED and device.healthy()
         assert rig.hits("refresh")[-1].at - healed_at <= CAP
-        assert (await device.token(TokenQuery(), ROOT))["expires_in"] > 3500
+        assert (await device.token(TokenQuery()))["expires_in"] > 3500
         await rig.close()
 
     run(main())
@@ -325,7 +325,7 @@ def test_token_expiring_while_offline_is_a_clear_error_and_recovers(tmp_path, no
         rig.faults.token.reset(times=None)
         await rig.until(lambda: device.tokens is not None and not device.tokens.valid_for(0, rig.clock.now))
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.code == "upstream_unavailable" and "cannot be reached" in info.value.description
         assert device.state is State.OFFLINE and not device.healthy()  # still holds the grant
         assert device.status()["access_token_expires_in"] == 0
@@ -361,10 +361,10 @@ def test_many_apps_during_a_slow_refresh_make_one_request(tmp_path, no_crash):
     async def main():
         rig = FaultRig(tmp_path, lifetime=7200)
         device = await rig.paired()
-        cached = (await device.token(TokenQuery(), ROOT))["access_token"]
+        cached = (await device.token(TokenQuery()))["access_token"]
         rig.faults.token.delay(0.3)
         rig.clock.advance(5500)  # less than half the lifetime left: apps asking for more refresh
-        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600), ROOT) for _ in range(30)))
+        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(30)))
         assert len(rig.hits("refresh")) == 1 and len({a["access_token"] for a in answers}) == 1
         assert answers[0]["access_token"] != cached
         await rig.close()
@@ -391,7 +391,7 @@ def test_invalid_grant_ends_the_grant_and_the_device_stops_asking(tmp_path, no_c
         assert "invalid_grant" in device.status()["last_error"]
         assert not (tmp_path / "state.bin").exists()
         with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.code == "reauth_required"
         rig.clock.advance(86400)
         await rig.idle()
@@ -541,11 +541,11 @@ def test_unpair_with_a_faulty_revocation_endpoint_stops_serving_and_retries(tmp_
         device = await rig.paired()
         refresh_token = device.tokens.refresh_token
         REVOCATION_FAULTS[fault](rig.faults.revocation)
-        answer = await device.unpair(ROOT)
+        answer = await device.unpair()
         assert answer["revoked"] is False and answer["revocation_error"]
         assert device.state is State.UNPAIRED and device.status()["pending_revocations"] == 1
         with pytest.raises(ApiError) as info:  # not served from this instant
-            await device.token(TokenQuery(), ROOT)
+            await device.token(TokenQuery())
         assert info.value.code == "not_paired"
         for _ in range(4):
             await rig.step()
@@ -574,7 +574,7 @@ def test_a_refused_revocation_is_not_reported_as_revoked(tmp_path, answer):
             rig.faults.revocation.fail(400)
         else:
             rig.faults.revocation.fail(400, error="unsupported_token_type")
-        result = await device.unpair(ROOT)
+        result = await device.unpair()
         try:
             assert not rig.srv.revoked(refresh_token)
             assert result["revoked"] is False and result["revocation_error"]
@@ -602,14 +602,14 @@ def test_hourly_request_budget_against_a_dead_server(tmp_path, no_crash):
         device = await rig.paired()
         assert device.budget.limit == 60  # the default
         device.budget.limit = 3
-        cached = (await device.token(TokenQuery(), ROOT))["access_token"]
+        cached = (await device.token(TokenQuery()))["access_token"]
         rig.faults.token.fail(503, times=None)
         start, errors = rig.clock.now, set()
         while rig.clock.now < start + 4 * 3600:
             await rig.step()
             errors.add(device.status()["last_error"] or "")
             try:
-                assert (await device.token(TokenQuery(), ROOT))["access_token"] == cached
+                assert (await device.token(TokenQuery()))["access_token"] == cached
             except ApiError as exc:
                 assert exc.code == "upstream_unavailable"
                 assert not device.tokens.valid_for(0, rig.clock.now)

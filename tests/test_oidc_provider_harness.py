@@ -9,6 +9,11 @@ No test sleeps. oidc-provider 9 sends no ``interval`` in the device
 authorization response and never answers ``slow_down`` (its device_code grant
 has no polling-rate check), so a test may poll again at once; one test records
 exactly that.
+
+Beyond the plain device flow: narrowed refreshes (RFC 6749 section 6),
+resource indicators (RFC 8707) with JWT access tokens, and acr_values/max_age
+(RFC 9470 step-up) on the device authorization request, as server.mjs sets
+them up.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import httpx
 import pytest
 
 from tests.support import oidc_provider as harness
-from tests.support.oidc_provider import OidcProvider, OidcProviderError
+from tests.support.oidc_provider import ACR_MFA, ACR_PWD, ACR_VALUES, OidcProvider, OidcProviderError
 
 pytestmark = pytest.mark.oidc_provider
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SCOPE = "openid profile offline_access"
+API = "https://api.example.com"
+MEDIA = "https://media.example.com"
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,10 @@ def meta(op):
 # helpers: the device side, by hand
 
 
-def device_authorization(http: httpx.Client, op: OidcProvider, meta: dict, scope: str | None = SCOPE) -> dict:
-    data = {"client_id": op.client_id}
+def device_authorization(
+    http: httpx.Client, op: OidcProvider, meta: dict, scope: str | None = SCOPE, **params
+) -> dict:
+    data = {"client_id": op.client_id, **params}
     if scope is not None:
         data["scope"] = scope
     response = http.post(meta["device_authorization_endpoint"], data=data)
@@ -72,8 +81,8 @@ def poll(http: httpx.Client, op: OidcProvider, meta: dict, device_code: str) -> 
     return token(http, op, meta, grant_type=DEVICE_CODE_GRANT, device_code=device_code)
 
 
-def refresh(http: httpx.Client, op: OidcProvider, meta: dict, refresh_token: str) -> httpx.Response:
-    return token(http, op, meta, grant_type="refresh_token", refresh_token=refresh_token)
+def refresh(http: httpx.Client, op: OidcProvider, meta: dict, refresh_token: str, **params) -> httpx.Response:
+    return token(http, op, meta, grant_type="refresh_token", refresh_token=refresh_token, **params)
 
 
 def revoke(http: httpx.Client, op: OidcProvider, meta: dict, tok: str, hint: str) -> httpx.Response:
@@ -91,10 +100,13 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, response.json().get("error")
 
 
-def pair(http: httpx.Client, op: OidcProvider, meta: dict, login: str = "alice", scope: str = SCOPE) -> dict:
+def pair(
+    http: httpx.Client, op: OidcProvider, meta: dict, login: str = "alice", scope: str = SCOPE,
+    acr: str | None = None, **params,
+) -> dict:
     """A whole pairing: device authorization, approval on the "phone", one poll."""
-    da = device_authorization(http, op, meta, scope)
-    op.approve(da["user_code"], login=login)
+    da = device_authorization(http, op, meta, scope, **params)
+    op.approve(da["user_code"], login=login, acr=acr)
     response = poll(http, op, meta, da["device_code"])
     assert response.status_code == 200, response.text
     return response.json()
@@ -271,6 +283,168 @@ def test_revoking_the_access_token_also_kills_the_refresh_token(op, meta, http):
 def test_revocation_needs_the_client_id(op, meta, http):
     response = http.post(meta["revocation_endpoint"], data={"token": "whatever"})
     assert error_of(response) == (400, "invalid_request")
+
+
+# --------------------------------------------------------------------------
+# narrowed refresh (RFC 6749 section 6)
+
+
+def test_narrowed_refresh_gives_exactly_the_subset_and_rotates(op, meta, http):
+    first = pair(http, op, meta, login="frank")
+
+    response = refresh(http, op, meta, first["refresh_token"], scope="openid")
+    assert response.status_code == 200, response.text
+    narrow = response.json()
+    assert narrow["scope"] == "openid"
+    assert "id_token" in narrow
+    assert narrow["refresh_token"] != first["refresh_token"]  # rotated like any refresh
+    assert op.access_token_info(narrow["access_token"])["scope"] == "openid"
+    # A scope without openid: no ID token.
+    profile = refresh(http, op, meta, narrow["refresh_token"], scope="profile").json()
+    assert profile["scope"] == "profile" and "id_token" not in profile
+    # The rotated refresh token keeps the whole original scope.
+    full = refresh(http, op, meta, profile["refresh_token"]).json()
+    assert full["scope"] == SCOPE
+    assert op.access_token_info(full["access_token"])["scope"] == SCOPE
+
+    # Reuse of the narrowed refresh's predecessor still revokes the whole grant.
+    assert error_of(refresh(http, op, meta, first["refresh_token"], scope="openid")) == (400, "invalid_grant")
+    assert error_of(refresh(http, op, meta, full["refresh_token"])) == (400, "invalid_grant")
+
+
+def test_widening_is_invalid_scope_and_spends_nothing(op, meta, http):
+    tokens = pair(http, op, meta, login="grace", scope="openid offline_access")
+    response = refresh(http, op, meta, tokens["refresh_token"], scope="openid profile")
+    assert error_of(response) == (400, "invalid_scope")
+    assert response.json()["scope"] == "profile"  # oidc-provider names the missing scope
+    # The refresh token was not consumed: using it now is no reuse.
+    response = refresh(http, op, meta, tokens["refresh_token"])
+    assert response.status_code == 200, response.text
+    assert userinfo(http, meta, response.json()["access_token"]).status_code == 200
+
+
+# --------------------------------------------------------------------------
+# resource indicators (RFC 8707)
+
+
+def test_discovery_and_unknown_resource(op, meta, http):
+    assert meta["acr_values_supported"] == list(ACR_VALUES)
+    assert meta["introspection_endpoint"] == f"{op.issuer}/token/introspection"
+    for resource in ("https://unknown.example.com", f"{API}#fragment", "not a uri"):
+        data = {"client_id": op.client_id, "scope": SCOPE, "resource": resource}
+        response = http.post(meta["device_authorization_endpoint"], data=data)
+        assert error_of(response) == (400, "invalid_target")
+
+
+def test_resource_gives_a_jwt_for_it_and_none_gives_the_usual_token(op, meta, http):
+    tokens = pair(http, op, meta, login="heidi", scope=f"{SCOPE} api:read api:write", resource=API)
+    # No `resource` at the token request: the usual opaque token for userinfo, with
+    # only the OpenID scopes.
+    assert "." not in tokens["access_token"]
+    assert tokens["scope"] == SCOPE
+    assert userinfo(http, meta, tokens["access_token"]).status_code == 200
+
+    response = refresh(http, op, meta, tokens["refresh_token"], resource=API)
+    assert response.status_code == 200, response.text
+    api = response.json()
+    assert api["scope"] == "api:read api:write"  # only the resource's own scopes
+    claims = op.access_token_info(api["access_token"])
+    assert claims["aud"] == API and claims["scope"] == "api:read api:write"
+    assert claims["sub"] == "heidi" and claims["client_id"] == op.client_id and claims["active"]
+    assert "id_token" in api  # the grant has openid
+    # A JWT for an API is no userinfo token.
+    assert userinfo(http, meta, api["access_token"]).status_code == 401
+
+    narrow = refresh(http, op, meta, api["refresh_token"], resource=API, scope="api:read").json()
+    assert op.access_token_info(narrow["access_token"])["scope"] == "api:read"
+    assert narrow["scope"] == "api:read"
+    # Back to the usual token: no resource, the whole scope.
+    plain = refresh(http, op, meta, narrow["refresh_token"]).json()
+    assert "." not in plain["access_token"] and plain["scope"] == SCOPE
+    info = op.access_token_info(plain["access_token"])
+    assert info["active"] and info["scope"] == SCOPE and "aud" not in info
+
+
+def test_invalid_target_on_refresh_has_already_spent_the_refresh_token(op, meta, http):
+    # A refresh may only name resources the device authorization named (stricter than
+    # the development server, which allows any resource to a grant that named none).
+    # TRAP: oidc-provider rotates the refresh token BEFORE it resolves `resource`, so
+    # the refused refresh has consumed the token (the successor was saved but never
+    # sent). Presenting it again is reuse, and the whole grant is revoked.
+    # invalid_scope, by contrast, is checked before rotation and spends nothing.
+    for resource, scope in ((MEDIA, f"{SCOPE} api:read"), (API, SCOPE), ("https://unknown.example.com", SCOPE)):
+        params = {"resource": API} if "api:read" in scope else {}
+        tokens = pair(http, op, meta, login="ivan", scope=scope, **params)
+        response = refresh(http, op, meta, tokens["refresh_token"], resource=resource)
+        assert error_of(response) == (400, "invalid_target")
+        assert error_of(refresh(http, op, meta, tokens["refresh_token"])) == (400, "invalid_grant")
+        assert userinfo(http, meta, tokens["access_token"]).status_code == 401
+
+
+def test_several_resources_one_token_each(op, meta, http):
+    tokens = pair(http, op, meta, login="judy", scope=f"{SCOPE} api:read media:read", resource=[API, MEDIA])
+    assert "." not in tokens["access_token"]
+    rt = tokens["refresh_token"]
+    for resource, scope in ((API, "api:read"), (MEDIA, "media:read")):
+        body = refresh(http, op, meta, rt, resource=resource).json()
+        claims = op.access_token_info(body["access_token"])
+        assert (claims["aud"], claims["scope"], body["scope"]) == (resource, scope, scope)
+        rt = body["refresh_token"]
+    # One token has one audience: both at once is refused.
+    assert error_of(refresh(http, op, meta, rt, resource=[API, MEDIA])) == (400, "invalid_target")
+
+
+def test_without_openid_one_resource_is_the_default_audience(op, meta, http):
+    tokens = pair(http, op, meta, login="ken", scope="offline_access api:read", resource=API)
+    claims = op.access_token_info(tokens["access_token"])
+    assert claims["aud"] == API and claims["scope"] == "api:read"
+    assert "id_token" not in tokens and "refresh_token" in tokens
+
+
+# --------------------------------------------------------------------------
+# step-up (RFC 9470): acr_values and max_age at the device authorization endpoint
+
+
+def test_acr_values_are_reflected_in_the_id_token(op, meta, http):
+    # The ID token carries acr only when acr_values were requested; the login achieves
+    # the first supported value asked for, unless the harness says otherwise.
+    plain = jwt_claims(pair(http, op, meta, login="leo")["id_token"])
+    assert "acr" not in plain and "auth_time" not in plain
+
+    stepped = pair(http, op, meta, login="leo", acr_values=f"urn:example:unknown {ACR_MFA}")
+    assert jwt_claims(stepped["id_token"])["acr"] == ACR_MFA
+    again = refresh(http, op, meta, stepped["refresh_token"]).json()
+    assert jwt_claims(again["id_token"])["acr"] == ACR_MFA  # kept across refreshes
+
+    weaker = pair(http, op, meta, login="leo", acr_values=ACR_MFA, acr=ACR_PWD)
+    assert jwt_claims(weaker["id_token"])["acr"] == ACR_PWD
+    unknown = pair(http, op, meta, login="leo", acr_values="urn:example:unknown")
+    assert jwt_claims(unknown["id_token"])["acr"] == ACR_PWD
+    with pytest.raises(ValueError):
+        op.approve("BCDF-GHJK", acr="urn:example:unknown")
+
+
+def test_max_age_puts_auth_time_in_the_id_token(op, meta, http):
+    tokens = pair(http, op, meta, login="mia", max_age="300")
+    claims = jwt_claims(tokens["id_token"])
+    assert abs(claims["iat"] - claims["auth_time"]) <= 2  # each approval is a fresh login
+    again = refresh(http, op, meta, tokens["refresh_token"]).json()
+    assert jwt_claims(again["id_token"])["auth_time"] == claims["auth_time"]
+    # max_age=0 becomes prompt=login, which the device flow does not keep: no auth_time.
+    assert "auth_time" not in jwt_claims(pair(http, op, meta, login="mia", max_age="0")["id_token"])
+    for bad in ("-1", "soon"):
+        data = {"client_id": op.client_id, "scope": SCOPE, "max_age": bad}
+        assert error_of(http.post(meta["device_authorization_endpoint"], data=data)) == (400, "invalid_request")
+
+
+def test_a_step_up_pairing_is_a_second_grant(op, meta, http):
+    first = pair(http, op, meta, login="nina")
+    second = pair(http, op, meta, login="nina", acr_values=ACR_MFA, max_age="60")
+    for tokens, acr in ((first, None), (second, ACR_MFA)):
+        response = refresh(http, op, meta, tokens["refresh_token"])
+        assert response.status_code == 200, response.text
+        assert jwt_claims(response.json()["id_token"]).get("acr") == acr
+        assert userinfo(http, meta, response.json()["access_token"]).status_code == 200
 
 
 # --------------------------------------------------------------------------

@@ -17,9 +17,16 @@ import httpx
 import jwt
 import pytest
 
-from devicelink_sim.authserver import DEVICE_CODE_GRANT_TYPE, DevServer
+from devicelink_sim.authserver import (
+    ACR_MFA,
+    ACR_PWD,
+    DEFAULT_RESOURCES,
+    DEVICE_CODE_GRANT_TYPE,
+    DevServer,
+)
 
 USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
+API, MEDIA = DEFAULT_RESOURCES
 
 
 class FakeClock:
@@ -94,6 +101,26 @@ def sign_in(http, srv, scope="openid profile") -> dict:
     response = poll(http, srv, code["device_code"])
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def authorize_with(http, srv, scope="openid profile", **params) -> dict:
+    """A device authorization by the public client with extra parameters (a list repeats one)."""
+    response = http.post("/device_authorization", data={"client_id": srv.client_id, "scope": scope, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def pair(http, srv, scope="openid profile", approve=None, **params) -> dict:
+    """authorize_with, approve (with approve's keyword arguments), poll: the tokens."""
+    code = authorize_with(http, srv, scope, **params)
+    srv.approve(code["user_code"], **(approve or {}))
+    response = poll(http, srv, code["device_code"])
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def id_claims(tokens: dict) -> dict:
+    return jwt.decode(tokens["id_token"], options={"verify_signature": False})
 
 
 def userinfo(http, access_token):
@@ -353,15 +380,61 @@ def test_refresh_without_rotation_keeps_the_refresh_token(make_server):
 
 
 def test_refresh_with_narrower_scope(srv, http):
-    tokens = sign_in(http, srv)
+    tokens = sign_in(http, srv, scope="openid profile email")
     narrow = refresh(http, srv, tokens["refresh_token"], scope="profile").json()
     assert narrow["scope"] == "profile"
     assert "id_token" not in narrow
+    assert narrow["refresh_token"] != tokens["refresh_token"]  # rotated like any refresh
+    # The server's own record agrees: the token is good for "profile" alone.
+    assert srv.access_token_info(narrow["access_token"])["scope"] == "profile"
+    assert srv.access_token_info(tokens["access_token"])["scope"] == "openid profile email"
     # RFC 6749 §6: the new refresh token keeps the original scope ...
     wide = refresh(http, srv, narrow["refresh_token"]).json()
-    assert wide["scope"] == "openid profile"
-    # ... and can never exceed it.
-    assert error(refresh(http, srv, wide["refresh_token"], scope="openid email")) == "invalid_scope"
+    assert wide["scope"] == "openid profile email"
+    two = refresh(http, srv, wide["refresh_token"], scope="email openid").json()
+    assert two["scope"] == "email openid" and "id_token" in two
+    assert srv.access_token_info(two["access_token"])["scope"] == "email openid"
+    assert srv.stats.narrowed_refreshes == 2
+
+
+def test_refresh_can_never_widen_and_a_refused_refresh_changes_nothing(srv, http):
+    tokens = sign_in(http, srv, scope="openid profile")
+    for scope in ("openid email", "admin", "offline_access"):
+        response = refresh(http, srv, tokens["refresh_token"], scope=scope)
+        assert error(response) == "invalid_scope"
+    # Refused before anything was issued: the refresh token was not rotated away, so
+    # using it again is neither a grace reuse nor reuse.
+    assert srv._state.refresh_token_standing(tokens["refresh_token"]) == "current"
+    again = refresh(http, srv, tokens["refresh_token"], scope="openid")
+    assert again.status_code == 200 and again.json()["scope"] == "openid"
+    stats = srv.stats
+    assert stats.reuse_detections == 0 and stats.grace_reuses == 0
+    assert stats.narrowed_refreshes == 4  # requests, whatever their outcome
+    assert [(e.outcome, e.scope) for e in stats.token_log if e.grant_type == "refresh_token"] == [
+        ("invalid_scope", "openid email"),
+        ("invalid_scope", "admin"),
+        ("invalid_scope", "offline_access"),
+        ("ok", "openid"),
+    ]
+
+
+def test_narrowed_refresh_rotates_under_the_grace_rule(srv, http):
+    # A narrowed refresh rotates the refresh token like any other: the grace rule
+    # (successor never used) and reuse detection apply unchanged, and the successor
+    # carries the grant's whole scope.
+    first = sign_in(http, srv)
+    lost = refresh(http, srv, first["refresh_token"], scope="profile").json()  # never saved
+    assert lost["scope"] == "profile"
+    kept = refresh(http, srv, first["refresh_token"], scope="openid")  # grace
+    assert kept.status_code == 200 and kept.json()["scope"] == "openid"
+    assert srv.stats.grace_reuses == 1 and srv.stats.reuse_detections == 0
+    full = refresh(http, srv, kept.json()["refresh_token"]).json()
+    assert full["scope"] == "openid profile"
+    # The superseded successor, even narrowed, is reuse: the whole grant goes.
+    assert error(refresh(http, srv, lost["refresh_token"], scope="profile")) == "invalid_grant"
+    assert srv.stats.reuse_detections == 1
+    assert srv.revoked(full["refresh_token"])
+    assert not srv.access_token_info(full["access_token"])["active"]
 
 
 def test_token_lifetimes(make_server, clock):
@@ -519,6 +592,230 @@ def test_verification_page_deny_and_bad_codes(srv, http):
     assert page.status_code == 404
 
 
+# -- resource indicators (RFC 8707) --
+
+
+def test_resource_on_device_authorization_becomes_the_audience(srv, http):
+    tokens = pair(http, srv, resource=API)
+    info = srv.access_token_info(tokens["access_token"])
+    assert info["aud"] == API and info["resource"] == (API,)
+    assert info["scope"] == "openid profile"
+
+    # A refresh without `resource` keeps the grant's audience ...
+    plain = refresh(http, srv, tokens["refresh_token"]).json()
+    assert srv.access_token_info(plain["access_token"])["aud"] == API
+    # ... and may only name resources the device authorization named.
+    response = refresh(http, srv, plain["refresh_token"], resource=MEDIA)
+    assert error(response) == "invalid_target"
+    assert response.json()["error_description"]
+    assert error(refresh(http, srv, plain["refresh_token"], resource="https://evil.example.com")) == "invalid_target"
+    # Refused without rotating: the same refresh token still works, and that is no reuse.
+    both = refresh(http, srv, plain["refresh_token"], resource=API, scope="profile").json()
+    info = srv.access_token_info(both["access_token"])
+    assert (info["aud"], info["scope"]) == (API, "profile")
+    assert srv.stats.reuse_detections == 0 and srv.stats.grace_reuses == 0
+    assert srv.stats.resource_refreshes == 3
+    assert srv.stats.narrowed_refreshes == 1
+    assert [(e.outcome, e.scope, e.resource) for e in srv.stats.token_log if e.grant_type == "refresh_token"] == [
+        ("ok", None, ()),
+        ("invalid_target", None, (MEDIA,)),
+        ("invalid_target", None, ("https://evil.example.com",)),
+        ("ok", "profile", (API,)),
+    ]
+
+
+def test_resource_on_refresh_when_the_device_authorization_named_none(srv, http):
+    # Chosen rule: a grant whose device authorization named no resource may be
+    # refreshed for any resource the server knows (oidc-provider is stricter).
+    tokens = sign_in(http, srv)
+    assert srv.access_token_info(tokens["access_token"])["aud"] is None
+    rotated = tokens["refresh_token"]
+    for resource in (MEDIA, API):
+        response = refresh(http, srv, rotated, resource=resource)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["scope"] == "openid profile"
+        assert srv.access_token_info(body["access_token"])["aud"] == resource
+        rotated = body["refresh_token"]
+    assert error(refresh(http, srv, rotated, resource="https://unknown.example.com")) == "invalid_target"
+    plain = refresh(http, srv, rotated).json()
+    assert srv.access_token_info(plain["access_token"])["resource"] == ()
+
+
+def test_several_resources(srv, http):
+    code = authorize_with(http, srv, resource=[API, MEDIA])
+    page = http.get(code["verification_uri_complete"]).text
+    assert f"To use: {API}, {MEDIA}" in page
+    srv.approve(code["user_code"])
+    # A poll may narrow the audience too (RFC 8707 §2.2), to resources that were asked for.
+    assert error(poll(http, srv, code["device_code"], data={"client_id": srv.client_id,
+                                                            "resource": "https://other.example.com"})) \
+        == "invalid_target"
+    tokens = poll(http, srv, code["device_code"]).json()  # the device code was not used up
+    info = srv.access_token_info(tokens["access_token"])
+    assert info["aud"] == [API, MEDIA] and info["resource"] == (API, MEDIA)
+    one = refresh(http, srv, tokens["refresh_token"], resource=MEDIA).json()
+    assert srv.access_token_info(one["access_token"])["aud"] == MEDIA
+
+    code = authorize_with(http, srv, resource=[API, MEDIA])
+    srv.approve(code["user_code"])
+    narrowed = poll(http, srv, code["device_code"], data={"client_id": srv.client_id, "resource": API}).json()
+    assert srv.access_token_info(narrowed["access_token"])["aud"] == API
+    # The grant still covers both.
+    other = refresh(http, srv, narrowed["refresh_token"], resource=MEDIA).json()
+    assert srv.access_token_info(other["access_token"])["aud"] == MEDIA
+
+
+@pytest.mark.parametrize("resource", [
+    "https://unknown.example.com",
+    "https://api.example.com/",  # not exactly a known one
+    "https://api.example.com#frag",
+    "api.example.com",
+    "",
+])
+def test_unknown_resource_at_device_authorization(srv, http, resource):
+    data = {"client_id": srv.client_id, "scope": "openid", "resource": [API, resource]}
+    response = http.post("/device_authorization", data=data)
+    assert error(response) == "invalid_target"
+    assert srv.stats.device_authorizations == 0
+    assert srv.pending_user_codes() == []
+
+
+def test_resources_setting(make_server):
+    srv = make_server(resources=("urn:example:printer", "https://print.example.com/v2"))
+    with httpx.Client(base_url=srv.issuer) as http:
+        tokens = pair(http, srv, resource="urn:example:printer")
+        assert srv.access_token_info(tokens["access_token"])["aud"] == "urn:example:printer"
+        response = http.post("/device_authorization", data={"client_id": srv.client_id, "resource": API})
+        assert error(response) == "invalid_target"
+    for bad in (["https://x.example.com#f"], ["relative/path"], "https://a.example.com"):
+        with pytest.raises(ValueError, match="resource"):
+            DevServer(resources=bad)
+
+
+# -- step-up (RFC 9470): acr_values, max_age --
+
+
+def test_discovery_advertises_acr_values_only_when_honoured(make_server):
+    honouring = make_server()
+    ignoring = make_server(honour_step_up=False)
+    meta = httpx.get(honouring.issuer + "/.well-known/openid-configuration").json()
+    assert meta["acr_values_supported"] == [ACR_PWD, ACR_MFA]
+    assert {"acr", "auth_time"} <= set(meta["claims_supported"])
+    meta = httpx.get(ignoring.issuer + "/.well-known/oauth-authorization-server").json()
+    assert "acr_values_supported" not in meta
+
+
+def test_step_up_is_a_new_grant_with_the_asked_acr(srv, http):
+    first = pair(http, srv)
+    assert id_claims(first)["acr"] == ACR_PWD  # nothing asked: the ordinary sign-in
+
+    code = authorize_with(http, srv, acr_values=f"urn:example:unknown {ACR_MFA}", max_age="300")
+    page = http.get(code["verification_uri_complete"])
+    assert "stronger sign-in (mfa)" in page.text
+    assert "within the last 300 seconds" in page.text
+    srv.approve(code["user_code"])  # the first supported value asked for is achieved
+    stepped = poll(http, srv, code["device_code"]).json()
+    claims = id_claims(stepped)
+    assert claims["acr"] == ACR_MFA
+    assert abs(claims["iat"] - claims["auth_time"]) <= 1
+    info = srv.access_token_info(stepped["access_token"])
+    assert info["acr"] == ACR_MFA and info["auth_time"] == claims["auth_time"]
+    assert info["acr_values"] == ("urn:example:unknown", ACR_MFA) and info["max_age"] == 300
+
+    # A refresh keeps the grant's acr and auth_time.
+    again = refresh(http, srv, stepped["refresh_token"]).json()
+    assert (id_claims(again)["acr"], id_claims(again)["auth_time"]) == (ACR_MFA, claims["auth_time"])
+    assert srv.access_token_info(again["access_token"])["acr"] == ACR_MFA
+
+    # The first grant is untouched: its refresh token still works, at its own acr.
+    old = refresh(http, srv, first["refresh_token"])
+    assert old.status_code == 200
+    assert id_claims(old.json())["acr"] == ACR_PWD
+    assert srv.access_token_info(old.json()["access_token"])["grant"] != info["grant"]
+    assert srv.stats.reuse_detections == 0
+
+
+def test_approve_with_an_explicit_acr(srv, http):
+    # The user (or a server that failed the step-up) may end with a different acr.
+    tokens = pair(http, srv, acr_values=ACR_MFA, approve={"acr": ACR_PWD})
+    assert id_claims(tokens)["acr"] == ACR_PWD
+    tokens = pair(http, srv, approve={"acr": ACR_MFA})
+    assert id_claims(tokens)["acr"] == ACR_MFA
+    code = authorize_with(http, srv, acr_values=ACR_PWD)
+    assert "stronger sign-in" not in http.get(code["verification_uri_complete"]).text
+    with pytest.raises(ValueError, match="acr"):
+        srv.approve(code["user_code"], acr="urn:example:unknown")
+    response = http.post("/sim/approve", json={"user_code": code["user_code"], "acr": "nope"})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert http.post("/sim/approve", json={"user_code": code["user_code"], "acr": ACR_MFA}).status_code == 200
+    assert id_claims(poll(http, srv, code["device_code"]).json())["acr"] == ACR_MFA
+
+
+def test_max_age_against_an_older_session(srv, http):
+    # session_age: the user signed in 600 s ago. Without max_age that sign-in is reused
+    # (auth_time 600 s back); max_age=300 makes the server ask for a fresh one.
+    reused = id_claims(pair(http, srv, approve={"session_age": 600}))
+    assert 599 <= reused["iat"] - reused["auth_time"] <= 601
+    fresh = id_claims(pair(http, srv, max_age="300", approve={"session_age": 600}))
+    assert abs(fresh["iat"] - fresh["auth_time"]) <= 1
+    recent = id_claims(pair(http, srv, max_age="900", approve={"session_age": 600}))
+    assert 599 <= recent["iat"] - recent["auth_time"] <= 601
+
+    for bad in ("-1", "1.5", "soon", "٣"):
+        response = http.post("/device_authorization", data={"client_id": srv.client_id, "max_age": bad})
+        assert error(response) == "invalid_request"
+    with pytest.raises(ValueError):
+        srv.approve(authorize(http, srv)["user_code"], session_age=-1)
+
+
+def test_step_up_ignored_when_not_honoured(make_server):
+    srv = make_server(honour_step_up=False)
+    with httpx.Client(base_url=srv.issuer) as http:
+        code = authorize_with(http, srv, acr_values=ACR_MFA, max_age="300")
+        page = http.get(code["verification_uri_complete"]).text
+        assert "stronger sign-in" not in page and "seconds" not in page
+        with pytest.raises(ValueError, match="honour_step_up"):
+            srv.approve(code["user_code"], acr=ACR_MFA)
+        srv.approve(code["user_code"], session_age=600)
+        tokens = poll(http, srv, code["device_code"]).json()
+        claims = id_claims(tokens)
+        assert claims["acr"] == ACR_PWD  # not what was asked for
+        assert 599 <= claims["iat"] - claims["auth_time"] <= 601  # max_age not applied
+        info = srv.access_token_info(tokens["access_token"])
+        assert info["acr"] == ACR_PWD
+        # What the device sent is still on record, for tests of the device.
+        assert info["acr_values"] == (ACR_MFA,) and info["max_age"] == 300
+        # A server that ignores max_age does not reject a malformed one either.
+        response = http.post("/device_authorization", data={"client_id": srv.client_id, "max_age": "soon"})
+        assert response.status_code == 200
+
+
+# -- access_token_info --
+
+
+def test_access_token_info(make_server, clock):
+    srv = make_server(access_token_lifetime=60, interval=0)
+    with httpx.Client(base_url=srv.issuer) as http:
+        assert srv.access_token_info("never-issued") is None
+        tokens = pair(http, srv, approve={"subject": "bob"})
+        assert srv.access_token_info(tokens["refresh_token"]) is None  # access tokens only
+        info = srv.access_token_info(tokens["access_token"])
+        assert info["active"] is True
+        assert (info["client_id"], info["sub"], info["name"]) == (srv.client_id, "bob", "Bob Example")
+        assert info["exp"] - info["iat"] == 60 and info["expires_in"] == 60
+        clock.advance(45)
+        info = srv.access_token_info(tokens["access_token"])
+        assert info["expires_in"] == 15 and info["exp"] - info["iat"] == 60
+        clock.advance(15)
+        assert srv.access_token_info(tokens["access_token"])["active"] is False
+
+        tokens = refresh(http, srv, tokens["refresh_token"]).json()
+        assert srv.access_token_info(tokens["access_token"])["active"] is True
+        http.post("/revoke", data={"token": tokens["refresh_token"], "client_id": srv.client_id})
+        assert srv.access_token_info(tokens["access_token"])["active"] is False
+
+
 # -- the fault-injection seam --
 
 
@@ -544,7 +841,8 @@ def test_standalone_prints_issuer_and_stops_on_sigterm():
     root = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": f"{root / 'src'}:{root / 'simulator'}", "PATH": "/usr/bin:/bin"}
     with subprocess.Popen(
-        [sys.executable, "-m", "devicelink_sim.authserver", "--port", "0", "--interval", "1"],
+        [sys.executable, "-m", "devicelink_sim.authserver", "--port", "0", "--interval", "1",
+         "--resource", "https://printer.example.com", "--no-step-up"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -557,8 +855,12 @@ def test_standalone_prints_issuer_and_stops_on_sigterm():
             issuer = match.group(1)
             meta = httpx.get(issuer + "/.well-known/oauth-authorization-server").json()
             assert meta["issuer"] == issuer
-            code = httpx.post(issuer + "/device_authorization", data={"client_id": "devicelink-sim"}).json()
+            assert "acr_values_supported" not in meta  # --no-step-up
+            data = {"client_id": "devicelink-sim", "resource": "https://printer.example.com"}
+            code = httpx.post(issuer + "/device_authorization", data=data).json()
             assert code["interval"] == 1
+            data["resource"] = API  # --resource replaces the defaults
+            assert httpx.post(issuer + "/device_authorization", data=data).json()["error"] == "invalid_target"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
             assert proc.stdout.read() == ""  # one line only

@@ -9,7 +9,24 @@ Authlib does the protocol: `DeviceAuthorizationEndpoint` and `DeviceCodeGrant`
 and a Bearer `ResourceProtector` for /userinfo. This module fills in their
 storage hooks from `state.State` and adds what Authlib leaves out: refresh-token
 rotation with reuse detection (RFC 9700 §4.14.2), ID tokens, discovery
-metadata, and the verification page.
+metadata, the verification page, resource indicators (RFC 8707) and step-up
+parameters (RFC 9470) on the device authorization request.
+
+What a device may send beyond the plain device flow:
+
+- `scope` on a refresh (RFC 6749 §6): a subset of the grant's scope; the access
+  token (and the response's `scope`) is exactly that subset, anything more is
+  `invalid_scope`. The new refresh token keeps the grant's whole scope, and the
+  refresh rotates it like any other.
+- `resource` (RFC 8707, repeatable) on the device authorization request and on
+  token requests (polls and refreshes). Only `Settings.resources` are known;
+  anything else is `invalid_target`. A token request may name only resources
+  its grant's device authorization named, or, if that named none, any known
+  resource. An access token's audience is the token request's resources, else
+  the device authorization's. Access tokens are opaque: tests read what one
+  was issued for with `DevServer.access_token_info`.
+- `acr_values` and `max_age` (RFC 9470, OIDC) on the device authorization
+  request, honoured unless `honour_step_up=False`; see `DevServer.approve`.
 
 Fault injection for the daemon's tests (latency, 5xx, 429, resets, timeouts,
 malformed or oversized answers, revoked grants) is `srv.faults`, faults.py.
@@ -40,7 +57,8 @@ from urllib.parse import urlsplit
 
 import jwt
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
-from authlib.oauth2.rfc6749 import InvalidGrantError
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -59,6 +77,7 @@ from .state import (
     Client,
     DeviceCode,
     Grant,
+    Login,
     RefreshToken,
     State,
     Stats,
@@ -67,13 +86,23 @@ from .state import (
     normalize_user_code,
 )
 
-__all__ = ["DEVICE_CODE_GRANT_TYPE", "DevServer", "Stats", "TokenEvent", "main"]
+__all__ = [
+    "ACR_MFA", "ACR_PWD", "ACR_VALUES_SUPPORTED", "DEFAULT_RESOURCES", "DEVICE_CODE_GRANT_TYPE",
+    "DevServer", "Settings", "Stats", "TokenEvent", "main",
+]
 
 logger = logging.getLogger("devicelink_sim.authserver")
 
 PUBLIC_CLIENT_ID = "devicelink-sim"
 CONFIDENTIAL_CLIENT_ID = "devicelink-sim-confidential"
 DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
+#: RFC 8707 resources the server issues tokens for unless told otherwise.
+DEFAULT_RESOURCES = ("https://api.example.com", "https://media.example.com")
+#: Authentication context classes (RFC 9470, OIDC `acr`), weakest first. ACR_PWD is
+#: what an approval achieves unless something stronger is asked for.
+ACR_PWD = "urn:devicelink:acr:pwd"
+ACR_MFA = "urn:devicelink:acr:mfa"
+ACR_VALUES_SUPPORTED = (ACR_PWD, ACR_MFA)
 AUTH_METHODS_SUPPORTED = ["none", "client_secret_basic", "client_secret_post"]
 # Authlib's grants and endpoints try methods in this order.
 ALL_CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "none"]
@@ -87,6 +116,11 @@ class Settings:
     interval: int
     rotate_refresh_tokens: bool
     scopes: tuple[str, ...]
+    #: RFC 8707: the resources (absolute URIs) tokens may be issued for.
+    resources: tuple[str, ...] = DEFAULT_RESOURCES
+    #: RFC 9470: act on acr_values and max_age and advertise acr_values_supported.
+    #: False plays a server that ignores them: every login is ACR_PWD.
+    honour_step_up: bool = True
 
 
 class DevServer:
@@ -107,6 +141,8 @@ class DevServer:
         rotate_refresh_tokens: bool = True,
         *,
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        resources: tuple[str, ...] = DEFAULT_RESOURCES,
+        honour_step_up: bool = True,
         client_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -116,6 +152,11 @@ class DevServer:
             raise ValueError("refresh_token_lifetime must be None or at least 1 second")
         if interval < 0:
             raise ValueError("interval must not be negative")
+        if isinstance(resources, str):
+            raise ValueError("resources must be a sequence of URIs, not one string")
+        for resource in resources:
+            if not _is_resource_uri(resource):
+                raise ValueError(f"resource {resource!r} is not an absolute URI without a fragment (RFC 8707)")
         self.settings = Settings(
             access_token_lifetime=access_token_lifetime,
             refresh_token_lifetime=refresh_token_lifetime,
@@ -123,6 +164,8 @@ class DevServer:
             interval=interval,
             rotate_refresh_tokens=rotate_refresh_tokens,
             scopes=tuple(scopes),
+            resources=tuple(resources),
+            honour_step_up=honour_step_up,
         )
         self._port = port
         self._clock = clock
@@ -218,12 +261,51 @@ class DevServer:
 
     # -- what the phone and the tests do --
 
-    def approve(self, user_code: str, subject: str = "alice", name: str | None = None) -> None:
-        """Approve a pending user code as `subject`; KeyError if unknown, expired or used."""
+    def approve(
+        self,
+        user_code: str,
+        subject: str = "alice",
+        name: str | None = None,
+        acr: str | None = None,
+        *,
+        session_age: float = 0,
+    ) -> None:
+        """Approve a pending user code as `subject`; KeyError if unknown, expired or used.
+
+        `acr` is how the user signed in, one of ACR_VALUES_SUPPORTED. By default it is
+        the first of the request's acr_values that the server supports (the user did
+        the stronger sign-in that was asked for), else ACR_PWD. With
+        `honour_step_up=False` every login is ACR_PWD, and any other `acr` is a
+        ValueError.
+
+        `session_age` plays a user who signed in that many seconds ago (a reused
+        session) instead of just now: auth_time is that much earlier, unless the
+        request's max_age is shorter and the server honours it, in which case the
+        user signs in again now.
+        """
+        honoured = self.settings.honour_step_up
+        if acr is not None and acr not in (ACR_VALUES_SUPPORTED if honoured else (ACR_PWD,)):
+            raise ValueError(f"acr {acr!r} is not one this server supports"
+                             + ("" if honoured else " (honour_step_up is off)"))
+        if not session_age >= 0:
+            raise ValueError("session_age must be 0 or more seconds")
         user = User(subject, name or f"{subject.capitalize()} Example")
         with self._state.lock:
-            self._state.pending(user_code).decision = (user, True)
-        logger.info("user code %s approved as %s", user_code, subject)
+            credential = self._state.pending(user_code)
+            if honoured:
+                if acr is None:
+                    acr = _asked_acr(credential) or ACR_PWD
+                if credential.max_age is not None and session_age > credential.max_age:
+                    session_age = 0  # too old for max_age: a fresh sign-in
+            else:
+                acr = ACR_PWD
+            credential.login = Login(
+                acr=acr,
+                authenticated_at=self._clock() - session_age,
+                auth_time=int(time.time() - session_age),
+            )
+            credential.decision = (user, True)
+        logger.info("user code %s approved as %s (%s)", user_code, subject, acr)
 
     def deny(self, user_code: str) -> None:
         """Deny a pending user code; KeyError if unknown, expired or used."""
@@ -251,6 +333,47 @@ class DevServer:
     def stats(self) -> Stats:
         return self._state.stats()
 
+    def access_token_info(self, access_token: str) -> dict | None:
+        """What the server knows of an access token it issued (None if it issued no such
+        token), for tests; like an RFC 7662 introspection response, but also for an
+        expired or revoked token (then `active` is False):
+
+        - `active`, `client_id`, `sub`, `name`, `scope` (None when it has none);
+        - `aud`: its resource (RFC 8707) as a string, a list when there are several,
+          None when there are none; `resource`: the same, always a tuple;
+        - `acr`, `auth_time` (seconds since the epoch) of the approval behind it;
+        - `acr_values` (a tuple) and `max_age` (int or None) as the device authorization
+          request sent them, also when the server does not honour them;
+        - `iat`, `exp`: seconds since the epoch, mapped from the server's clock at the
+          time of the call; `expires_in`: seconds left on the server's clock;
+        - `grant`: a number for the grant (one device authorization) it belongs to.
+        """
+        with self._state.lock:
+            token = self._state.access_tokens.get(access_token)
+            if token is None:
+                return None
+            grant = token.grant
+            now = self._clock()
+            wall = time.time()
+            resources = token.resources
+            return {
+                "active": not token.is_expired() and not token.is_revoked(),
+                "client_id": grant.client_id,
+                "sub": grant.user.subject,
+                "name": grant.user.name,
+                "scope": token.scope,
+                "aud": None if not resources else resources[0] if len(resources) == 1 else list(resources),
+                "resource": resources,
+                "acr": grant.login.acr,
+                "auth_time": grant.login.auth_time,
+                "acr_values": grant.acr_values,
+                "max_age": grant.max_age,
+                "iat": int(wall - (now - token.issued_at)),
+                "exp": int(wall + (token.expires_at - now)),
+                "expires_in": token.get_expires_in(),
+                "grant": grant.id,
+            }
+
     def issued_refresh_tokens(self) -> list[str]:
         with self._state.lock:
             return list(self._state.refresh_tokens)
@@ -273,7 +396,11 @@ class DevServer:
 
         def metadata():
             iss = self.issuer
+            step_up = {}
+            if self.settings.honour_step_up:
+                step_up["acr_values_supported"] = list(ACR_VALUES_SUPPORTED)
             return jsonify(
+                **step_up,
                 issuer=iss,
                 device_authorization_endpoint=f"{iss}/device_authorization",
                 token_endpoint=f"{iss}/token",
@@ -288,7 +415,7 @@ class DevServer:
                 scopes_supported=list(self.settings.scopes),
                 subject_types_supported=["public"],
                 id_token_signing_alg_values_supported=["RS256"],
-                claims_supported=["iss", "sub", "aud", "iat", "exp", "name"],
+                claims_supported=["iss", "sub", "aud", "iat", "exp", "auth_time", "acr", "name"],
             )
 
         app.add_url_rule("/.well-known/oauth-authorization-server", "rfc8414", metadata)
@@ -311,8 +438,10 @@ class DevServer:
         def token():
             arrived = self._clock()
             grant_type = request.form.get("grant_type", "")
+            scope = request.values.get("scope") or None  # Authlib's reading: empty is absent
+            resource = tuple(request.values.getlist("resource"))
             response = app.make_response(self.around_token(token_response))
-            state.record_token_request(TokenEvent(arrived, grant_type, _outcome(response)))
+            state.record_token_request(TokenEvent(arrived, grant_type, _outcome(response), scope, resource))
             return response
 
         @app.post("/revoke")
@@ -339,7 +468,15 @@ class DevServer:
                     credential = None
             if credential is None:
                 return pages.enter_code(user_code, "That code is not valid or has expired."), 404
-            return pages.confirm(credential.user_code, credential.client_id, credential.scope)
+            honoured = self.settings.honour_step_up
+            # The acr that approving on this page achieves (approve() with no acr).
+            acr = _asked_acr(credential) if honoured else None
+            return pages.confirm(
+                credential.user_code, credential.client_id, credential.scope,
+                resources=credential.resources,
+                stronger_sign_in=None if acr in (None, ACR_PWD) else acr,
+                max_age=credential.max_age if honoured else None,
+            )
 
         @app.post("/device")
         def device_decision():
@@ -365,11 +502,14 @@ class DevServer:
             try:
                 if approve:
                     subject = body.get("subject") or "alice"
-                    self.approve(body["user_code"], subject, body.get("name"))
+                    self.approve(body["user_code"], subject, body.get("name"), body.get("acr"),
+                                 session_age=body.get("session_age") or 0)
                 else:
                     self.deny(body["user_code"])
             except KeyError:
                 return jsonify(error="unknown_user_code"), 404
+            except (ValueError, TypeError) as exc:
+                return jsonify(error="invalid_request", error_description=str(exc)), 400
             return jsonify(ok=True)
 
         app.post("/sim/approve", endpoint="sim_approve")(lambda: sim_decision(True))
@@ -428,7 +568,7 @@ class _AuthorizationServer(AuthorizationServer):
 
     def save_token(self, token, request):
         if request.payload.grant_type == DEVICE_CODE_GRANT_TYPE:
-            grant = Grant(request.client.get_client_id(), request.user, token.get("scope"))
+            grant = self.state.new_grant(request.credential, request.user, token.get("scope"))
             self.state.redeem(request.credential)
             refresh_scope = grant.scope
         else:
@@ -437,7 +577,22 @@ class _AuthorizationServer(AuthorizationServer):
             # RFC 6749 §6: a new refresh token has the old one's scope, even
             # when this access token was narrowed.
             refresh_scope = old.scope
-        self.state.store_tokens(grant, token, refresh_scope)
+        if "openid" in token.get("scope", "").split():
+            token["id_token"] = self._id_token(request.client, grant)
+        # The grant's validate_token_request set `audience` (RFC 8707).
+        self.state.store_tokens(grant, token, refresh_scope, request.audience)
+
+    def check_resources(self, request, granted: tuple[str, ...]) -> tuple[str, ...]:
+        """The `resource` values of a request (RFC 8707), each one the server knows and,
+        if `granted` is not empty, one of those; else invalid_target."""
+        requested = tuple(dict.fromkeys(request.payload.datalist.get("resource", [])))
+        allowed = granted or self.settings.resources
+        for resource in requested:
+            if resource not in self.settings.resources:
+                raise InvalidTargetError("Unknown resource.")
+            if resource not in allowed:
+                raise InvalidTargetError("The grant does not cover this resource.")
+        return requested
 
     def _generate_token(
         self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True
@@ -453,21 +608,23 @@ class _AuthorizationServer(AuthorizationServer):
         if include_refresh_token:
             token["refresh_token"] = secrets.token_urlsafe(48)
         if scope:
-            token["scope"] = scope
-            if "openid" in scope.split():
-                token["id_token"] = self._id_token(client, user)
+            token["scope"] = scope  # save_token adds the ID token
         return token
 
-    def _id_token(self, client, user: User) -> str:
+    def _id_token(self, client, grant: Grant) -> str:
+        # Wall-clock times, as verifiers expect; auth_time and acr always (OIDC Core
+        # §2 requires auth_time when max_age was asked for).
         now = int(time.time())
         return self.keys.sign(
             {
                 "iss": self.issuer(),
-                "sub": user.subject,
+                "sub": grant.user.subject,
                 "aud": client.get_client_id(),
                 "iat": now,
                 "exp": now + self.settings.access_token_lifetime,
-                "name": user.name,
+                "auth_time": grant.login.auth_time,
+                "acr": grant.login.acr,
+                "name": grant.user.name,
             }
         )
 
@@ -480,6 +637,29 @@ class _DeviceAuthorizationEndpoint(DeviceAuthorizationEndpoint):
 
     def get_verification_uri(self):
         return f"{self.server.issuer()}/device"
+
+    def create_endpoint_response(self, request):
+        # Authlib checks the client and the scope, then saves the credential; check
+        # the RFC 8707 and RFC 9470 parameters between the two, and note them on the
+        # credential it saved.
+        self.authenticate_client(request)
+        self.server.validate_requested_scope(request.payload.scope)
+        resources = self.server.check_resources(request, ())
+        acr_values = tuple(request.payload.data.get("acr_values", "").split())
+        max_age = request.payload.data.get("max_age")
+        if max_age is not None:
+            if not (max_age.isascii() and max_age.isdigit()):
+                if self.server.settings.honour_step_up:
+                    raise InvalidRequestError("max_age must be a number of seconds.")
+                max_age = None  # a server without RFC 9470 does not look at it
+            else:
+                max_age = int(max_age)
+        status, data, headers = super().create_endpoint_response(request)
+        credential = self.server.state.device_codes[data["device_code"]]
+        credential.resources = resources
+        credential.acr_values = acr_values
+        credential.max_age = max_age
+        return status, data, headers
 
     def generate_user_code(self):
         # Authlib's default is RFC 8628 §6.1's base-20 XXXX-XXXX; just avoid
@@ -513,6 +693,14 @@ class _DeviceCodeGrant(DeviceCodeGrant):
     # (tokens or access_denied), then should_slow_down, else authorization_pending.
     # A fast poll after approval therefore still gets its tokens.
 
+    def validate_token_request(self):
+        super().validate_token_request()
+        # RFC 8707 §2: a token request may narrow the audience to some of the
+        # resources the device authorization named (or, if it named none, any).
+        credential = self.request.credential
+        self.request.audience = (self.server.check_resources(self.request, credential.resources)
+                                 or credential.resources)
+
     def query_device_credential(self, device_code):
         credential = self.server.state.device_codes.get(device_code)
         if credential is None:
@@ -544,6 +732,15 @@ class _RefreshTokenGrant(RefreshTokenGrant):
     @property
     def INCLUDE_NEW_REFRESH_TOKEN(self):  # noqa: N802 (Authlib's name)
         return self.server.settings.rotate_refresh_tokens
+
+    def validate_token_request(self):
+        # Authlib checks the token (with reuse detection) and that `scope` is a subset
+        # of the refresh token's (invalid_scope); then RFC 8707 §2.2: `resource` may
+        # name resources of the grant (any known one if it has none). A refused
+        # request changes nothing: the refresh token is not rotated.
+        super().validate_token_request()
+        grant = self.request.refresh_token.grant
+        self.request.audience = self.server.check_resources(self.request, grant.resources) or grant.resources
 
     def authenticate_refresh_token(self, refresh_token):
         # RFC 9700 §4.14.2 reuse detection, with a grace rule for a client that
@@ -579,6 +776,27 @@ class _BearerTokenValidator(BearerTokenValidator):
 
     def authenticate_token(self, token_string):
         return self.state.access_tokens.get(token_string)
+
+
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707 §2: the requested resource is invalid, unknown or not allowed."""
+
+    error = "invalid_target"
+    status_code = 400
+
+
+def _asked_acr(credential: DeviceCode) -> str | None:
+    """The first of a request's acr_values that the server supports."""
+    return next((v for v in credential.acr_values if v in ACR_VALUES_SUPPORTED), None)
+
+
+def _is_resource_uri(value: str) -> bool:
+    # RFC 8707 §2: an absolute URI (RFC 3986 §4.3) with no fragment.
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return bool(parts.scheme) and "#" not in value and value.isascii() and value == value.strip()
 
 
 class _SigningKey:
@@ -632,6 +850,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m devicelink_sim.au
                         help="the polling interval given to devices")
     parser.add_argument("--no-rotate-refresh-tokens", dest="rotate_refresh_tokens",
                         action="store_false", help="keep one refresh token for the grant's life")
+    parser.add_argument("--resource", dest="resources", action="append", default=None, metavar="URI",
+                        help="a resource (RFC 8707) tokens may be issued for; repeatable, replaces the "
+                             f"default {' '.join(DEFAULT_RESOURCES)}")
+    parser.add_argument("--no-step-up", dest="honour_step_up", action="store_false",
+                        help="ignore acr_values and max_age (RFC 9470), as a server without step-up does")
     parser.add_argument("--client-secret", default=None,
                         help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[,FIELD=VALUE...]",
@@ -657,6 +880,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m devicelink_sim.au
             device_code_lifetime=args.device_code_lifetime,
             interval=args.interval,
             rotate_refresh_tokens=args.rotate_refresh_tokens,
+            resources=DEFAULT_RESOURCES if args.resources is None else tuple(args.resources),
+            honour_step_up=args.honour_step_up,
             client_secret=args.client_secret,
         )
     except ValueError as exc:

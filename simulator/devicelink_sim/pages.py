@@ -25,6 +25,7 @@ _LAYOUT = """<!doctype html>
   button { font-size: 1.1em; padding: .6em 1.2em; margin: 1em .5em 0 0; }
   .error { color: #a00; }
   .note { color: #555; font-size: .9em; }
+  .stepup { font-weight: bold; }
 </style>
 </head>
 <body>
@@ -47,6 +48,13 @@ _CONFIRM = """
 <p>Check that this code is the one shown on the device in front of you.</p>
 <p class="code">{{ user_code }}</p>
 <p class="note">Application <b>{{ client_id }}</b> asks for: {{ scope or "(default access)" }}</p>
+{% if resources %}<p class="note">To use: {{ resources | join(", ") }}</p>{% endif %}
+{% if stronger_sign_in %}
+<p class="stepup">This app asks you to confirm with a stronger sign-in ({{ stronger_sign_in }}).</p>
+{% endif %}
+{% if max_age is not none %}
+<p class="stepup">This app asks that you signed in within the last {{ max_age }} seconds.</p>
+{% endif %}
 <form method="post" action="/device">
   <input type="hidden" name="user_code" value="{{ user_code }}">
   <label>Sign in as <input type="text" name="subject" value="alice"></label>
@@ -71,9 +79,24 @@ def enter_code(user_code: str = "", error: str | None = None) -> str:
     return _page(_ENTER, user_code=user_code, error=error)
 
 
-def confirm(user_code: str, client_id: str, scope: str | None) -> str:
-    # RFC 8628 §5.4: tell the person which device and access they are approving.
-    return _page(_CONFIRM, user_code=user_code, client_id=client_id, scope=scope)
+def confirm(
+    user_code: str,
+    client_id: str,
+    scope: str | None,
+    *,
+    resources: tuple[str, ...] = (),
+    stronger_sign_in: str | None = None,
+    max_age: int | None = None,
+) -> str:
+    """RFC 8628 §5.4: tell the person which device and access they are approving.
+
+    `resources` are the RFC 8707 resources asked for; `stronger_sign_in` the acr a
+    step-up (RFC 9470) asks for, shown by its last ``:`` part ("mfa"); `max_age` how
+    recent the sign-in must be.
+    """
+    short = stronger_sign_in.rsplit(":", 1)[-1] if stronger_sign_in else None
+    return _page(_CONFIRM, user_code=user_code, client_id=client_id, scope=scope,
+                 resources=resources, stronger_sign_in=short, max_age=max_age)
 
 
 def done(approved: bool, subject: str) -> str:

@@ -15,6 +15,12 @@ reuse interval exist for the same reason), and the unused successor is
 superseded. Any other rotated-away or superseded token is reuse: a stale copy
 exists somewhere, so the whole grant goes. See `present_refresh_token`.
 
+Each device authorization that is approved becomes its own `Grant`: a second
+pairing (a step-up, say) never touches the first. A grant remembers the
+resources (RFC 8707) its device authorization named and the `Login` that
+approved it (acr and auth_time, RFC 9470); every access token remembers its
+scope and audience, for `DevServer.access_token_info`.
+
 Expiry is measured with the injected `clock` (default `time.monotonic`), so
 tests can step time instead of sleeping.
 """
@@ -46,6 +52,15 @@ def normalize_user_code(user_code: str) -> str:
 class User:
     subject: str
     name: str
+
+
+@dataclass(frozen=True)
+class Login:
+    """How the user signed in to approve a device authorization (RFC 9470 step-up)."""
+
+    acr: str  # the authentication context class reference achieved
+    authenticated_at: float  # the server's clock; what max_age is measured against
+    auth_time: int  # the same moment in wall-clock seconds since the epoch (the ID token's auth_time)
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,15 @@ class DeviceCode(DeviceCredentialMixin):
     expires_at: float
     interval: float  # grows by 5 s on every slow_down (RFC 8628 §3.5)
     clock: Clock = field(repr=False)
+    #: RFC 8707 resources the request named (each one known to the server).
+    resources: tuple[str, ...] = ()
+    #: RFC 9470 step-up parameters as the client sent them (also when the server
+    #: does not honour them).
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
     # (user, approved), set by the verification page or DevServer.approve/deny
     decision: tuple[User | None, bool] | None = None
+    login: Login | None = None  # set with an approving decision
     last_poll: float | None = None
 
     def get_client_id(self):
@@ -124,6 +146,13 @@ class Grant:
     client_id: str
     user: User
     scope: str | None
+    login: Login
+    #: What the device authorization named: the resources a refresh may ask for (all
+    #: the server knows when empty), and the step-up parameters it sent.
+    resources: tuple[str, ...] = ()
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
+    id: int = 0  # numbered by State.new_grant, from 1
     revoked: bool = False
     #: The one refresh token of this grant that may be presented without question.
     current: RefreshToken | None = field(default=None, repr=False)
@@ -157,6 +186,9 @@ class _Token(TokenMixin):
 
 @dataclass(eq=False)
 class AccessToken(_Token):
+    #: RFC 8707: the resources it was issued for (its audience); () for none.
+    resources: tuple[str, ...] = ()
+    issued_at: float = 0.0  # the server's clock
     revoked: bool = False
     #: The refresh token issued in the same response (None when none was).
     issued_with: str | None = field(default=None, repr=False)
@@ -180,6 +212,10 @@ class TokenEvent(NamedTuple):
     at: float  # the server's clock when the request arrived
     grant_type: str
     outcome: str  # "ok", the OAuth error code, or "http_NNN"
+    #: The request's `scope` and `resource` parameters (None and () when absent). A
+    #: request that a fault answered (faults.py) is recorded without them.
+    scope: str | None = None
+    resource: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +228,10 @@ class Stats:
     revocations: int  # tokens revoked through /revoke
     reuse_detections: int  # refresh-token families revoked for reuse
     grace_reuses: int = 0  # rotated-away tokens accepted again because their successor was never used
+    #: refresh_token requests (whatever their outcome) that carried `scope` (RFC 6749 §6
+    #: narrowing) / `resource` (RFC 8707); not counting requests a fault answered.
+    narrowed_refreshes: int = 0
+    resource_refreshes: int = 0
 
 
 class State:
@@ -210,6 +250,7 @@ class State:
         self._revocations = 0
         self._reuse_detections = 0
         self._grace_reuses = 0
+        self._grants = 0
 
     # -- device codes --
 
@@ -232,7 +273,17 @@ class State:
 
     # -- tokens --
 
-    def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None) -> None:
+    def new_grant(self, credential: DeviceCode, user: User, scope: str | None) -> Grant:
+        """The grant an approved device authorization becomes when it is redeemed."""
+        self._grants += 1
+        return Grant(
+            credential.client_id, user, scope, credential.login,
+            resources=credential.resources, acr_values=credential.acr_values,
+            max_age=credential.max_age, id=self._grants,
+        )
+
+    def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None,
+                     resources: tuple[str, ...] = ()) -> None:
         now = self.clock()
         self.access_tokens[token["access_token"]] = AccessToken(
             value=token["access_token"],
@@ -240,6 +291,8 @@ class State:
             scope=token.get("scope"),
             expires_at=now + token["expires_in"],
             clock=self.clock,
+            resources=resources,
+            issued_at=now,
             issued_with=token.get("refresh_token"),
         )
         if "refresh_token" in token:
@@ -342,6 +395,7 @@ class State:
 
     def stats(self) -> Stats:
         with self.lock:
+            refreshes = [e for e in self._token_log if e.grant_type == "refresh_token"]
             return Stats(
                 token_requests=dict(self._token_requests),
                 token_log=tuple(self._token_log),
@@ -349,4 +403,6 @@ class State:
                 revocations=self._revocations,
                 reuse_detections=self._reuse_detections,
                 grace_reuses=self._grace_reuses,
+                narrowed_refreshes=sum(1 for e in refreshes if e.scope is not None),
+                resource_refreshes=sum(1 for e in refreshes if e.resource),
             )

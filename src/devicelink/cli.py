@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--min-ttl", type=int, metavar="SECONDS", help="the token must stay valid this long")
     sub.add_parser("pair", help="show a new pairing code now")
     sub.add_parser("unpair", help="revoke the grant at the server and forget it")
+    doctor = sub.add_parser("doctor", help="check config, key, clock, socket, server, display and GPIO; "
+                            "say what to fix")
+    doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     rekey = sub.add_parser("rekey", help="re-encrypt the state under a new key (daemon stopped)")
     rekey.add_argument("--to", choices=("file", "credential"),
                        help="the key source to move to (set [storage] key to it first)")
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "rekey":
             return _rekey(args)
+        if args.command == "doctor":
+            from devicelink import doctor
+
+            return doctor.main(args.config or config.default_path(), as_json=args.json)
         return _ask_daemon(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
@@ -122,7 +129,7 @@ def _ask_daemon(args: argparse.Namespace) -> int:
     from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
 
     cfg = _load_config(args)
-    socket_path = str(cfg.socket.path if cfg else config.SocketConfig().path)
+    socket_path = str(cfg.socket.path) if cfg else None  # None: $DEVICELINK_SOCKET, else the default
     try:
         # Longer than the daemon's own budgets (a 30 s exchange deadline, 30 s waiting for a
         # code), so a slow server is reported as the server's fault, not a missing daemon.

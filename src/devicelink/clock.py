@@ -14,7 +14,9 @@ clock can be trusted for three things:
 Two sources, asked in this order (:class:`ClockProbe`):
 
 1. systemd-timesyncd touches ``/run/systemd/timesync/synchronized`` each time it
-   synchronises (``/run`` is a tmpfs, so the file never survives a reboot);
+   synchronises (``/run`` is a tmpfs, so the file never survives a reboot); when
+   the kernel cannot be asked (below) but timesyncd's directory exists without
+   that file, timesyncd has not synchronised yet;
 2. the kernel's own view through ``adjtimex(2)`` with ``modes = 0`` (a read that
    needs no privilege): synchronised when ``STA_UNSYNC`` is clear and the call
    does not return ``TIME_ERROR``. Every NTP client that disciplines the kernel
@@ -165,6 +167,13 @@ class ClockProbe:
             if not self._warned:
                 logger.info("cannot ask the kernel whether the clock is synchronised: %s", exc)
                 self._warned = True
+            # Under the unit's seccomp filter (ProtectClock= refuses adjtimex): timesyncd runs
+            # (its directory exists) but has not synchronised yet (no flag).
+            try:
+                if self.flag.parent.is_dir():
+                    return ClockReading(False, "timesyncd")
+            except OSError:
+                pass
             return ClockReading(None, "unknown")
         return ClockReading(rc != TIME_ERROR and not status & STA_UNSYNC, "kernel")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ from urllib.parse import urlsplit
 from devicelink.errors import ConfigError
 
 DEFAULT_PATH = "/etc/devicelink/config.toml"
+DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: +[\x21\x23-\x5b\x5d-\x7e]+)*")  # RFC 6749 §3.3
 
 CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
 KEY_SOURCES = ("auto", "file", "credential")
@@ -57,6 +62,8 @@ class StorageConfig:
 @dataclass(frozen=True)
 class SocketConfig:
     path: Path = Path("/run/devicelink/agent.sock")
+    max_connections: int = 512
+    max_connections_per_uid: int = 64
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,16 @@ class GpioConfig:
 
 @dataclass(frozen=True)
 class ClientPolicy:
+    """One ``[[client]]`` entry: which local processes it matches and what they may have."""
+
     name: str
     user: str | None = None
     uid: int | None = None
     group: str | None = None
-    scope: str | None = None
+    scope: str | None = None  # the most this app may get; none: no tokens (status and events only)
+    resource: tuple[str, ...] | None = None  # RFC 8707 resources it may ask for; none: [provider] resource
     admin: bool = False
+    origin: Path | None = None  # the file it came from, for messages
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,14 @@ def default_path() -> Path:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the config file at ``path``."""
     path = Path(path)
+    return parse(read_toml(path), path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; every failure is a one-line ConfigError naming the file."""
     try:
         with path.open("rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (pass --config PATH or set DEVICELINK_CONFIG)") from None
     except PermissionError:
@@ -122,7 +138,19 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8") from None
-    return parse(raw, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_drop_in(path: Path) -> tuple[ClientPolicy, ...]:
+    """One ``clients.d/*.toml`` file: ``[[client]]`` entries and nothing else."""
+    raw = read_toml(path)
+    v = _Validator(path)
+    v.only(raw, "", {"client"})
+    clients = v.clients(raw)
+    if not clients:
+        v.fail("[[client]]", "missing; a clients.d file holds one or more [[client]] entries")
+    return clients
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
@@ -143,7 +171,9 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 
     pairing = v.section(raw, "pairing", PairingConfig, {"restart_on_expiry": v.integer(0, 100)})
     storage = v.section(raw, "storage", StorageConfig, {"state_dir": v.path, "key": v.choice(KEY_SOURCES)})
-    sock = v.section(raw, "socket", SocketConfig, {"path": v.socket_path})
+    sock = v.section(raw, "socket", SocketConfig, {
+        "path": v.socket_path, "max_connections": v.integer(1, 65536), "max_connections_per_uid": v.integer(1, 65536),
+    })
     display = v.section(raw, "display", DisplayConfig, {
         "driver": v.choice(DISPLAY_DRIVERS), "width": v.integer(8, 8192), "height": v.integer(8, 8192),
         "rotate": v.choice((0, 1, 2, 3)), "i2c_port": v.integer(0, 255), "i2c_address": v.integer(0x03, 0x77),
@@ -154,10 +184,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         gpio = v.section(raw, "gpio", GpioConfig, {
             "led": v.integer(0, 63), "button": v.integer(0, 63), "hold_seconds": v.number(1, 600),
         })
-    clients_raw = raw.get("client", [])
-    if not isinstance(clients_raw, list):
-        v.fail("[[client]]", "expected an array of tables ([[client]])")
-    clients = tuple(v.client(entry, i) for i, entry in enumerate(clients_raw))
+    clients = v.clients(raw)
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients)
 
@@ -189,18 +216,26 @@ class _Validator:
                 self.fail(f"{where} {key}", "missing; this value is required")
         return cls(**{key: checks[key](f"{where} {key}", value) for key, value in table.items()})
 
+    def clients(self, raw: dict[str, Any]) -> tuple[ClientPolicy, ...]:
+        entries = raw.get("client", [])
+        if not isinstance(entries, list):
+            self.fail("[[client]]", "expected an array of tables ([[client]])")
+        return tuple(self.client(entry, i) for i, entry in enumerate(entries))
+
     def client(self, entry: Any, index: int) -> ClientPolicy:
         where = f"[[client]] #{index + 1}"
         if not isinstance(entry, dict):
             self.fail(where, "expected a table")
-        checks = {"name": self.text, "user": self.text, "uid": self.integer(0, 2**32 - 2),
-                  "group": self.text, "scope": self.text, "admin": self.boolean}
+        checks = {"name": self.name, "user": self.text, "uid": self.integer(0, 2**32 - 2),
+                  "group": self.text, "scope": self.scope, "resource": self.resources, "admin": self.boolean}
         self.only(entry, where, set(checks))
         if "name" not in entry:
             self.fail(f"{where} name", "missing; every client needs a name")
-        if not any(k in entry for k in ("user", "uid", "group")):
-            self.fail(where, "needs one of user, uid or group to say which processes it matches")
-        return ClientPolicy(**{k: checks[k](f"{where} {k}", val) for k, val in entry.items()})
+        matchers = [k for k in ("user", "uid", "group") if k in entry]
+        if len(matchers) != 1:
+            self.fail(where, "needs exactly one of user, uid or group to say which processes it matches"
+                      + (f", got {' and '.join(matchers)}" if matchers else ""))
+        return ClientPolicy(**{k: checks[k](f"{where} {k}", val) for k, val in entry.items()}, origin=self.file)
 
     # -- value checks -------------------------------------------------------
 
@@ -208,6 +243,17 @@ class _Validator:
         if not isinstance(value, str) or not value.strip():
             self.fail(key, f"expected a non-empty string, got {_show(value)}")
         return value
+
+    def name(self, key: str, value: Any) -> str:
+        # It labels metrics and logs: keep it to a safe alphabet.
+        if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+            self.fail(key, f"expected 1-64 letters, digits, '.', '_' or '-', got {_show(value)}")
+        return value
+
+    def scope(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not _SCOPE_RE.fullmatch(value.strip()):
+            self.fail(key, f"expected space-separated scope tokens (RFC 6749 §3.3), got {_show(value)}")
+        return " ".join(value.split())
 
     def boolean(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):

@@ -12,8 +12,13 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
+from typing import TYPE_CHECKING
+
 from devicelink.config import Config
 from devicelink.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from devicelink.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,36 @@ def read_client_secret(cfg: Config) -> str | None:
     return secret
 
 
+def load_policy(cfg: Config) -> Policy:
+    from devicelink import policy
+
+    loaded = policy.load(cfg)
+    for problem in loaded.problems:
+        logger.warning("%s", problem)
+    logger.info("per-app policy: %d [[client]] entr%s", len(loaded), "y" if len(loaded) == 1 else "ies")
+    return loaded
+
+
+def reload_policy(cfg: Config, current: Policy) -> Policy:
+    """SIGHUP: read the [[client]] entries and drop-ins again. A config file that no longer
+    loads keeps the current policy (and says why); other sections need a restart."""
+    from dataclasses import replace
+
+    from devicelink import config
+
+    if cfg.path is None:
+        return current
+    try:
+        fresh = config.load(cfg.path)
+        if replace(fresh, clients=()) != replace(cfg, clients=()):
+            logger.warning("%s: only [[client]] entries take effect on reload; restart devicelink "
+                           "for the other changes", cfg.path)
+        return load_policy(replace(cfg, clients=fresh.clients))
+    except ConfigError as exc:
+        logger.error("reload: %s; keeping the current policy", exc)
+        return current
+
+
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT arrive)."""
     import httpx
@@ -38,6 +73,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     from devicelink import systemd
     from devicelink.display.factory import open_display
     from devicelink.device import Device
+    from devicelink.ipc.api import SocketApi
     from devicelink.ipc.server import SocketServer
     from devicelink.oauth.http import ClientAuth, OAuthHttp
     from devicelink.tokens.keys import load_key
@@ -49,6 +85,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         from devicelink.gpio import ensure_lgpio_workdir
 
         ensure_lgpio_workdir()
+    policy = load_policy(cfg)
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
     store = EncryptedFileStore(cfg.storage.state_dir, key)
@@ -73,11 +110,22 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
 
             gpio = await attach(device, cfg.gpio)
             stack.push_async_callback(gpio.close)  # closed before device.stop
-        server = SocketServer(device, str(cfg.socket.path))
+        activated = systemd.activated_socket(str(cfg.socket.path))  # devicelink.socket's, else None: we bind
+        api = SocketApi(device, policy)
+        server = SocketServer(api, str(cfg.socket.path) if activated is None else None, sock=activated,
+                              max_connections=cfg.socket.max_connections,
+                              max_connections_per_uid=cfg.socket.max_connections_per_uid)
         await server.start()
         stack.push_async_callback(server.stop)
-        logger.info("devicelink ready on %s (state %s, key from %s)", cfg.socket.path, device.state, key_source)
-        systemd.notify("READY=1")
+        logger.info("devicelink ready on %s (state %s, key from %s)", server.path, device.state, key_source)
+        systemd.notify(f"READY=1\nSTATUS={device.state}")
+        device.listeners.append(lambda state: systemd.notify(f"STATUS={state}"))  # for `systemctl status`
+        try:  # systemctl reload devicelink: the per-app policy, without dropping a connection
+            loop.add_signal_handler(signal.SIGHUP, lambda: api.reload(reload_policy(cfg, api.policy)))
+        except (NotImplementedError, RuntimeError):
+            pass
+        if (interval := systemd.watchdog_interval()) is not None:
+            stack.callback(asyncio.create_task(systemd.watchdog(interval)).cancel)
         await stop.wait()
         logger.info("stopping")
         systemd.notify("STOPPING=1")

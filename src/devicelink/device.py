@@ -1,12 +1,16 @@
 """One device's grant: pairing, silent refresh, unpairing, and the answers the socket gives.
 
 A :class:`Device` holds everything about one device and nothing is global, so
-a simulator can run thousands of them in one event loop. It implements the
-socket's ``Agent`` protocol (``ipc/routes.py``). Rules it keeps:
+a simulator can run thousands of them in one event loop. The socket API
+(``ipc/api.py``) calls it after the per-app policy has said who is asking.
+Rules it keeps:
 
 - One refresh at a time, however many apps ask (RFC 9700 §4.14.2: presenting a
   rotated-away refresh token can revoke the whole grant). Callers share the
-  refresh in flight.
+  refresh in flight. Narrowed tokens (a subset of the scopes, or one resource)
+  are refreshes too: they take the same turn, one upstream request per
+  (scope, resource) however many apps ask, and a refresh token rotated by one
+  is saved as the grant's before the narrowed token is served.
 - A rotated refresh token is written to disk before the new access token is served.
 - Only ``invalid_grant`` ends a grant. Network faults, 5xx and other refusals
   keep it: the cached access token is served until it expires (state
@@ -18,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -29,7 +33,8 @@ from devicelink.config import Config, ProviderConfig, is_loopback
 from devicelink.display.base import Display, NullDisplay, Screen
 from devicelink.errors import (AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation,
                                StoreError)
-from devicelink.ipc.routes import ApiError, Peer, TokenQuery
+from devicelink.events import Hub
+from devicelink.ipc.routes import ApiError, TokenQuery
 from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_state
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
@@ -37,6 +42,8 @@ from devicelink.oauth.http import OAuthHttp
 from devicelink.budget import RequestBudget
 from devicelink.clock import clock_synced as probe_clock_synced
 from devicelink.clock import explain_failure
+from devicelink.metrics import Metrics
+from devicelink.policy import ROOT, App
 from devicelink.tokens.model import TokenSet
 from devicelink.tokens.store import EncryptedFileStore
 
@@ -46,6 +53,28 @@ RECORD_VERSION = 1
 MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
 PAIR_ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
 STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
+MAX_NARROWED = 64  # (scope, resource) keys cached; an app cycling through more only costs refreshes
+
+MAX_STEP_UPS = 8  # step-up sessions at once (one per app and request)
+AUTH_TIME_SKEW = 60  # seconds of clock difference allowed when checking max_age (RFC 9470 §4)
+
+NarrowKey = tuple[str, str | None]  # (sorted scopes, resource)
+StepUpKey = tuple[str, str | None, int | None]  # (app, acr_values, max_age)
+
+
+@dataclass
+class StepUp:
+    """One RFC 9470 step-up: a device authorization of its own, for one app only."""
+
+    app: str
+    acr_values: str | None
+    max_age: int | None
+    code: PairingCode | None = None
+    tokens: TokenSet | None = None
+    error: ApiError | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # a code is shown, or it ended
+    task: asyncio.Task[None] | None = None
+    finished: bool = False
 
 
 class Device:
@@ -94,6 +123,14 @@ class Device:
         self._drawing: asyncio.Future[None] | None = None
         #: Called with the new state after every move (the events API and tests subscribe).
         self.listeners: list[Callable[[State], None]] = []
+        self.events = Hub()
+        self.metrics = Metrics()
+        self.last_refresh_at: float | None = None  # monotonic, for the metrics' age of the last good refresh
+        # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
+        self._exchange_lock = asyncio.Lock()
+        self._narrowed: dict[NarrowKey, TokenSet] = {}
+        self._narrowing: dict[NarrowKey, asyncio.Future[TokenSet]] = {}
+        self._step_ups: dict[StepUpKey, StepUp] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -103,9 +140,20 @@ class Device:
             logger.info("state %s -> %s", old, self.state)
         if self.state is not State.PAIRING:
             self.pairing = None
+        if self.state not in HOLDS_GRANT:
+            self._narrowed.clear()
         self._redraw()
+        if old is not self.state:
+            self.events.publish("state", self.state_event())
         for listener in self.listeners:
             listener(self.state)
+
+    def state_event(self) -> dict[str, Any]:
+        """The ``state`` event: what an app needs to know to wait for pairing (never a token)."""
+        account = self.tokens.account if self.tokens and self.state in HOLDS_GRANT else None
+        return {"state": self.state.value,
+                "account": {"sub": account.sub, "name": account.name} if account else None,
+                "message": self.message}
 
     def _redraw(self) -> None:
         """Hand the current screen to the display. Panels that draw slowly (an OLED frame is
@@ -114,8 +162,16 @@ class Device:
         if isinstance(self.display, NullDisplay):
             return
         account = self.tokens.account if self.tokens else None
-        screen = Screen(self.state, self.pairing, account and (account.name or account.sub), self.message,
-                        reset_in=self.reset_in, clock_synced=self.clock_synced())
+        name = account and (account.name or account.sub)
+        shown = next((s for s in self._step_ups.values() if s.code and not s.finished), None) \
+            if self.state in HOLDS_GRANT else None
+        if shown is not None:  # the standing grant stays in use; the screen asks for the stronger sign-in
+            screen = Screen(State.PAIRING, shown.code, name,
+                            f"Confirm on your phone: {shown.app} asks for a stronger sign-in.",
+                            reset_in=self.reset_in, clock_synced=self.clock_synced())
+        else:
+            screen = Screen(self.state, self.pairing, name, self.message,
+                            reset_in=self.reset_in, clock_synced=self.clock_synced())
         if not getattr(self.display, "draws_slowly", False):
             try:
                 self.display.show(screen, self.clock())
@@ -159,32 +215,157 @@ class Device:
 
     # -- the Agent protocol of ipc/routes.py ------------------------------------
 
-    async def token(self, query: TokenQuery, peer: Peer) -> dict[str, Any]:
-        self._require_grant()
-        if query.resource:
-            raise ApiError("invalid_request", "resource indicators (RFC 8707) are not supported in this version")
-        if query.scope:
-            granted = set((self.tokens.scope if self.tokens and self.tokens.scope else self.provider.scope or "").split())
-            missing = [s for s in query.scope.split() if s not in granted]
-            if missing:
-                raise ApiError("forbidden", f"scope {' '.join(missing)!r} is not part of the grant")
+    def token_now(self, query: TokenQuery, app: App = ROOT) -> dict[str, Any] | None:
+        """The answer to a token request if it needs no request upstream, else None (call
+        :meth:`token`). Raises ApiError when ``app`` may not have what it asks for."""
+        key = self._narrow_key(query, app)
+        tokens = self.tokens if key is None else self._narrowed.get(key)
+        if tokens is None or self.tokens is None:
+            return None
+        now = self.clock()
+        if tokens.valid_for(self._wanted_ttl(query, tokens), now) or (key is None and now < self._retry_at
+                                                                     and tokens.valid_for(0, now)):
+            return self._answer(tokens, now)
+        return None
+
+    async def token(self, query: TokenQuery, app: App = ROOT) -> dict[str, Any]:
+        """A token for ``app``: the grant's own access token, or a narrowed one."""
+        answer = self.token_now(query, app)
+        if answer is not None:
+            return answer
+        key = self._narrow_key(query, app)
+        if key is not None:
+            return self._answer(await self._narrowed_token(key, query), self.clock())
         tokens = self.tokens
         assert tokens is not None
-        now = self.clock()
-        # A token fresher than half its lifetime always satisfies min_ttl: otherwise a
-        # server issuing short tokens and an app asking a long min_ttl would refresh on every call.
-        wanted = min(query.min_ttl, tokens.lifetime / 2)
-        if not tokens.valid_for(wanted, now) and now >= self._retry_at:
+        if self.clock() >= self._retry_at:
             await self.refresh()
             self._require_grant()
             tokens = self.tokens
             assert tokens is not None
-            now = self.clock()
+        now = self.clock()
         if not tokens.valid_for(0, now):
             raise ApiError("upstream_unavailable", "the access token expired and the authorization server "
                            f"cannot be reached to refresh it ({self.last_error or 'no answer'})")
+        return self._answer(tokens, now)
+
+    def _answer(self, tokens: TokenSet, now: float) -> dict[str, Any]:
         return {"access_token": tokens.access_token, "token_type": "Bearer",
                 "expires_in": int(tokens.expires_in(now)), "scope": tokens.scope or self.provider.scope or ""}
+
+    @staticmethod
+    def _wanted_ttl(query: TokenQuery, tokens: TokenSet) -> float:
+        # A token fresher than half its lifetime always satisfies min_ttl: otherwise a
+        # server issuing short tokens and an app asking a long min_ttl would refresh on every call.
+        return min(query.min_ttl, tokens.lifetime / 2)
+
+    def _granted_scopes(self) -> frozenset[str]:
+        assert self.tokens is not None
+        return frozenset((self.tokens.scope or self.provider.scope or "").split())
+
+    def _narrow_key(self, query: TokenQuery, app: App) -> NarrowKey | None:
+        """None for the grant's own token; else which narrowed token ``app`` gets.
+        Raises ApiError: never more than the app's policy allows, nor more than the grant holds."""
+        self._require_grant()
+        resource = query.resource
+        if resource is not None:
+            # Only resources the device authorization named (RFC 8707 §2.2): a server may spend the
+            # refresh token on an invalid_target answer (oidc-provider does), and under rotation
+            # that would cost the grant.
+            if resource not in self.provider.resource:
+                raise ApiError("forbidden", f"resource {resource!r} is not part of the grant; "
+                               "list it in [provider] resource and pair again")
+            if app.resources is not None and resource not in app.resources:
+                raise ApiError("forbidden", f"resource {resource!r} is not allowed for {app.name!r} "
+                               "by the [[client]] policy")
+        granted = self._granted_scopes()
+        # A resource's scopes may be in the grant without being in the default access token
+        # (oidc-provider issues api:* only in tokens for that API): what was asked at pairing counts.
+        grantable = granted | frozenset((self.provider.scope or "").split()) if resource else granted
+        if query.scope is not None:
+            wanted = frozenset(query.scope.split())
+            refused = app.allows_scope(wanted)
+            if refused:
+                raise ApiError("forbidden", f"scope {' '.join(sorted(refused))!r} is not allowed "
+                               f"for {app.name!r} by the [[client]] policy")
+        elif app.scope is None:
+            wanted = grantable
+        else:
+            wanted = app.scope & grantable
+            if not wanted:
+                raise ApiError("forbidden", f"the [[client]] policy gives {app.name!r} no scope of this grant")
+        missing = wanted - grantable
+        if missing:
+            raise ApiError("forbidden", f"scope {' '.join(sorted(missing))!r} is not part of the grant")
+        if wanted == granted and resource is None:
+            return None
+        return " ".join(sorted(wanted)), resource
+
+    async def _narrowed_token(self, key: NarrowKey, query: TokenQuery) -> TokenSet:
+        """One upstream request per key, however many apps ask at once."""
+        pending = self._narrowing.get(key)
+        if pending is None or pending.done():
+            pending = self._narrowing[key] = asyncio.ensure_future(self._fetch_narrowed(key))
+            pending.add_done_callback(lambda f, key=key: self._narrowing.pop(key, None)
+                                      if self._narrowing.get(key) is f else None)
+        tokens = await asyncio.shield(pending)
+        if not tokens.valid_for(0, self.clock()):
+            raise ApiError("upstream_unavailable", "the narrowed access token the server issued has already expired")
+        return tokens
+
+    async def _fetch_narrowed(self, key: NarrowKey) -> TokenSet:
+        scope, resource = key
+        async with self._exchange_lock:
+            self._require_grant()
+            tokens, endpoints = self.tokens, self.endpoints
+            assert tokens is not None
+            if not tokens.refresh_token or endpoints is None:
+                raise ApiError("upstream_unavailable", "this grant has no refresh token, so no narrower "
+                               "token can be had; ask without scope and resource")
+            now = self.clock()
+            if not self.budget.allows(now, RequestBudget.allowance(tokens.lifetime)):
+                raise ApiError("upstream_unavailable", "hourly request budget spent; try again later")
+            self.budget.spend(now)
+            reply = await self.http.send(m.refresh_request(endpoints, tokens.refresh_token, scope or None, resource))
+            error = m.oauth_error(reply) if isinstance(reply, m.Response) else None
+            if error == "invalid_grant":
+                self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="rejected")
+                if self.state is not State.REFRESHING:
+                    self._move(Event.REFRESH_STARTED)
+                await self._reject("the authorization server rejected the refresh token (invalid_grant); pair again")
+                raise ApiError("reauth_required", "the grant has ended; the device must be paired again")
+            if error in ("invalid_scope", "invalid_target"):
+                self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="refused")
+                what = f"scope {scope!r}" if error == "invalid_scope" else f"resource {resource!r}"
+                raise ApiError("forbidden", f"the authorization server refused {what} ({error})")
+            try:
+                if m.is_transient(reply) or error is not None:
+                    raise GrantFailed(m.describe(reply) if isinstance(reply, m.Response)
+                                      else explain_failure(reply.reason, self.clock_synced()), error)
+                assert isinstance(reply, m.Response)
+                parsed = m.parse_tokens(reply, self.provider.issuer, self.provider.client_id, refreshable=True)
+            except (GrantFailed, ProtocolViolation) as exc:
+                self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="failed")
+                raise ApiError("upstream_unavailable", f"cannot get a narrowed token: {exc}") from None
+            # RFC 6749 §5.1: no scope in the answer means the one asked for. A broader one is never served.
+            got = frozenset((parsed.scope or scope).split())
+            if not got <= frozenset(scope.split()) and scope:
+                self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="refused")
+                raise ApiError("upstream_unavailable", "the authorization server ignored the narrower scope "
+                               f"(asked {scope!r}, got {parsed.scope!r}); not served")
+            if parsed.refresh_token and parsed.refresh_token != tokens.refresh_token:
+                # Rotation (RFC 9700 §4.14.2): the old refresh token is spent. Save the new one
+                # as the grant's (its scope is the grant's, RFC 6749 §6) before serving anything.
+                fresh = replace(tokens, refresh_token=parsed.refresh_token)
+                await self._save(fresh)
+                self.tokens = fresh
+            self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="ok")
+            narrowed = replace(parsed, refresh_token=None, account=None, scope=" ".join(sorted(got)) or None)
+            if len(self._narrowed) >= MAX_NARROWED:
+                del self._narrowed[next(iter(self._narrowed))]
+            if self.state in HOLDS_GRANT:
+                self._narrowed[key] = narrowed
+            return narrowed
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
@@ -212,8 +393,7 @@ class Device:
             return True
         return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
 
-    async def pair(self, peer: Peer) -> dict[str, Any]:
-        self._require_admin(peer, "pair")
+    async def pair(self) -> dict[str, Any]:
         if self.state in HOLDS_GRANT:
             raise ApiError("invalid_request", f"already paired{self._account_suffix()}; unpair first")
         self._start_pairing()
@@ -223,8 +403,7 @@ class Device:
             pass  # still connecting: the status says so
         return self.status()
 
-    async def unpair(self, peer: Peer) -> dict[str, Any]:
-        self._require_admin(peer, "unpair")
+    async def unpair(self) -> dict[str, Any]:
         # A refresh in flight may already have rotated the refresh token at the server:
         # wait for it, so the token revoked is the live one and no late save restores the grant.
         await self._settle_refresh()
@@ -250,6 +429,119 @@ class Device:
         return {"state": self.state.value, "revoked": error is None and bool(tokens and self._can_revoke()),
                 "revocation_error": error}
 
+    # -- step-up (RFC 9470) ------------------------------------------------------
+
+    async def step_up(self, app: App, acr_values: str | None, max_age: int | None,
+                      min_ttl: int = 60) -> tuple[int, dict[str, Any]]:
+        """``(202, the code to confirm)`` while the user has yet to confirm, ``(200, token)`` once
+        they have. The stronger token is this app's alone; the standing grant is untouched.
+        Raises ApiError when it failed (the next call starts afresh)."""
+        self._require_grant()
+        key = (app.name, acr_values, max_age)
+        session = self._step_ups.get(key)
+        now = self.clock()
+        if session is not None and session.task is not None and session.task.done():
+            if session.error is not None or session.tokens is None or not session.tokens.valid_for(min_ttl, now):
+                del self._step_ups[key]
+                if session.error is not None:
+                    raise session.error
+                session = None
+        if session is None:
+            if len(self._step_ups) >= MAX_STEP_UPS:
+                raise ApiError("invalid_request", "too many step-ups under way; try again in a few minutes")
+            session = self._step_ups[key] = StepUp(app.name, acr_values, max_age)
+            session.task = asyncio.create_task(self._run_step_up(session, self._step_up_scope(app)))
+            try:  # until a code is shown or it has ended
+                await asyncio.wait_for(session.settled.wait(), PAIR_ANSWER_WAIT)
+            except TimeoutError:
+                pass
+            if session.task.done():
+                return await self.step_up(app, acr_values, max_age, min_ttl)
+        if session.tokens is not None:
+            answer = self._answer(session.tokens, self.clock())
+            account = session.tokens.account
+            return 200, {**answer, "acr": account and account.acr, "auth_time": account and account.auth_time}
+        code = session.code
+        return 202, {"status": "pending", "user_code": code and code.user_code,
+                     "verification_uri": code and code.verification_uri,
+                     "verification_uri_complete": code and code.verification_uri_complete,
+                     "expires_in": code and code.expires_in(self.clock())}
+
+    def _step_up_scope(self, app: App) -> str | None:
+        granted = self._granted_scopes()
+        scopes = granted if app.scope is None else app.scope & granted
+        return " ".join(sorted(scopes)) or None
+
+    async def _run_step_up(self, session: StepUp, scope: str | None) -> None:
+        extra = tuple((k, str(v)) for k, v in (("acr_values", session.acr_values), ("max_age", session.max_age))
+                      if v is not None)
+
+        def show(step: grant.Show) -> None:
+            session.code = step.code
+            session.settled.set()
+            logger.info("step-up for %s: confirm code %s at %s", session.app, step.code.user_code,
+                        step.code.verification_uri)
+            self.events.publish("step_up", {"app": session.app, "status": "pending"})
+            self._redraw()
+
+        ticker = asyncio.create_task(self._tick())
+        try:
+            endpoints = self.endpoints or await self._resolve_endpoints()
+            flow = grant.device_flow(endpoints, scope, self.provider.resource, self.provider.issuer,
+                                     self.provider.client_id, self.rng, extra)
+            tokens = await self.http.run(flow, show=show, sleep=self.sleep, observe=self._observe)
+            session.error = self._step_up_shortfall(session, tokens)
+            if tokens.refresh_token:  # only this one token is wanted: the extra grant is given back
+                self._pending_revocations.append((tokens.refresh_token, "refresh_token"))
+                await self._save(self.tokens)
+                self._start_revoking(first_delay=0.0)
+            session.tokens = replace(tokens, refresh_token=None) if session.error is None else None
+        except asyncio.CancelledError:
+            raise
+        except DeviceCodeExpired:
+            session.error = ApiError("forbidden", "nobody confirmed the stronger sign-in before the code expired; "
+                                     "ask again for a new code")
+        except AuthorizationDenied:
+            session.error = ApiError("forbidden", "the user declined the stronger sign-in")
+        except (GrantFailed, ProtocolViolation) as exc:
+            session.error = ApiError("upstream_unavailable", f"step-up failed: {exc}")
+        except ApiError as exc:
+            session.error = exc
+        except Exception as exc:
+            logger.exception("step-up failed unexpectedly")
+            session.error = ApiError("upstream_unavailable", f"step-up failed: unexpected {type(exc).__name__}")
+        finally:
+            ticker.cancel()
+            session.finished = True
+            session.settled.set()
+            outcome = (f"failed: {session.error.description}" if session.error
+                       else "done" if session.tokens else "cancelled")
+            logger.info("step-up for %s: %s", session.app, outcome)
+            self.events.publish("step_up", {"app": session.app,
+                                            "status": "failed" if session.error or not session.tokens else "done"})
+            self._redraw()
+
+    def _step_up_shortfall(self, session: StepUp, tokens: TokenSet) -> ApiError | None:
+        """RFC 9470 §4: a server that ignores acr_values or max_age says so only through the
+        ID token's ``acr`` and ``auth_time``. Tell the app plainly instead of handing it a
+        token its API will refuse again."""
+        account = tokens.account
+        if session.acr_values is not None:
+            acr = account.acr if account else None
+            if acr not in session.acr_values.split():
+                return ApiError("step_up_unsupported", "the authorization server ignored acr_values "
+                                f"{session.acr_values!r}: the sign-in it reports is "
+                                f"{'acr ' + repr(acr) if acr else 'without an acr claim'}")
+        if session.max_age is not None:
+            auth_time = account.auth_time if account else None
+            if auth_time is None:
+                return ApiError("step_up_unsupported", "the authorization server ignored max_age: "
+                                "its ID token has no auth_time")
+            if self.clock_synced() is not False and self.wall_clock() - auth_time > session.max_age + AUTH_TIME_SKEW:
+                return ApiError("step_up_unsupported", "the authorization server ignored max_age: the sign-in "
+                                f"it reports is {self.wall_clock() - auth_time:.0f} s old")
+        return None
+
     # -- the button (gpio/button.py) ----------------------------------------------
 
     def button_pressed(self) -> None:
@@ -271,7 +563,7 @@ class Device:
         """The button was held to the end: revoke, wipe, and show a code for the next owner."""
         logger.info("button: factory reset")
         self.reset_in = None
-        await self.unpair(Peer(os.getpid(), os.getuid(), os.getgid()))
+        await self.unpair()
         self._start_pairing()
 
     # -- pairing ----------------------------------------------------------------
@@ -304,12 +596,14 @@ class Device:
             except DeviceCodeExpired:
                 expired_in_a_row += 1
                 if expired_in_a_row <= self.cfg.pairing.restart_on_expiry:
+                    self.metrics.inc("devicelink_codes_expired_total")
                     logger.info("the code expired; showing a new one (%d of %d)",
                                 expired_in_a_row, self.cfg.pairing.restart_on_expiry)
                     self.message = "The last code expired. Here is a new one."
                     self._move(Event.CODE_REPLACED)
                     continue
                 # RFC 8628 §3.5: after expired_token, wait for the user before starting again.
+                self.metrics.inc("devicelink_codes_expired_total")
                 self.message = "The code expired. Press the button or run `devicelink pair` for a new one."
                 logger.info("the code expired; waiting for the user to ask for a new one")
                 self._pairing_settled.set()
@@ -329,6 +623,7 @@ class Device:
             self.message = None
             self.tokens = tokens
             await self._save(tokens)
+            self.metrics.inc("devicelink_pairings_total")
             self._move(Event.PAIRED)
             logger.info("paired%s", self._account_suffix())
             self._refresh_task = asyncio.create_task(self._keep_fresh())
@@ -361,15 +656,24 @@ class Device:
         logger.info("pairing: enter code %s at %s", step.code.user_code, step.code.verification_uri)
         self._pairing_settled.set()
         self._redraw()
+        self.metrics.inc("devicelink_codes_issued_total")
+        code = step.code
+        self.events.publish("pairing", {"user_code": code.user_code, "verification_uri": code.verification_uri,
+                                        "verification_uri_complete": code.verification_uri_complete,
+                                        "expires_in": code.expires_in(self.clock())})
 
     async def _tick(self) -> None:
         """Keep the countdown on screen moving while a code is shown."""
         while True:
             await self.sleep(1.0)
-            if self.pairing is not None:
+            if self.pairing is not None or any(s.code and not s.finished for s in self._step_ups.values()):
                 self._redraw()
 
-    def _observe(self, reply: m.Reply) -> None:
+    def _observe(self, request: m.Request, reply: m.Reply) -> None:
+        if request.kind == "device_token":
+            self.metrics.inc("devicelink_polls_total")
+            if isinstance(reply, m.Response) and (m.oauth_error(reply) == "slow_down" or reply.status == 429):
+                self.metrics.inc("devicelink_slow_downs_total")
         if isinstance(reply, m.Failure):
             self.last_error = ("cannot reach the authorization server: "
                                f"{explain_failure(reply.reason, self.clock_synced())}")
@@ -402,12 +706,16 @@ class Device:
                                f"token lifetime needs); next refresh in {self._retry_at - now:.0f} s")
             logger.warning("%s", self.last_error)
             self._tokens_changed.set()
+            self.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="budget")
             return
         self.budget.spend(now)
         self._move(Event.REFRESH_STARTED)
         self._last_attempt = now
         try:
-            await self._exchange_refresh(tokens, endpoints)
+            async with self._exchange_lock:  # a narrowed refresh may be using the refresh token
+                if self.tokens is None or self.state is not State.REFRESHING:
+                    return  # that narrowed refresh found the grant ended
+                await self._exchange_refresh(self.tokens, endpoints)  # its refresh token may have rotated
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or an answer nobody foresaw: never wedge in "refreshing"
@@ -421,6 +729,7 @@ class Device:
         error = m.oauth_error(reply) if isinstance(reply, m.Response) else None
         if error == "invalid_grant":
             # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
+            self.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="rejected")
             await self._reject("the authorization server rejected the refresh token (invalid_grant); pair again")
             return
         try:
@@ -440,13 +749,18 @@ class Device:
         await self._save(fresh)
         self.tokens = fresh
         self.last_refresh = self.wall_clock()
+        self.last_refresh_at = self.clock()
         self._refresh_backoff.reset()
         self._retry_at = 0.0
+        self.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="ok")
         self._move(Event.REFRESH_SUCCEEDED)
         self._tokens_changed.set()
+        self.events.publish("token_rotated", {"expires_in": int(fresh.expires_in(self.clock())),
+                                              "scope": fresh.scope or self.provider.scope or ""})
 
     def _refresh_failed(self, reply: m.Reply, reason: str) -> None:
         delay = grant.transient_delay(reply, self._refresh_backoff)
+        self.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="failed")
         self._retry_at = self.clock() + delay
         self.last_error = reason
         logger.warning("%s; keeping the grant, next try in %.0f s", reason, delay)
@@ -604,6 +918,12 @@ class Device:
         if self._revoking is not None:
             await asyncio.wait([self._revoking])
 
+    async def step_ups_settled(self) -> None:
+        """Wait until no step-up is under way (for tests)."""
+        tasks = [s.task for s in self._step_ups.values() if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def _settle_refresh(self) -> None:
         """Let a refresh in flight finish: the server may already have rotated the refresh
         token, and cancelling now would lose the new one (the next start would replay the old)."""
@@ -612,9 +932,15 @@ class Device:
                 await asyncio.wait_for(asyncio.shield(self._inflight), STOP_GRACE)
             except (TimeoutError, Exception):
                 pass
+        for pending in list(self._narrowing.values()):  # a narrowed refresh may rotate the refresh token too
+            await asyncio.wait([pending], timeout=STOP_GRACE)
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
+        for session in self._step_ups.values():
+            if session.task is not None and not session.task.done() and session.task is not current:
+                session.task.cancel()
+        self._step_ups.clear()
         for task in (self._pairing_task, self._refresh_task, self._inflight, self._revoking):
             if task is not None and task is not current and not task.done():
                 task.cancel()
@@ -635,16 +961,6 @@ class Device:
             raise ApiError("reauth_required", f"the device must be paired again ({self.last_error or 'grant ended'})")
         raise ApiError("not_paired", "the device is not paired; run `devicelink pair`")
 
-    def _require_admin(self, peer: Peer, action: str) -> None:
-        """Until per-app policy lands, root, the daemon's own user, and [[client]] entries
-        with admin = true (matched by uid or user) may pair and unpair."""
-        if peer.uid in (0, os.getuid()):
-            return
-        for client in self.cfg.clients:
-            if client.admin and (client.uid == peer.uid or (client.user and _uid_of(client.user) == peer.uid)):
-                return
-        raise ApiError("forbidden", f"uid {peer.uid} may not {action} (not an admin client)")
-
     def _account_suffix(self) -> str:
         account = self.tokens.account if self.tokens else None
         return f" as {account.name or account.sub}" if account else ""
@@ -661,15 +977,6 @@ def _complete(endpoints: dict[str, str]) -> bool:
 
 def _transport_allowed(url: str, p: ProviderConfig) -> bool:
     return url.startswith("https://") or (p.allow_insecure_http and url.startswith("http://") and is_loopback(url))
-
-
-def _uid_of(user: str) -> int | None:
-    import pwd
-
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        return None
 
 
 def _iso(wall: float | None) -> str | None:

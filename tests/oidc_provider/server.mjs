@@ -38,6 +38,31 @@
 //                             it to prove none of them leaks into the device's
 //                             files or logs, and to see what the device
 //                             presented. Never set it elsewhere.
+//
+// Beyond the device flow, rotation and revocation, it is set up for what the
+// daemon sends on behalf of its apps:
+//
+//   - Narrowed refresh (RFC 6749 section 6): `scope` on a refresh_token grant
+//     may name a subset of the refresh token's scope; the access token gets
+//     exactly that subset, anything more is invalid_scope. oidc-provider does
+//     this natively; the new refresh token keeps the full scope.
+//   - Resource indicators (RFC 8707), see RESOURCE_SERVERS below: `resource`
+//     on the device authorization request and on token requests. A token
+//     request naming one of the grant's resources gets a signed JWT access
+//     token with `aud` = that resource and only that resource's scopes; one
+//     naming none gets the usual opaque token for the userinfo endpoint (when
+//     the grant has `openid`). A refresh may only name a resource that the
+//     device authorization request named; anything else is invalid_target,
+//     and (rotation comes first) that refresh has spent its refresh token.
+//   - Step-up (RFC 9470): `acr_values` and `max_age` are accepted on the
+//     device authorization request, discovery lists ACR_VALUES, and each login
+//     gets an `acr` (see loginAcr below) that the ID token carries when
+//     acr_values were requested. `auth_time` is in the ID token when max_age
+//     was requested, except max_age=0 (the library turns it into
+//     prompt=login, which the device flow does not keep).
+//   - Token introspection (RFC 7662) at /token/introspection, so tests can ask
+//     what an opaque access token was issued for; a public client may only
+//     introspect its own tokens.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import * as http from 'node:http';
@@ -49,10 +74,22 @@ import process from 'node:process';
 console.log = (...args) => console.error(...args);
 console.info = (...args) => console.error(...args);
 
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors } = await import('oidc-provider');
 
 const CLIENT_ID = 'devicelink-test';
 const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+// The resource servers this server issues tokens for (RFC 8707), the same URIs
+// as the development server's default `resources`, with the scopes each one
+// defines. Their access tokens are RS256 JWTs signed with the key in /jwks.
+const RESOURCE_SERVERS = {
+  'https://api.example.com': 'api:read api:write',
+  'https://media.example.com': 'media:read',
+};
+
+// Authentication context classes (RFC 9470, OIDC acr), weakest first; the same
+// values as the development server's.
+const ACR_VALUES = ['urn:devicelink:acr:pwd', 'urn:devicelink:acr:mfa'];
 
 function usage(message) {
   process.stderr.write(`server.mjs: ${message}\nusage: node server.mjs PORT   (0 = any free port)\n`);
@@ -136,14 +173,50 @@ const configuration = {
     // Python helper scripts them. Consent stays a real step: the helper
     // submits the consent form instead of the server skipping it.
     devInteractions: { enabled: true },
+    introspection: {
+      enabled: true,
+      // The library's default policy, spelled out so it does not warn: a
+      // public client may introspect only the tokens issued to it.
+      async allowedPolicy(ctx, client, token) {
+        return !(client.clientAuthMethod === 'none' && token.clientId !== ctx.oidc.client.clientId);
+      },
+    },
+    resourceIndicators: {
+      enabled: true,
+      // The library's default: no resource asked for, none assumed. A token
+      // request that names none for a grant of several resources (and no
+      // `openid`) fails with invalid_target: a token has one audience.
+      async defaultResource(ctx, client, oneOf) {
+        return oneOf;
+      },
+      // Without `resource` on a token request the token is for the userinfo
+      // endpoint (when the grant has `openid`), not for a granted resource:
+      // the daemon's default token stays the usual one.
+      async useGrantedResource(ctx, model) {
+        return false;
+      },
+      async getResourceServerInfo(ctx, resourceIndicator, client) {
+        if (!Object.hasOwn(RESOURCE_SERVERS, resourceIndicator)) throw new errors.InvalidTarget();
+        return {
+          scope: RESOURCE_SERVERS[resourceIndicator],
+          accessTokenTTL: accessTokenTtl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
   },
+  acrValues: ACR_VALUES,
   // A refresh token for every grant of a client allowed the refresh_token
   // grant (the default also demands the offline_access scope).
   async issueRefreshToken(ctx, client, code) {
     return client.grantTypeAllowed('refresh_token');
   },
   // Rotate on every use: the old refresh token is consumed, and presenting it
-  // again (reuse) makes oidc-provider revoke the whole grant.
+  // again (reuse) makes oidc-provider revoke the whole grant. Rotation happens
+  // before `resource` is resolved, so a refresh refused with invalid_target has
+  // already consumed the token it presented (the scope check comes first, so
+  // invalid_scope spends nothing).
   rotateRefreshToken: true,
   ttl: {
     AccessToken: accessTokenTtl,
@@ -160,6 +233,29 @@ const configuration = {
 };
 
 const provider = new Provider(issuer, configuration);
+
+// The acr of a login (RFC 9470 step-up). devInteractions' login page sets none,
+// so every login gets one here: the `acr` field of the login form if the test
+// harness posted one (test-only: "the user did this kind of sign-in"), else
+// the first of the request's acr_values that this server supports (the user
+// did the stronger sign-in that was asked for), else the weakest.
+function loginAcr(posted, requested) {
+  if (posted !== undefined) {
+    if (!ACR_VALUES.includes(posted)) throw new errors.InvalidRequest('unsupported acr');
+    return posted;
+  }
+  const asked = String(requested ?? '').split(' ').filter((value) => ACR_VALUES.includes(value));
+  return asked[0] ?? ACR_VALUES[0];
+}
+
+const interactionResult = provider.interactionResult.bind(provider);
+provider.interactionResult = async (req, res, result, options) => {
+  if (result?.login && result.login.acr === undefined) {
+    const { params } = await provider.interactionDetails(req, res);
+    result.login.acr = loginAcr(Provider.ctx?.oidc?.body?.acr, params.acr_values);
+  }
+  return interactionResult(req, res, result, options);
+};
 
 if (devicePollInterval !== undefined) {
   provider.use(async (ctx, next) => {

@@ -13,6 +13,11 @@ cookies in one ``httpx.Client``. Each call is a fresh browser, so every approval
 logs in again.
 
 Errors name the step and the HTTP status, never a token or a cookie.
+
+:meth:`OidcProvider.access_token_info` says what the server issued an access
+token for: a JWT access token (issued for one of :data:`RESOURCE_SERVERS`,
+RFC 8707) is verified against the server's keys and its claims returned; an
+opaque one is introspected (RFC 7662).
 """
 
 from __future__ import annotations
@@ -31,12 +36,22 @@ from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import jwt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_DIR = REPO_ROOT / "tests" / "oidc_provider"
 SERVER_SCRIPT = SERVER_DIR / "server.mjs"
 
 CLIENT_ID = "devicelink-test"
+#: The resource servers (RFC 8707) server.mjs issues JWT access tokens for, with their scopes.
+RESOURCE_SERVERS = {
+    "https://api.example.com": "api:read api:write",
+    "https://media.example.com": "media:read",
+}
+ACR_PWD = "urn:devicelink:acr:pwd"
+ACR_MFA = "urn:devicelink:acr:mfa"
+#: server.mjs's acrValues (RFC 9470 step-up), weakest first.
+ACR_VALUES = (ACR_PWD, ACR_MFA)
 START_TIMEOUT = 30.0  # seconds; starting takes well under a second normally
 STOP_TIMEOUT = 10.0
 HTTP_TIMEOUT = 10.0
@@ -308,14 +323,50 @@ class OidcProvider:
     ) -> None:
         self.stop()
 
+    def access_token_info(self, access_token: str) -> dict:
+        """What the server says ``access_token`` is for, plus ``active``.
+
+        A JWT (a token for one of :data:`RESOURCE_SERVERS`): its claims (``aud``, ``scope``,
+        ``sub``, ``client_id``, ``iat``, ``exp``, ...) once its RS256 signature and ``iss``
+        check out against the server's JWKS; ``active`` is whether ``exp`` is still ahead
+        (oidc-provider cannot introspect structured tokens, so a revoked one still looks
+        active). Opaque: the RFC 7662 introspection response (``{"active": False}`` for an
+        unknown, expired or revoked token), which carries no ``aud``. Neither has ``acr``.
+        """
+        with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+            meta = client.get(f"{self.issuer}/.well-known/openid-configuration").json()
+            if access_token.count(".") == 2:
+                keys = jwt.PyJWKSet.from_dict(client.get(meta["jwks_uri"]).json())
+                kid = jwt.get_unverified_header(access_token).get("kid")
+                key = next(k for k in keys.keys if k.key_id == kid)
+                claims = jwt.decode(
+                    access_token, key.key, algorithms=["RS256"], issuer=self.issuer,
+                    options={"verify_aud": False, "verify_exp": False, "require": ["exp", "aud"]},
+                )
+                return {**claims, "active": claims["exp"] > time.time()}
+            response = client.post(
+                meta["introspection_endpoint"], data={"client_id": self.client_id, "token": access_token}
+            )
+        if response.status_code != 200:
+            raise OidcProviderError(f"introspection got HTTP {response.status_code}")
+        return response.json()
+
     def stderr_tail(self) -> str:
         """The last lines the server wrote to stderr (warnings, server errors)."""
         return "\n".join(self._stderr_tail)
 
     # -- the phone ---------------------------------------------------------
 
-    def approve(self, user_code: str, login: str = "alice") -> None:
-        """Approve the device whose ``user_code`` is given, logged in as ``login``."""
+    def approve(self, user_code: str, login: str = "alice", acr: str | None = None) -> None:
+        """Approve the device whose ``user_code`` is given, logged in as ``login``.
+
+        ``acr`` is the kind of sign-in the user did (one of :data:`ACR_VALUES`); by
+        default the server records the first of the request's ``acr_values`` it
+        supports (the user did the stronger sign-in asked for), else
+        :data:`ACR_PWD`. The ID token carries it when ``acr_values`` were requested.
+        """
+        if acr is not None and acr not in ACR_VALUES:
+            raise ValueError(f"acr must be one of {ACR_VALUES}, got {acr!r}")
         with self._browser() as browser:
             confirm = self._open_confirm_page(browser, user_code, "approve")
             form = self._form(confirm, form_id="op.deviceConfirmForm")
@@ -328,6 +379,8 @@ class OidcProvider:
                 page,
                 login_form,
                 {"login": login, "password": "any password (devInteractions checks none)"},
+                # Not a field of devInteractions' form: server.mjs reads it (loginAcr).
+                extra={"acr": acr} if acr is not None else None,
             )
 
             consent_form = self._form(page, prompt="consent", what="consent form")
@@ -401,12 +454,14 @@ class OidcProvider:
         form: _Form,
         values: dict[str, str],
         button: tuple[str, str] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> _Page:
         data: dict[str, str] = {name: value for name, value, _ in form.fields}
         unknown = set(values) - set(data)
         if unknown:
             raise OidcProviderError(f"step '{step}': the form has no field {sorted(unknown)}")
         data.update(values)
+        data.update(extra or {})
         if button is not None:
             data[button[0]] = button[1]
         action = urljoin(str(page.response.url), form.action or "")

@@ -2,8 +2,9 @@
 
 This module is pure. It imports no asyncio and touches no socket: the server
 (:mod:`devicelink.ipc.server`) parses HTTP with h11, asks :func:`resolve` which
-handler a request goes to, calls the :class:`Agent`, and turns what it gets
-back into bytes with the helpers below. Every status, error code and header the
+handler a request goes to, hands the :class:`Request` to the :class:`Api`
+(:mod:`devicelink.ipc.api`, which applies the per-app policy), and turns what
+it gets back into bytes. Every status, error code and header the
 API sends is defined here, once (as oidc-agent keeps its IPC strings in
 ``src/defines/ipc_values.h``).
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import http
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -34,13 +35,17 @@ __all__ = [
     "MAX_MIN_TTL",
     "REASONS",
     "ROUTES",
+    "SCOPE_RE",
+    "SSE_HEADERS",
     "STATUS_BY_CODE",
     "TOKEN_FIELDS",
-    "Agent",
+    "Api",
     "ApiError",
     "MethodNotAllowed",
     "Peer",
+    "Request",
     "Response",
+    "Stream",
     "TokenQuery",
     "error_response",
     "health_response",
@@ -48,6 +53,8 @@ __all__ = [
     "ok_response",
     "parse_token_query",
     "resolve",
+    "sse_event",
+    "text_response",
     "token_response",
 ]
 
@@ -66,15 +73,20 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "method_not_allowed": 405,
     "request_too_large": 413,
     "server_error": 500,
+    "server_busy": 503,  # too many connections, in total or from one uid
+    "step_up_unsupported": 502,  # RFC 9470: the server ignored acr_values / max_age
 }
 
-#: (method, path) -> handler name. The server maps a name to an Agent call.
+#: (method, path) -> handler name, the ``Request.handler`` the Api dispatches on.
 ROUTES: Mapping[tuple[bytes, bytes], str] = {
     (b"GET", b"/v1/token"): "token",
     (b"GET", b"/v1/status"): "status",
     (b"GET", b"/v1/health"): "health",
     (b"POST", b"/v1/pair"): "pair",
     (b"POST", b"/v1/unpair"): "unpair",
+    (b"POST", b"/v1/step-up"): "step_up",
+    (b"GET", b"/v1/events"): "events",
+    (b"GET", b"/metrics"): "metrics",
 }
 
 # path -> value of the Allow header, for 405 answers (RFC 9110 §15.5.6).
@@ -89,11 +101,14 @@ TOKEN_FIELDS = ("access_token", "token_type", "expires_in", "scope")
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Who is on the other end of a connection, from the kernel (SO_PEERCRED)."""
+    """Who is on the other end of a connection, from the kernel: ``SO_PEERCRED``
+    (pid, uid, primary gid) and ``SO_PEERGROUPS`` (supplementary groups), read
+    once when the connection is accepted."""
 
     pid: int
     uid: int
     gid: int
+    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,23 +120,45 @@ class TokenQuery:
     resource: str | None = None
 
 
-class Agent(Protocol):
-    """What the server calls. The daemon implements it; tests use a fake."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A complete request, as the server hands it to the :class:`Api`."""
 
-    async def token(self, query: TokenQuery, peer: Peer) -> dict:
-        """``{"access_token", "token_type", "expires_in", "scope"}``; raises ApiError."""
+    handler: str  # a value of ROUTES
+    query: bytes  # the raw query string, without "?"
+    body: bytes
+    peer: Peer
 
-    def status(self) -> dict:
-        """The status object of DESIGN.md (never a token)."""
 
-    async def pair(self, peer: Peer) -> dict:
-        """Start pairing; answered 202 with this dict. Raises ApiError."""
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete answer: status, headers (with content-length) and body."""
 
-    async def unpair(self, peer: Peer) -> dict:
-        """Revoke and forget the grant; answered 202 with this dict. Raises ApiError."""
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
 
-    def healthy(self) -> bool:
-        """True when a valid token is held or pairing is under way."""
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An answer sent in pieces (server-sent events): the status and headers at
+    once, then each chunk ``chunks`` yields, until it ends or the client leaves
+    (the server then closes the iterator). No content-length: HTTP/1.1 clients
+    get chunked transfer coding."""
+
+    headers: tuple[tuple[bytes, bytes], ...]
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+
+
+class Api(Protocol):
+    """What the server calls for every routed request."""
+
+    def handle(self, request: Request) -> Response | Stream | Awaitable[Response]:
+        """Answer at once (a Response or a Stream) or later (an awaitable).
+
+        Raises ApiError for an error answer (also from the awaitable).
+        """
 
 
 class ApiError(DeviceLinkError):
@@ -148,15 +185,6 @@ class MethodNotAllowed(ApiError):
     def __init__(self, allow: bytes) -> None:
         super().__init__("method_not_allowed", f"allowed: {allow.decode()}")
         self.allow = allow
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A complete answer: status, headers (with content-length) and body."""
-
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
 
 
 REASONS: Mapping[int, bytes] = {s.value: s.phrase.encode() for s in http.HTTPStatus}
@@ -194,6 +222,32 @@ def token_response(result: Mapping[str, Any]) -> Response:
 
 _HEALTHY = json_response(200, {"healthy": True})
 _UNHEALTHY = json_response(503, {"healthy": False})
+
+
+_TEXT_HEADERS = (
+    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),  # Prometheus exposition format
+    (b"cache-control", b"no-store"),
+)
+
+
+def text_response(status: int, text: str) -> Response:
+    body = text.encode()
+    return Response(status, (*_TEXT_HEADERS, (b"content-length", b"%d" % len(body))), body)
+
+
+#: Headers of ``GET /v1/events``. ``x-accel-buffering`` is for a proxy someone puts in front.
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def sse_event(name: str, data: Mapping[str, Any], event_id: int | None = None) -> bytes:
+    """One server-sent event (WHATWG HTML §9.2). ``data`` is one line of JSON:
+    the encoder escapes newlines, so an event can never be split or forged."""
+    head = f"id: {event_id}\nevent: {name}\n" if event_id is not None else f"event: {name}\n"
+    return f"{head}data: {_encode(data)}\n\n".encode()
 
 
 def health_response(healthy: bool) -> Response:
@@ -236,7 +290,7 @@ def resolve(method: bytes, target: bytes) -> tuple[str, bytes]:
 
 _DEFAULT_QUERY = TokenQuery()
 # RFC 6749 §3.3: scope = scope-token *( SP scope-token )
-_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 _MAX_PARAMS = 32
 
 
@@ -276,7 +330,7 @@ def parse_token_query(query: bytes) -> TokenQuery:
             )
         min_ttl = int(raw)
     scope = seen.get("scope")
-    if scope is not None and not _SCOPE_RE.fullmatch(scope):
+    if scope is not None and not SCOPE_RE.fullmatch(scope):
         raise ApiError(
             "invalid_request", "scope must be space-separated scope tokens (RFC 6749 §3.3)"
         )

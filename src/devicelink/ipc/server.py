@@ -3,31 +3,76 @@
 Theory of operation
 -------------------
 
-Each accepted connection gets a :class:`_Connection` protocol, modelled on
+We accept connections ourselves (``loop.add_reader`` on the listening
+socket), so a connection is judged before any transport exists:
+
+- The peer's credentials are read from the kernel (``SO_PEERCRED``, and
+  ``SO_PEERGROUPS`` for the supplementary groups). If the kernel can't say
+  who is calling, we hang up.
+- Beyond ``max_connections`` in total or ``max_connections_per_uid`` for the
+  caller's uid, it gets a pre-built 503 ``server_busy`` written straight to the
+  socket: no transport, no task, no protocol, a few microseconds, so a client
+  hammering the socket costs us little. We then shut down our side only and
+  close a second later, so a client that writes its request after our answer
+  (it connected before we accepted) doesn't get EPIPE instead of the 503;
+  httpcore < 1.0 (Bookworm's) would not read the answer then. At most
+  ``_REFUSED_KEPT`` sockets wait like that; a flood just closes them sooner.
+- Refusals are logged at most once a minute per uid, with a count.
+- The listen backlog is 1024 and each wake-up accepts up to 128: connects come
+  in bursts (a flood, or many apps starting at once), and on AF_UNIX a
+  non-blocking ``connect()`` to a full backlog fails with EAGAIN, which
+  asyncio mistakes for "in progress" and turns into a socket that was never
+  connected (CPython gh-117208).
+
+Each admitted connection gets a :class:`_Connection` protocol, modelled on
 uvicorn's ``H11Protocol`` (``uvicorn/protocols/http/h11_impl.py``):
 
 - Each read feeds h11 and pulls events until h11 says ``NEED_DATA`` (wait for
   more bytes) or ``PAUSED`` (a complete request is waiting for our answer;
   stop reading until we have sent it). Pipelined requests therefore sit in
   h11's buffer and are answered strictly in order.
-- Answers that need no awaiting (status, health, errors) are written from
-  the same callback. The agent's coroutines (token, pair, unpair) run in a
-  task each, and the connection reads no further request until the task has
-  answered. Either way the whole answer goes out in one ``transport.write``.
-- ``RemoteProtocolError`` is answered with h11's status hint (400; 431 for
-  headers over 16 KiB) and the connection is closed. Request bodies over
-  64 KiB get 413. After such an early answer we "linger": shut down our side,
-  discard what the client still sends for a moment, then close, so the client
-  reads the answer instead of a connection reset.
-- Peer credentials are read once per connection (``SO_PEERCRED``) and passed
-  to the agent. If the kernel can't tell us who is calling, we hang up.
-- An idle connection (no complete request for ``idle_timeout`` seconds) is
-  closed; that also bounds slow, half-sent requests.
+- A complete request becomes a :class:`routes.Request` for ``api.handle``,
+  which returns a ``Response`` (written from the same callback: the fast
+  path, no task), a ``Stream`` (see below), or an awaitable of a Response, run
+  in a task; the connection reads no further request until it has answered.
+  A whole answer goes out in one ``transport.write``.
+- Limits, each answered with the JSON error shape and ``connection: close``:
+  request line over 8 KiB: 414 (RFC 9112 §3); head over 16 KiB or more than
+  100 header fields: 431; body over 16 KiB: 413; malformed: 400 (501 for an
+  unknown transfer coding). After such an early answer we "linger": shut down
+  our side, discard what the client still sends for a moment, then close.
+- Timers (one per connection, re-armed only when it fires or a request
+  arrives in pieces): once the first byte of a request has arrived, the whole
+  request, head and body, must arrive within ``request_timeout`` or it gets
+  408 and is closed (slowloris). Between requests, a keep-alive connection
+  idle for ``idle_timeout`` is closed silently. Nothing times out while we
+  answer.
+
+Streams (server-sent events): the head goes out at once without a
+content-length, so h11 frames the body with chunked coding (RFC 9112 §7.1),
+or for an HTTP/1.0 client by closing the connection (§6.3). A task then
+writes each chunk the iterator yields. While the transport's buffer is over
+its high-water mark (``pause_writing``) the task waits for ``resume_writing``
+before pulling the next chunk, so a client that doesn't read holds back the
+producer instead of making us buffer. When the iterator ends, the last chunk
+is sent and the connection carries on as keep-alive. When the client leaves
+(EOF or a failed write) the task is cancelled; either way the iterator's
+``aclose()`` is awaited exactly once, so the Api's subscription is released.
+(An async generator that never got to run, because the client left at once,
+runs no ``finally`` on ``aclose()``: acquire resources inside it, or return
+an iterator whose ``aclose()`` releases them.)
+A stream has no timeout (the Api sends its own keep-alive comments) but counts
+toward the connection caps.
 
 Shutdown follows uvicorn's ``Server.shutdown``: stop accepting, unlink the
-socket file, close idle connections, let in-flight requests finish (their
-answers carry ``connection: close``), and after ``shutdown_timeout`` cancel the
-agent calls still running and abort what is left.
+socket file, close idle connections, end streams at once (last chunk, then
+close), let in-flight requests finish (their answers carry ``connection:
+close``), and after ``shutdown_timeout`` cancel what is still running and
+abort what is left.
+
+Memory is bounded: one read buffer shared by all connections, h11's buffer
+capped by the head limit, bodies by the body limit, write buffers by flow
+control, and per-uid bookkeeping dropped when it reaches zero.
 
 Nothing here logs request data: not the query, not headers, not bodies.
 """
@@ -35,48 +80,78 @@ Nothing here logs request data: not the query, not headers, not bodies.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import os
 import socket
 import stat
 import struct
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import h11
 
 from devicelink.errors import ConfigError, DeviceLinkError
 from devicelink.ipc import routes
-from devicelink.ipc.routes import Agent, ApiError, Peer, Response
+from devicelink.ipc.routes import Api, ApiError, Peer, Request, Response, Stream
 
 __all__ = ["SocketInUse", "SocketServer", "peer_credentials"]
 
 logger = logging.getLogger(__name__)
 
+MAX_REQUEST_LINE_BYTES = 8 * 1024  # RFC 9112 §3 recommends supporting at least 8000
 MAX_HEADER_BYTES = 16 * 1024
-MAX_BODY_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_BODY_BYTES = 16 * 1024
 LINGER_SECONDS = 2.0
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between "refusing connections" warnings per uid
+# Accepts per wake-up: enough to drain the backlog (a refusal costs ~10 µs), few
+# enough that a flood of connects can't starve open connections for long.
+_ACCEPT_BATCH = 128
+_ACCEPT_RETRY_DELAY = 1.0  # after EMFILE and the like, as asyncio's own accept loop does
+_REFUSED_KEPT = 64  # refused sockets half-closed at once, waiting to be closed
+_REFUSED_SECONDS = 1.0
 _READ_SIZE = 64 * 1024
 
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", None)
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_GROUPS_BUFLEN = 1024  # the most socket.getsockopt will take: 256 gid_t
+_groups_supported = True
 
 _CLOSE = ((b"connection", b"close"),)
 _EOM = h11.EndOfMessage()
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=())
-_SERVER_ERROR = routes.error_response(
-    ApiError("server_error", "internal error; see the daemon's log")
+
+
+def _error(code: str, description: str, status: int | None = None) -> Response:
+    return routes.error_response(ApiError(code, description), status)
+
+
+_SERVER_ERROR = _error("server_error", "internal error; see the daemon's log")
+_TOO_LARGE = _error("request_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+_URI_TOO_LONG = _error(
+    "invalid_request", f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes", 414
 )
-_TOO_LARGE = routes.error_response(
-    ApiError("request_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+_TOO_MANY_HEADERS = _error(
+    "invalid_request", f"more than {MAX_HEADERS} header fields", 431
 )
 _PROTOCOL_ERRORS = {
-    400: routes.error_response(ApiError("invalid_request", "malformed HTTP request")),
-    431: routes.error_response(
-        ApiError("invalid_request", f"request headers exceed {MAX_HEADER_BYTES} bytes"), 431
-    ),
-    501: routes.error_response(ApiError("invalid_request", "unsupported transfer coding"), 501),
+    400: _error("invalid_request", "malformed HTTP request"),
+    431: _error("invalid_request", f"request headers exceed {MAX_HEADER_BYTES} bytes", 431),
+    501: _error("invalid_request", "unsupported transfer coding", 501),
 }
+
+
+def _raw(response: Response) -> bytes:
+    """A whole HTTP/1.1 answer as bytes, for a socket that never gets an h11 state."""
+    head = b"HTTP/1.1 %d %s\r\n" % (response.status, routes.REASONS.get(response.status, b""))
+    fields = b"".join(b"%s: %s\r\n" % field for field in (*response.headers, *_CLOSE))
+    return head + fields + b"\r\n" + response.body
+
+
+_BUSY = _raw(_error("server_busy", "too many connections; close idle ones, or retry later"))
 
 
 class SocketInUse(DeviceLinkError):
@@ -84,15 +159,58 @@ class SocketInUse(DeviceLinkError):
 
 
 def peer_credentials(sock: Any) -> Peer:
-    """The pid, uid and gid of the process that connected ``sock`` (Linux)."""
+    """The pid, uid, gid and supplementary groups of whoever connected ``sock`` (Linux).
+
+    The kernel records them at ``connect()``, so they can't be changed after.
+    """
     if _SO_PEERCRED is None:
         raise OSError(errno.ENOTSUP, "SO_PEERCRED is not available on this platform")
     raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, _UCRED.size)
-    return Peer(*_UCRED.unpack(raw))
+    return Peer(*_UCRED.unpack(raw), _peer_groups(sock))
+
+
+def _peer_groups(sock: Any) -> tuple[int, ...]:
+    """``SO_PEERGROUPS``: the peer's supplementary groups, an array of 32-bit gid_t."""
+    global _groups_supported
+    if not _groups_supported:
+        return ()
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _GROUPS_BUFLEN)
+    except OSError as exc:
+        if exc.errno == errno.ERANGE:  # more than 256 groups: ask for the length
+            raw = _peer_groups_large(sock.fileno())
+        elif exc.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            _groups_supported = False
+            logger.debug("SO_PEERGROUPS is not supported here (%s); peers get no groups", exc)
+            return ()
+        else:
+            raise
+    return struct.unpack(f"{len(raw) // 4}I", raw) if raw else ()
+
+
+def _peer_groups_large(fd: int) -> bytes:
+    """``SO_PEERGROUPS`` through libc: socket.getsockopt caps its buffer at 1024 bytes.
+
+    On ERANGE the kernel writes the length it needs into optlen; the list is
+    fixed at connect(), so the second call fits.
+    """
+    import ctypes  # only for callers in more than 256 groups
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = ctypes.c_uint32(0)
+    buf = ctypes.create_string_buffer(0)
+    for _ in range(2):
+        if libc.getsockopt(fd, socket.SOL_SOCKET, _SO_PEERGROUPS, buf, ctypes.byref(size)) == 0:
+            return buf.raw[: size.value]
+        err = ctypes.get_errno()
+        if err != errno.ERANGE:
+            raise OSError(err, os.strerror(err))
+        buf = ctypes.create_string_buffer(size.value)
+    raise OSError(errno.ERANGE, "SO_PEERGROUPS: the group list keeps growing")
 
 
 class SocketServer:
-    """Serve ``agent`` over HTTP/1.1 on a Unix socket.
+    """Serve ``api`` over HTTP/1.1 on a Unix socket.
 
     Either ``path`` (we create, chmod and later unlink the socket file) or
     ``sock``, an already bound socket such as one from systemd socket
@@ -101,68 +219,88 @@ class SocketServer:
 
     ::
 
-        async with SocketServer(agent, "/run/devicelink/agent.sock"):
+        async with SocketServer(api, "/run/devicelink/agent.sock"):
             await stop_requested.wait()
     """
 
     def __init__(
         self,
-        agent: Agent,
+        api: Api,
         path: str | None = None,
         mode: int = 0o660,
         *,
         sock: socket.socket | None = None,
         shutdown_timeout: float = 5.0,
         idle_timeout: float = 30.0,
-        backlog: int = 128,
+        request_timeout: float = 10.0,
+        max_connections: int = 512,
+        max_connections_per_uid: int = 64,
+        backlog: int = 1024,
     ) -> None:
         if (path is None) == (sock is None):
             raise ValueError("give exactly one of path and sock")
         if sock is not None and (sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM):
             raise ValueError("sock must be an AF_UNIX SOCK_STREAM socket")
-        self.agent = agent
+        if min(idle_timeout, request_timeout) <= 0 or min(max_connections, max_connections_per_uid) < 1:
+            raise ValueError("timeouts must be positive and connection caps at least 1")
+        self.api = api
         self.path = path if path is not None else _sock_name(sock)
         self.mode = mode
         self.shutdown_timeout = shutdown_timeout
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.max_connections_per_uid = max_connections_per_uid
         self._sock = sock
         self._owns_file = sock is None
         self._backlog = backlog
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
         self._file_id: tuple[int, int] | None = None
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_uid: dict[int, int] = {}  # uid -> open connections; no zero entries
+        self._refused: dict[int, list[float]] = {}  # uid -> [last warning, refused since]
+        self._half_closed: collections.deque[tuple[float, socket.socket]] = collections.deque()
+        self._half_closed_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._drained: asyncio.Future[None] | None = None
+        self._stopping = False
         self._read_buffer = memoryview(bytearray(_READ_SIZE))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout_answer = _error(  # RFC 9110 §15.5.9
+            "invalid_request", f"the request did not arrive within {request_timeout:g} s", 408
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         """Bind (unless given a socket) and start accepting connections."""
-        if self._server is not None:
+        if self._listener is not None:
             raise RuntimeError("the server is already running")
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         sock = self._sock if self._sock is not None else self._bind()
         try:
-            self._server = await self._loop.create_unix_server(
-                lambda: _Connection(self), sock=sock, backlog=self._backlog
-            )
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept, sock)
         except BaseException:
             if self._owns_file:
                 sock.close()
                 self._unlink()
             raise
+        self._listener = sock
+        self._stopping = False
         logger.info("listening on %s", self.path)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, finish in-flight requests, cancel what is left after ``timeout``."""
-        server, self._server = self._server, None
-        if server is None:
+        """Stop accepting, end streams, finish in-flight requests, cancel what is left after ``timeout``."""
+        sock, self._listener = self._listener, None
+        if sock is None:
             return
         assert self._loop is not None
         timeout = self.shutdown_timeout if timeout is None else timeout
-        server.close()
+        self._stopping = True
+        self._loop.remove_reader(sock.fileno())
+        sock.close()
         self._unlink()
         for conn in list(self._connections):
             conn.shutdown()
@@ -178,7 +316,8 @@ class SocketServer:
                     timeout,
                 )
             self._drained = None
-        # Left: agent calls on hung connections, and calls whose client went away.
+        # Left: Api calls on hung connections, calls whose client went away,
+        # and streams whose client stopped reading.
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -186,7 +325,9 @@ class SocketServer:
             conn.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
+        await asyncio.sleep(0)  # abort() calls connection_lost on the next turn of the loop
+        self._refused.clear()
+        self._close_refused(everything=True)
         logger.info("stopped listening on %s", self.path)
 
     async def __aenter__(self) -> SocketServer:
@@ -198,7 +339,112 @@ class SocketServer:
 
     @property
     def is_serving(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        return self._listener is not None
+
+    # -- accepting ---------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: wait, don't spin
+                self._note_refusal(-1, f"cannot accept ({exc.strerror})")
+                self._pause_accepting(listener)
+                return
+            self._admit(sock)
+
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if self._listener is listener:
+                self._loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
+
+        self._loop.call_later(_ACCEPT_RETRY_DELAY, resume)
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Who is it, and is there room for them? Then hand the socket to asyncio."""
+        try:
+            sock.setblocking(False)
+            peer = peer_credentials(sock)
+        except OSError as exc:
+            logger.warning("cannot read the peer's credentials (%s); hanging up", exc)
+            sock.close()
+            return
+        uid = peer.uid
+        per_uid = self._per_uid.get(uid, 0)
+        if len(self._connections) >= self.max_connections:
+            why = f"{self.max_connections} connections open in total"
+        elif per_uid >= self.max_connections_per_uid:
+            why = f"uid {uid} has {per_uid} connections open"
+        else:
+            self._per_uid[uid] = per_uid + 1
+            conn = _Connection(self, peer)
+            self._connections.add(conn)
+            assert self._loop is not None
+            task = self._loop.create_task(
+                self._loop.connect_accepted_socket(lambda: conn, sock)  # type: ignore[arg-type]
+            )
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._connected(t, conn, sock))
+            return
+        self._note_refusal(uid, why, peer.pid)
+        self._refuse(sock)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """503, then EOF; the close comes a second later (see the module docstring)."""
+        try:
+            sock.send(_BUSY)  # a fresh socket's buffer always has room for it
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        assert self._loop is not None
+        if len(self._half_closed) >= _REFUSED_KEPT:
+            self._half_closed.popleft()[1].close()
+        self._half_closed.append((self._loop.time() + _REFUSED_SECONDS, sock))
+        if self._half_closed_timer is None:
+            self._half_closed_timer = self._loop.call_later(_REFUSED_SECONDS, self._close_refused)
+
+    def _close_refused(self, everything: bool = False) -> None:
+        assert self._loop is not None
+        now, waiting = self._loop.time(), self._half_closed
+        while waiting and (everything or waiting[0][0] <= now):
+            waiting.popleft()[1].close()
+        if self._half_closed_timer is not None:
+            self._half_closed_timer.cancel()
+        self._half_closed_timer = (
+            self._loop.call_at(waiting[0][0], self._close_refused) if waiting else None
+        )
+
+    def _connected(self, task: asyncio.Task[Any], conn: _Connection, sock: socket.socket) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                logger.warning("cannot set up a connection: %s", task.exception())
+            sock.close()
+            self._connection_lost(conn)
+
+    def _note_refusal(self, uid: int, why: str, pid: int = 0) -> None:
+        """Warn at most once per REFUSAL_LOG_INTERVAL per uid; count the rest."""
+        assert self._loop is not None
+        now = self._loop.time()
+        entry = self._refused.get(uid)
+        if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL:
+            entry[1] += 1
+            return
+        since = int(entry[1]) if entry is not None else 0
+        who = f"uid {uid} (pid {pid})" if uid >= 0 else "a client"
+        logger.warning("refusing a connection from %s: %s (%d more refused since the last warning)",
+                       who, why, since)
+        for stale in [u for u, (t, _) in self._refused.items() if now - t >= REFUSAL_LOG_INTERVAL]:
+            del self._refused[stale]
+        self._refused[uid] = [now, 0]
 
     # -- the socket file ---------------------------------------------------
 
@@ -272,10 +518,22 @@ class SocketServer:
     # -- bookkeeping for _Connection ---------------------------------------
 
     def _connection_lost(self, conn: _Connection) -> None:
+        if conn not in self._connections:
+            return
         self._connections.discard(conn)
+        uid = conn.peer.uid
+        left = self._per_uid[uid] - 1
+        if left:
+            self._per_uid[uid] = left
+        else:
+            del self._per_uid[uid]
         drained = self._drained
         if drained is not None and not self._connections and not drained.done():
             drained.set_result(None)
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _sock_name(sock: socket.socket | None) -> str:
@@ -285,49 +543,55 @@ def _sock_name(sock: socket.socket | None) -> str:
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One client connection: h11 state, flow control, the idle timer."""
+    """One client connection: h11 state, flow control, the request and idle timers."""
 
-    def __init__(self, server: SocketServer) -> None:
+    def __init__(self, server: SocketServer, peer: Peer) -> None:
         self._server = server
-        self._agent = server.agent
+        self._api = server.api
+        self.peer = peer
         loop = server._loop
         assert loop is not None
         self._loop = loop
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._transport: asyncio.Transport | None = None
-        self._peer = Peer(-1, -1, -1)
         self._method = b""
         self._target = b""
+        self._body: list[bytes] = []
         self._body_size = 0
-        self._task: asyncio.Task[None] | None = None  # an agent call still running
+        self._task: asyncio.Task[None] | None = None  # an Api call or a stream still running
+        self._streaming = False
+        self._stream_started = False  # the stream task has begun: cancelling it runs its cleanup
+        self._ending_stream = False  # stop(): end the stream cleanly, then close
+        self._writable: asyncio.Future[None] | None = None  # a stream waiting for resume_writing
         self._keep_alive = True
         self._read_paused = False
         self._write_paused = False
         self._lingering = False
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_since: float | None = None  # None while a request is being answered
+        # Waiting for a request since (None while answering one) ...
+        self._idle_since: float | None = None
+        # ... whose first byte came at (None until then).
+        self._request_since: float | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server._connections.add(self)
-        try:
-            self._peer = peer_credentials(transport.get_extra_info("socket"))
-        except OSError as exc:
-            logger.warning("cannot read the peer's credentials (%s); hanging up", exc)
-            transport.abort()
+        if self._server._stopping:
+            transport.close()
             return
         self._idle_since = self._loop.time()
         self._timer = self._loop.call_later(self._server.idle_timeout, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # An agent call still running is not cancelled: it may be a refresh
+        # An Api call still running is not cancelled: it may be a refresh
         # that other clients wait on too. Its answer is dropped in _finish.
+        # A stream is ours alone: end it, which closes its iterator.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._end_stream_now()
         self._server._connection_lost(self)
 
     # A BufferedProtocol, so the transport reads into one preallocated
@@ -341,6 +605,8 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._lingering:
             return
+        if self._request_since is None:
+            self._request_since = self._loop.time()
         self._conn.receive_data(self._server._read_buffer[:nbytes].tobytes())
         self._handle_events()
 
@@ -359,15 +625,24 @@ class _Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._task is None and not self._lingering:
+        writable, self._writable = self._writable, None
+        if writable is not None:
+            if not writable.done():
+                writable.set_result(None)
+        elif self._task is None and not self._lingering:
             self._resume()
 
-    # -- used by SocketServer.stop -----------------------------------------
+    # -- used by SocketServer ----------------------------------------------
 
     def shutdown(self) -> None:
-        """Close now if idle; otherwise close after the answer in flight."""
+        """Close now if idle; end a stream now; otherwise close after the answer in flight."""
         self._keep_alive = False
-        if self._task is None and self._transport is not None:
+        if self._streaming:
+            self._ending_stream = True
+            task = self._task
+            if task is not None and self._stream_started and not task.cancelling():
+                task.cancel()
+        elif self._task is None and self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
@@ -385,11 +660,13 @@ class _Connection(asyncio.BufferedProtocol):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._reject(_PROTOCOL_ERRORS.get(exc.error_status_hint, _PROTOCOL_ERRORS[400]))
+                self._reject(self._protocol_error(exc))
                 return
             if event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     transport.write(conn.send(_CONTINUE))
+                if self._request_since is not None:
+                    self._arm_request_timer()  # a request arriving in pieces
                 return
             if event is h11.PAUSED:  # pipelined: the next request waits for this answer
                 self._pause_reading()
@@ -397,12 +674,21 @@ class _Connection(asyncio.BufferedProtocol):
             etype = type(event)
             if etype is h11.Request:
                 self._method = event.method
-                self._target = event.target
+                self._target = target = event.target
                 self._body_size = 0
+                # method SP target SP HTTP/1.1 CRLF (RFC 9112 §3); a longer one is
+                # almost always a runaway query string.
+                if len(event.method) + len(target) + 12 > MAX_REQUEST_LINE_BYTES:
+                    self._reject(_URI_TOO_LONG)
+                    return
+                headers = event.headers
+                if len(headers) > MAX_HEADERS:
+                    self._reject(_TOO_MANY_HEADERS)
+                    return
                 # h11 enforces max_incomplete_event_size only on a request that
                 # arrives in pieces; count here so one big read gets 431 too.
-                size = len(event.target)
-                for name, value in event.headers:
+                size = len(target)
+                for name, value in headers:
                     size += len(name) + len(value)
                     # len() first: h11 < 0.16 lets any number of digits through.
                     if name == b"content-length" and (
@@ -414,58 +700,77 @@ class _Connection(asyncio.BufferedProtocol):
                     self._reject(_PROTOCOL_ERRORS[431])
                     return
             elif etype is h11.Data:
-                # Bodies are read and dropped: no route takes one (yet).
                 self._body_size += len(event.data)
-                if self._body_size > MAX_BODY_BYTES:
+                if self._body_size > MAX_BODY_BYTES:  # chunked bodies have no length up front
                     self._reject(_TOO_LARGE)
                     return
+                self._body.append(event.data)
             elif etype is h11.EndOfMessage:
-                self._idle_since = None
+                self._idle_since = self._request_since = None
                 if not self._dispatch():
                     return
-                # Usually nothing is pipelined behind it: skip the call to
-                # next_event() that would only say NEED_DATA.
-                pending, closed = conn.trailing_data
-                if not pending and not closed:
+                if self._request_since is None:
+                    # Nothing pipelined behind it (_finish looked): skip the
+                    # call to next_event() that would only say NEED_DATA.
                     return
             elif etype is h11.ConnectionClosed:
-                if self._task is None:
+                if self._streaming:
+                    self._end_stream_now()  # an SSE client that sends EOF has left
+                    transport.close()
+                elif self._task is None:
                     transport.close()
                 return
 
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> Response:
+        status = exc.error_status_hint
+        if status == 431:
+            # The head is over 16 KiB and still incomplete: is it the first line?
+            buffered = self._conn.trailing_data[0]
+            line_end = buffered.find(b"\n")
+            if line_end < 0 or line_end > MAX_REQUEST_LINE_BYTES:
+                return _URI_TOO_LONG
+        return _PROTOCOL_ERRORS.get(status, _PROTOCOL_ERRORS[400])
+
     def _dispatch(self) -> bool:
         """Answer the request just read. True: answered, read the next one."""
+        if self._body:
+            body = b"".join(self._body)
+            self._body = []
+        else:
+            body = b""
         try:
             handler, query = routes.resolve(self._method, self._target)
-            if handler == "token":
-                call: tuple[Any, ...] = (self._agent.token, routes.parse_token_query(query))
-            elif handler == "status":
-                return self._finish(routes.json_response(200, self._agent.status()))
-            elif handler == "health":
-                return self._finish(routes.health_response(self._agent.healthy()))
-            elif handler == "pair":
-                call = (self._agent.pair,)
-            else:
-                call = (self._agent.unpair,)
+            result = self._api.handle(Request(handler, query, body, self.peer))
         except ApiError as err:
             return self._finish(routes.error_response(err))
         except Exception:
             logger.exception("error answering %s", _path_only(self._target))
             return self._finish(_SERVER_ERROR)
-        # Stepping the coroutine by hand here, to skip the task when the agent
-        # answers without waiting, measured no faster, and would run the agent
+        if type(result) is Response:  # the fast path: answered from this callback
+            return self._finish(result)
+        if isinstance(result, Stream):
+            self._start_stream(result)
+            return False
+        if isinstance(result, Response):
+            return self._finish(result)
+        if not hasattr(result, "__await__"):
+            logger.error("the Api answered %s with a %s", _path_only(self._target), type(result).__name__)
+            return self._finish(_SERVER_ERROR)
+        # Stepping the coroutine by hand here, to skip the task when the Api
+        # answers without waiting, measured no faster, and would run it
         # outside any task (asyncio.timeout() needs one).
-        task = self._loop.create_task(self._answer_later(handler, *call))
+        task = self._loop.create_task(self._answer_later(result))
         self._task = task
-        self._server._tasks.add(task)
-        task.add_done_callback(self._server._tasks.discard)
+        self._server._track(task)
         # Anything pipelined behind this request stays in h11's buffer until
         # _resume; more data arriving meanwhile makes h11 say PAUSED.
         return False
 
-    async def _answer_later(self, handler: str, method: Any, *args: Any) -> None:
+    async def _answer_later(self, pending: Awaitable[Response | Stream]) -> None:
         try:
-            response = routes.ok_response(handler, await method(*args, self._peer))
+            response = await pending
+            if not isinstance(response, (Response, Stream)):
+                raise TypeError(f"the Api's awaitable returned a {type(response).__name__}")
         except ApiError as err:
             response = routes.error_response(err)
         except Exception:
@@ -473,7 +778,9 @@ class _Connection(asyncio.BufferedProtocol):
             response = _SERVER_ERROR
         self._task = None
         try:
-            if self._finish(response):
+            if isinstance(response, Stream):
+                self._start_stream(response)
+            elif self._finish(response):
                 self._resume()
         except Exception:  # a bug here must not leave the client hanging
             logger.exception("error sending the answer to %s", _path_only(self._target))
@@ -489,25 +796,27 @@ class _Connection(asyncio.BufferedProtocol):
             return False
         conn = self._conn
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s -> %d (pid %d, uid %d)",
-                self._method.decode("ascii", "replace"),
-                _path_only(self._target),
-                response.status,
-                self._peer.pid,
-                self._peer.uid,
-            )
+            self._log_answer(response.status)
         out = conn.send(_response_event(response, close=not self._keep_alive))
         if response.body and self._method != b"HEAD":
             out += conn.send(h11.Data(data=response.body))
         out += conn.send(_EOM)
         transport.write(out)
-        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-            transport.close()  # MUST_CLOSE: HTTP/1.0, "connection: close", client EOF
+        return self._next_cycle()
+
+    def _next_cycle(self) -> bool:
+        """After our EndOfMessage: close, or wait for the next request."""
+        conn = self._conn
+        transport = self._transport
+        assert transport is not None
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE or not self._keep_alive:
+            transport.close()  # MUST_CLOSE: HTTP/1.0, "connection: close", client EOF, stop()
             return False
         conn.start_next_cycle()
         self._method = self._target = b""
-        self._idle_since = self._loop.time()
+        now = self._idle_since = self._loop.time()
+        # A pipelined request already (partly) here has its clock running.
+        self._request_since = now if conn.trailing_data[0] else None
         if self._timer is None:
             self._timer = self._loop.call_later(self._server.idle_timeout, self._on_timer)
         if self._write_paused:
@@ -522,6 +831,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._read_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
+            if self._request_since is not None:
+                self._request_since = self._loop.time()  # its clock ran while we weren't reading
         self._handle_events()
 
     def _pause_reading(self) -> None:
@@ -535,6 +846,7 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self._transport
         assert transport is not None
         conn = self._conn
+        self._body = []
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 self._keep_alive = False
@@ -550,7 +862,7 @@ class _Connection(asyncio.BufferedProtocol):
         # a moment, then close. Closing with unread data would reset the
         # connection, and the client could lose the answer.
         self._lingering = True
-        self._idle_since = None
+        self._idle_since = self._request_since = None
         if self._timer is not None:
             self._timer.cancel()
         if self._read_paused:
@@ -560,20 +872,135 @@ class _Connection(asyncio.BufferedProtocol):
             transport.write_eof()
         self._timer = self._loop.call_later(LINGER_SECONDS, transport.close)
 
+    # -- timers ------------------------------------------------------------
+
+    def _arm_request_timer(self) -> None:
+        """Make sure the timer fires by the deadline of the request arriving in pieces."""
+        assert self._request_since is not None
+        deadline = self._request_since + self._server.request_timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
     def _on_timer(self) -> None:
-        """Close a connection that has not sent a complete request in idle_timeout.
+        """408 a request that takes too long to arrive; close a connection idle too long.
 
         The timer is not re-armed per request (that cost a heap push and a
         cancel each time); it checks when it fires and re-arms itself then.
         """
         self._timer = None
-        if self._idle_since is None or self._transport is None:
-            return  # answering a request; _finish re-arms the timer
-        deadline = self._idle_since + self._server.idle_timeout
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        transport = self._transport
+        if self._idle_since is None or transport is None or transport.is_closing():
+            return  # answering a request; _next_cycle re-arms the timer
+        now = self._loop.time()
+        if self._request_since is not None and not self._read_paused:
+            deadline = self._request_since + self._server.request_timeout
+            if now >= deadline:
+                logger.debug("request timeout (uid %d, pid %d)", self.peer.uid, self.peer.pid)
+                self._reject(self._server._timeout_answer)
+                return
         else:
-            self._transport.close()
+            deadline = self._idle_since + self._server.idle_timeout
+            if now >= deadline:
+                transport.close()  # between requests: nothing to answer (RFC 9112 §9.5)
+                return
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    # -- streams -----------------------------------------------------------
+
+    def _start_stream(self, stream: Stream) -> None:
+        """Send the head now; a task sends the chunks."""
+        transport = self._transport
+        self._streaming = True
+        self._idle_since = self._request_since = None  # no timeout while streaming
+        if transport is not None and not transport.is_closing():
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log_answer(stream.status)
+            # No content-length: h11 frames it chunked, or close-delimited for HTTP/1.0.
+            transport.write(self._conn.send(_response_event(stream, close=not self._keep_alive)))
+        else:
+            self._ending_stream = True  # the client has gone: only close the iterator
+        if not self._keep_alive:
+            self._ending_stream = True  # stop() has begun: head, last chunk, close
+        task = self._loop.create_task(self._stream(stream.chunks))
+        self._task = task
+        self._server._track(task)
+
+    async def _stream(self, chunks: AsyncIterator[bytes]) -> None:
+        self._stream_started = True
+        transport = self._transport
+        assert transport is not None
+        conn = self._conn
+        try:
+            try:
+                while not self._ending_stream and not transport.is_closing():
+                    if self._write_paused:  # pull nothing while the client isn't reading
+                        self._writable = self._loop.create_future()
+                        await self._writable
+                        continue
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                        raise TypeError(f"a stream chunk must be bytes, not {type(chunk).__name__}")
+                    if chunk and not transport.is_closing():
+                        transport.write(conn.send(h11.Data(data=chunk)))
+            except asyncio.CancelledError:
+                if not self._ending_stream or transport.is_closing():
+                    raise  # the client left, or stop() gave up on us
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # stop(): end cleanly
+            finally:
+                await _aclose(chunks)
+        except Exception:
+            logger.exception("error in the stream of %s", _path_only(self._target))
+            # Closing without the last chunk tells the client the stream was
+            # cut short (RFC 9112 §7.1), rather than that it ended.
+            self._streaming = False
+            self._task = None
+            transport.close()
+            return
+        ending, self._streaming = self._ending_stream, False
+        self._stream_started = self._ending_stream = False
+        self._task = None
+        if transport.is_closing():
+            return
+        if ending and self._write_paused:
+            transport.abort()  # stop(), and the client isn't reading: don't wait for it
+            return
+        transport.write(conn.send(_EOM))
+        if self._next_cycle():
+            self._resume()
+
+    def _end_stream_now(self) -> None:
+        """The client has gone: stop pulling chunks (the task closes the iterator)."""
+        task = self._task
+        if self._streaming and task is not None and self._stream_started and not task.cancelling():
+            task.cancel()
+        # Not started yet: it will find the transport closing and only close the iterator.
+
+    def _log_answer(self, status: int) -> None:
+        logger.debug(
+            "%s %s -> %d (pid %d, uid %d)",
+            self._method.decode("ascii", "replace"),
+            _path_only(self._target),
+            status,
+            self.peer.pid,
+            self.peer.uid,
+        )
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    """Close a stream's iterator, whatever it is; a failure is the Api's bug, not ours."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        logger.exception("error closing an event stream")
 
 
 # h11 validates every header of a Response event it is given, each time; that
@@ -584,7 +1011,7 @@ class _Connection(asyncio.BufferedProtocol):
 _response_events: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], h11.Response] = {}
 
 
-def _response_event(response: Response, close: bool) -> h11.Response:
+def _response_event(response: Response | Stream, close: bool) -> h11.Response:
     headers = response.headers + _CLOSE if close else response.headers
     key = (response.status, headers)
     event = _response_events.get(key)

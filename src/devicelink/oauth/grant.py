@@ -121,10 +121,11 @@ def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints
 
 
 def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, ...],
-                issuer: str, client_id: str, rng: random.Random) -> Generator[Step, m.Reply, TokenSet]:
+                issuer: str, client_id: str, rng: random.Random,
+                extra: tuple[tuple[str, str], ...] = ()) -> Generator[Step, m.Reply, TokenSet]:
     """One device authorization and its polling, to tokens or to a :class:`GrantFailed`."""
     backoff = Backoff(rng)
-    resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource), backoff)
+    resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource, extra), backoff)
     if (error := m.oauth_error(resp)) is not None:
         raise GrantFailed(f"the server refused the device authorization: {error}", error)
     code = m.parse_device_authorization(resp)

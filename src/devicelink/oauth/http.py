@@ -101,9 +101,10 @@ class OAuthHttp:
     async def run(self, flow: Generator[grant.Step, m.Reply, T],
                   show: Callable[[grant.Show], None] | None = None,
                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                  observe: Callable[[m.Reply], None] | None = None) -> T:
+                  observe: Callable[[m.Request, m.Reply], None] | None = None) -> T:
         """Drive a core generator to its result: wait until each ``not_before``, send,
-        hand back the reply. ``observe`` sees every reply (for ``last_error``)."""
+        hand back the reply. ``observe`` sees every request and its reply
+        (for ``last_error`` and metrics)."""
         reply: m.Reply | None = None
         while True:
             try:
@@ -119,7 +120,7 @@ class OAuthHttp:
                 await sleep(wait)
             reply = await self.send(step.request)
             if observe is not None:
-                observe(reply)
+                observe(step.request, reply)
 
 
 def _describe(exc: Exception) -> str:

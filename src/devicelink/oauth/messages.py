@@ -280,7 +280,11 @@ def account_from_id_token(id_token: str, issuer: str, client_id: str) -> Account
     if not isinstance(sub, str) or not sub:
         return None
     name = _field(claims, "name", "preferred_username", "email")
-    return Account(sub=sub, name=name if isinstance(name, str) else None)
+    acr, auth_time = claims.get("acr"), claims.get("auth_time")
+    return Account(sub=sub, name=name if isinstance(name, str) else None,
+                   acr=acr if isinstance(acr, str) else None,
+                   auth_time=int(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool)
+                   and 0 <= auth_time < 2**40 else None)
 
 
 def describe(resp: Response) -> str:
@@ -294,9 +298,11 @@ def describe(resp: Response) -> str:
 
 
 def device_authorization_request(endpoints: Endpoints, scope: str | None,
-                                 resource: tuple[str, ...] = ()) -> Request:
-    """RFC 8628 §3.1 (client_id or client authentication is added by the adapter)."""
-    form = ([("scope", scope)] if scope else []) + [("resource", r) for r in resource]
+                                 resource: tuple[str, ...] = (),
+                                 extra: tuple[tuple[str, str], ...] = ()) -> Request:
+    """RFC 8628 §3.1 (client_id or client authentication is added by the adapter).
+    ``extra``: more parameters, e.g. RFC 9470 §4's ``acr_values`` and ``max_age``."""
+    form = ([("scope", scope)] if scope else []) + [("resource", r) for r in resource] + list(extra)
     assert endpoints.device_authorization_endpoint
     return Request("device_authorization", endpoints.device_authorization_endpoint, tuple(form))
 
@@ -307,11 +313,15 @@ def device_token_request(endpoints: Endpoints, code: DeviceAuthorization) -> Req
                    (("grant_type", DEVICE_CODE_GRANT), ("device_code", code.device_code)))
 
 
-def refresh_request(endpoints: Endpoints, refresh_token: str, scope: str | None = None) -> Request:
-    """RFC 6749 §6."""
+def refresh_request(endpoints: Endpoints, refresh_token: str, scope: str | None = None,
+                    resource: str | None = None) -> Request:
+    """RFC 6749 §6; a ``scope`` narrower than the grant's, and a ``resource`` (RFC 8707 §2.2),
+    ask for an access token for less than the whole grant."""
     form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
     if scope:
         form.append(("scope", scope))
+    if resource:
+        form.append(("resource", resource))
     return Request("refresh", endpoints.token_endpoint, tuple(form))
 
 

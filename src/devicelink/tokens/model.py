@@ -26,10 +26,14 @@ REFRESH_MARGIN = 60.0
 
 @dataclass(frozen=True)
 class Account:
-    """Who approved the device (from the ID token): shown on screen and in status."""
+    """Who approved the device (from the ID token): shown on screen and in status.
+    ``acr`` and ``auth_time`` say how and when they signed in (OIDC Core §2; RFC 9470
+    step-up checks them); they are not stored."""
 
     sub: str
     name: str | None = None
+    acr: str | None = None
+    auth_time: int | None = None
 
 
 @dataclass(frozen=True, repr=False)

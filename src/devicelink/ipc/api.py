@@ -1,0 +1,209 @@
+"""The socket API: who is asking (the per-app policy), then what the device answers.
+
+The server (``ipc/server.py``) speaks HTTP and hands each routed request to
+:meth:`SocketApi.handle`; this module decides from the peer's credentials
+which app it is (``policy.py``), refuses what the app may not do, and turns
+the device's answers into responses. What needs no waiting is answered at
+once (a cached token, status, health, metrics); the rest returns a coroutine
+the server runs in a task.
+
+- ``/v1/health`` answers anyone who can open the socket (monitoring).
+- Everything else needs a ``[[client]]`` entry (or uid 0 / the daemon's own
+  user); pair and unpair need ``admin = true``.
+- Token requests are counted by app and status for ``/metrics``; unlisted
+  callers are counted as app ``unlisted``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from devicelink import __version__
+from devicelink.device import Device
+from devicelink.ipc import routes
+from devicelink.ipc.routes import ApiError, Request, Response, Stream
+from devicelink.lifecycle import HOLDS_GRANT, State
+from devicelink.policy import App, Policy
+
+__all__ = ["KEEPALIVE_SECONDS", "SocketApi"]
+
+logger = logging.getLogger(__name__)
+
+#: A comment line this often keeps idle event streams (and proxies) from timing out.
+KEEPALIVE_SECONDS = 15.0
+
+_TOKEN_REQUESTS = "devicelink_token_requests_total"
+
+
+class SocketApi:
+    def __init__(self, device: Device, policy: Policy, *, keepalive: float = KEEPALIVE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.device = device
+        self.policy = policy
+        self.keepalive = keepalive
+        self.clock = clock
+        self._handlers: dict[str, Callable[[Request, App], Response | Stream | Awaitable[Response]]] = {
+            "token": self._token, "status": self._status, "pair": self._pair, "unpair": self._unpair,
+            "events": self._events, "metrics": self._metrics, "step_up": self._step_up,
+        }
+
+    def reload(self, policy: Policy) -> None:
+        """A new policy from SIGHUP: it decides every request from now on, on open connections too."""
+        self.policy = policy
+
+    def handle(self, request: Request) -> Response | Stream | Awaitable[Response]:
+        if request.handler == "health":
+            return routes.health_response(self.device.healthy())
+        app = self.policy.identify(request.peer)
+        if app is None:
+            if request.handler == "token":
+                self.device.metrics.inc(_TOKEN_REQUESTS, app="unlisted", status="403")
+            raise ApiError("forbidden", f"uid {request.peer.uid} is not allowed to use devicelink: "
+                           "no [[client]] entry matches it (see /etc/devicelink/clients.d)")
+        return self._handlers[request.handler](request, app)
+
+    # -- handlers ------------------------------------------------------------
+
+    def _token(self, request: Request, app: App) -> Response | Awaitable[Response]:
+        try:
+            query = routes.parse_token_query(request.query)
+            answer = self.device.token_now(query, app)
+        except ApiError as err:
+            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
+            raise
+        if answer is not None:
+            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
+            return routes.token_response(answer)
+        return self._token_later(query, app)
+
+    async def _token_later(self, query: routes.TokenQuery, app: App) -> Response:
+        try:
+            answer = await self.device.token(query, app)
+        except ApiError as err:
+            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
+            raise
+        self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
+        return routes.token_response(answer)
+
+    def _status(self, request: Request, app: App) -> Response:
+        return routes.json_response(200, self.device.status())
+
+    def _pair(self, request: Request, app: App) -> Awaitable[Response]:
+        self._require_admin(app, "pair")
+        return self._accepted(self.device.pair())
+
+    def _unpair(self, request: Request, app: App) -> Awaitable[Response]:
+        self._require_admin(app, "unpair")
+        return self._accepted(self.device.unpair())
+
+    def _step_up(self, request: Request, app: App) -> Awaitable[Response]:
+        acr_values, max_age, min_ttl = parse_step_up(request.body)
+        return self._step_up_later(app, acr_values, max_age, min_ttl)
+
+    async def _step_up_later(self, app: App, acr_values: str | None, max_age: int | None,
+                             min_ttl: int) -> Response:
+        status, answer = await self.device.step_up(app, acr_values, max_age, min_ttl)
+        return routes.json_response(status, answer)
+
+    def _metrics(self, request: Request, app: App) -> Response:
+        return routes.text_response(200, self.device.metrics.render(self._gauges()))
+
+    def _events(self, request: Request, app: App) -> Stream:
+        return Stream(routes.SSE_HEADERS, self._event_stream())
+
+    # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _require_admin(app: App, action: str) -> None:
+        if not app.admin:
+            raise ApiError("forbidden", f"{app.name!r} may not {action}: it needs admin = true in its "
+                           "[[client]] entry")
+
+    @staticmethod
+    async def _accepted(call: Awaitable[dict[str, Any]]) -> Response:
+        return routes.json_response(202, await call)
+
+    async def _event_stream(self) -> AsyncIterator[bytes]:
+        """``state`` now (so an app waiting for pairing cannot miss it), then every event
+        as it happens, with a comment every ``keepalive`` seconds of quiet."""
+        device = self.device
+        # Subscribed here, not in _events: a generator closed before it started runs no
+        # finally. Before the snapshot, so nothing that happens in between is missed.
+        subscription = device.events.subscribe()
+        try:
+            yield b"retry: 2000\n\n"  # reconnect after 2 s (WHATWG HTML §9.2.4)
+            yield routes.sse_event("state", device.state_event())
+            if device.pairing is not None:
+                code = device.status()["pairing"]
+                yield routes.sse_event("pairing", code)
+            while True:
+                event = await subscription.next(self.keepalive)
+                if event is not None:
+                    event_id, name, data = event
+                    yield routes.sse_event(name, data, event_id)
+                elif subscription.overflowed:
+                    logger.warning("an event subscriber fell behind; its stream was ended")
+                    return
+                else:
+                    yield b": keep-alive\n\n"
+        finally:
+            subscription.close()
+
+    def _gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
+        device = self.device
+        now = device.clock()
+        holds = device.state in HOLDS_GRANT and device.tokens is not None
+        gauges: list[tuple[str, str, dict[str, str], float]] = [
+            ("devicelink_info", "The daemon's version.", {"version": __version__}, 1),
+        ]
+        gauges += [("devicelink_state", "1 for the state the device is in.", {"state": s.value},
+                    int(device.state is s)) for s in State]
+        gauges.append(("devicelink_token_valid", "1 when a valid access token is held.", {},
+                       int(holds and device.tokens.valid_for(0, now))))  # type: ignore[union-attr]
+        if holds:
+            gauges.append(("devicelink_access_token_expires_in_seconds", "Seconds the access token has left.",
+                           {}, max(0, int(device.tokens.expires_in(now)))))  # type: ignore[union-attr]
+        if device.last_refresh_at is not None:
+            gauges.append(("devicelink_last_refresh_age_seconds", "Seconds since the last good refresh.", {},
+                           round(now - device.last_refresh_at, 3)))
+        gauges.append(("devicelink_pending_revocations", "Revocations still owed to the server.", {},
+                       device.status()["pending_revocations"]))
+        gauges.append(("devicelink_event_subscribers", "Open GET /v1/events streams.", {}, len(device.events)))
+        return gauges
+
+
+def parse_step_up(body: bytes) -> tuple[str | None, int | None, int]:
+    """``{"acr_values": "a b" | ["a", "b"], "max_age": seconds, "min_ttl": seconds}`` (RFC 9470 §4:
+    what the resource server's ``insufficient_user_authentication`` challenge asked for)."""
+    fields = parse_json_body(body)
+    acr_values = fields.get("acr_values")
+    if isinstance(acr_values, list) and all(isinstance(v, str) for v in acr_values):
+        acr_values = " ".join(acr_values)
+    if acr_values is not None and (not isinstance(acr_values, str) or len(acr_values) > 1024
+                                   or not routes.SCOPE_RE.fullmatch(acr_values)):
+        raise ApiError("invalid_request", "acr_values must be space-separated values (RFC 9470 §4)")
+    max_age = fields.get("max_age")
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int)
+                                or not 0 <= max_age <= 10 * 365 * 86400):
+        raise ApiError("invalid_request", "max_age must be a number of seconds (RFC 9470 §4)")
+    if acr_values is None and max_age is None:
+        raise ApiError("invalid_request", "a step-up needs acr_values, max_age or both")
+    min_ttl = fields.get("min_ttl", 60)
+    if isinstance(min_ttl, bool) or not isinstance(min_ttl, int) or not 0 <= min_ttl <= routes.MAX_MIN_TTL:
+        raise ApiError("invalid_request", f"min_ttl must be an integer from 0 to {routes.MAX_MIN_TTL}")
+    return acr_values, max_age, min_ttl
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A JSON object body; anything else is 400 invalid_request."""
+    try:
+        value = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_request", "the body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ApiError("invalid_request", "the body must be a JSON object")
+    return value

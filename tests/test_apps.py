@@ -1,0 +1,402 @@
+"""Apps on the device, in-process against the real development server: narrowed tokens
+(RFC 6749 §6 scope, RFC 8707 resource), the socket API's policy decisions, events and metrics.
+
+Only time is injected (the Rig of test_device.py: one FakeClock for device and server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from devicelink.events import Hub
+from devicelink.ipc import routes
+from devicelink.ipc.api import SocketApi
+from devicelink.ipc.routes import ApiError, Peer, Request, TokenQuery
+from devicelink.lifecycle import State
+from devicelink.policy import App, Policy
+from tests.test_device import Rig, run
+
+FULL = "openid profile email offline_access"
+PLAYER = App("player", scope=frozenset({"openid", "email"}), resources=None)
+
+
+def test_an_app_gets_a_token_with_exactly_its_scopes(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        main_token = (await device.token(TokenQuery()))["access_token"]
+        answer = await device.token(TokenQuery(), PLAYER)
+        assert answer["scope"] == "email openid" and answer["access_token"] != main_token
+        info = rig.srv.access_token_info(answer["access_token"])
+        assert set(info["scope"].split()) == {"openid", "email"}  # what the server issued, not what we say
+        assert set(rig.srv.access_token_info(main_token)["scope"].split()) == set(FULL.split())
+        # cached per (scope, resource): asking again costs nothing upstream
+        assert (await device.token(TokenQuery(), PLAYER))["access_token"] == answer["access_token"]
+        assert rig.refreshes() == 1
+        # an app asking for a subset of what it may have gets that subset
+        only_email = await device.token(TokenQuery(scope="email"), PLAYER)
+        assert rig.srv.access_token_info(only_email["access_token"])["scope"] == "email"
+        await rig.close(device)
+
+    run(main())
+
+
+def test_never_more_than_the_policy_allows(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        for query in (TokenQuery(scope="openid profile"), TokenQuery(scope="offline_access")):
+            with pytest.raises(ApiError) as info:
+                await device.token(query, PLAYER)
+            assert info.value.code == "forbidden" and "player" in info.value.description
+        nothing = App("status-only", scope=frozenset(), resources=None)
+        with pytest.raises(ApiError, match="no scope of this grant"):
+            await device.token(TokenQuery(), nothing)
+        with pytest.raises(ApiError, match="not part of the grant"):
+            await device.token(TokenQuery(resource="https://api.example.com"), PLAYER)
+        assert rig.refreshes() == 0  # all refused before anything was asked upstream
+        await rig.close(device)
+
+    run(main())
+
+
+def test_one_upstream_request_per_key_however_many_apps_ask(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        other = App("other", scope=frozenset({"openid", "email", "profile"}), resources=None)
+        answers = await asyncio.gather(
+            *(device.token(TokenQuery(scope="email openid"), app) for app in [PLAYER, other] * 25),
+            *(device.token(TokenQuery(scope="profile"), other) for _ in range(25)),
+            *(device.token(TokenQuery()) for _ in range(10)),
+        )
+        assert rig.refreshes() == 2  # one per key: "email openid" and "profile"
+        assert len({a["access_token"] for a in answers[:50]}) == 1
+        assert len({a["access_token"] for a in answers[50:75]}) == 1
+        assert rig.srv.stats.reuse_detections == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def test_narrowed_refreshes_under_rotation_keep_the_grant(tmp_path):
+    """Every narrowed refresh rotates the refresh token at the dev server: the new one must
+    become the grant's, on disk, or the next refresh (or the next boot) replays a dead one."""
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired(scope=FULL)
+        before = device.tokens.refresh_token
+        for i in range(3):  # each key a new narrowed refresh
+            await device.token(TokenQuery(scope=["email", "profile", "openid"][i]), App(
+                "all", scope=frozenset(FULL.split()), resources=None))
+        assert device.tokens.refresh_token != before
+        assert rig.refreshes() == 3
+        await device.stop()
+
+        again = rig.device(scope=FULL)  # a restart: the grant comes from disk
+        await again.start()
+        assert again.tokens.refresh_token == device.tokens.refresh_token
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)  # the grant's own refresh
+        await rig.states.wait(State.PAIRED)
+        assert (await again.token(TokenQuery(min_ttl=60)))["expires_in"] > 60
+        assert rig.srv.stats.reuse_detections == 0 and again.state is State.PAIRED
+        await rig.close(again)
+
+    run(main())
+
+
+def test_a_narrowed_token_is_renewed_for_min_ttl(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = await rig.paired(scope=FULL)
+        first = await device.token(TokenQuery(), PLAYER)
+        rig.clock.now += 60  # 40 s left: fine for min_ttl 30, not for the default 60 past half-life
+        assert (await device.token(TokenQuery(min_ttl=30), PLAYER))["access_token"] == first["access_token"]
+        renewed = await device.token(TokenQuery(min_ttl=60), PLAYER)
+        assert renewed["access_token"] != first["access_token"] and renewed["expires_in"] > 90
+        assert rig.refreshes() == 2
+        await rig.close(device)
+
+    run(main())
+
+
+def test_a_server_that_ignores_the_narrower_scope_is_not_trusted(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+
+        def widen(respond):
+            response = respond()
+            body = json.loads(response.get_data())
+            body["scope"] = FULL  # what Google does: the refresh ignores the scope parameter
+            response.set_data(json.dumps(body))
+            return response
+
+        rig.srv.around_token = widen
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(), PLAYER)
+        assert info.value.code == "upstream_unavailable" and "ignored the narrower scope" in info.value.description
+        assert device.state is State.PAIRED  # the grant itself is fine
+        await rig.close(device)
+
+    run(main())
+
+
+def test_resources_outside_the_grant_are_never_sent(tmp_path):
+    """oidc-provider spends the refresh token on an invalid_target answer; under rotation that
+    costs the grant. So only resources the device authorization named are ever asked for."""
+    async def main():
+        rig = Rig(tmp_path)
+        api = "https://api.example.com"
+        device = await rig.paired(scope=FULL, resource=(api,))
+        other = "https://media.example.com"  # the server knows it, the grant doesn't
+        app = App("api", scope=frozenset({"openid"}), resources=frozenset({api, other}))
+        with pytest.raises(ApiError, match="not part of the grant"):
+            await device.token(TokenQuery(resource=other), app)
+        narrow = App("narrow", scope=frozenset({"openid"}), resources=frozenset())
+        with pytest.raises(ApiError, match="not allowed for 'narrow'"):
+            await device.token(TokenQuery(resource=api), narrow)
+        assert rig.refreshes() == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def test_a_refused_narrowed_refresh_is_forbidden_and_keeps_the_grant(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        rig.srv.around_token = lambda respond: (json.dumps({"error": "invalid_scope"}), 400,
+                                                {"content-type": "application/json"})
+        with pytest.raises(ApiError) as info:
+            await device.token(TokenQuery(), PLAYER)
+        assert info.value.code == "forbidden" and "invalid_scope" in info.value.description
+        assert device.state is State.PAIRED and device.tokens is not None
+        await rig.close(device)
+
+    run(main())
+
+
+def test_resource_indicator_gives_an_audience_restricted_token(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        api = "https://api.example.com"
+        device = await rig.paired(scope=FULL, resource=(api,))
+        app = App("api", scope=frozenset({"openid", "email"}), resources=None)  # [provider] resource applies
+        answer = await device.token(TokenQuery(resource=api), app)
+        info = rig.srv.access_token_info(answer["access_token"])
+        assert api in _audiences(info) and set(info["scope"].split()) == {"openid", "email"}
+        await rig.close(device)
+
+    run(main())
+
+
+def _audiences(info: dict) -> list[str]:
+    aud = info.get("aud") or info.get("resource") or []
+    return [aud] if isinstance(aud, str) else list(aud)
+
+
+# -- the socket API: who may ask ------------------------------------------------
+
+
+def request(handler: str, uid: int, query: bytes = b"", gid: int | None = None) -> Request:
+    return Request(handler, query, b"", Peer(pid=4321, uid=uid, gid=uid if gid is None else gid))
+
+
+def test_the_api_decides_from_peer_credentials(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        policy = Policy(by_uid={1001: PLAYER, 1002: App("setup", frozenset(), None, admin=True)})
+        api = SocketApi(device, policy)
+
+        assert api.handle(request("health", 9999)).status == 200  # anyone may ask whether we're healthy
+        for handler in ("token", "status", "events", "metrics", "pair", "unpair"):
+            with pytest.raises(ApiError) as info:
+                api.handle(request(handler, 9999))
+            assert info.value.code == "forbidden" and "uid 9999" in info.value.description
+
+        answer = await _resolve(api.handle(request("token", 1001)))
+        assert json.loads(answer.body)["scope"] == "email openid"
+        with pytest.raises(ApiError, match="needs admin = true"):
+            api.handle(request("unpair", 1001))
+        with pytest.raises(ApiError, match="no scope of this grant"):
+            await _resolve(api.handle(request("token", 1002)))
+
+        api.reload(Policy())  # SIGHUP with the app's drop-in removed
+        with pytest.raises(ApiError, match="uid 1001"):
+            api.handle(request("token", 1001))
+
+        text = api.handle(request("metrics", 0)).body.decode()
+        assert 'devicelink_token_requests_total{app="player",status="200"} 1' in text
+        assert 'devicelink_token_requests_total{app="setup",status="403"} 1' in text
+        assert 'devicelink_token_requests_total{app="unlisted",status="403"} 2' in text
+        assert "devicelink_pairings_total 1" in text and 'devicelink_state{state="paired"} 1' in text
+        assert 'devicelink_refreshes_total{kind="narrowed",outcome="ok"} 1' in text
+        assert "devicelink_token_valid 1" in text
+        for token in (device.tokens.access_token, device.tokens.refresh_token):
+            assert token not in text
+
+        unpaired = await _resolve(api.handle(request("unpair", 0)))  # root is always admin
+        assert unpaired.status == 202 and device.state is State.UNPAIRED
+        await rig.close(device)
+
+    run(main())
+
+
+async def _resolve(result):
+    return await result if asyncio.iscoroutine(result) else result
+
+
+# -- events ---------------------------------------------------------------------
+
+
+def test_events_tell_an_app_of_pairing_and_rotation_without_tokens(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=100)
+        device = rig.device(scope=FULL)
+        api = SocketApi(device, Policy(by_uid={1001: PLAYER}), keepalive=3600)
+        await device.start()  # unpaired: pairing starts by itself
+        stream = api.handle(request("events", 1001))
+        assert isinstance(stream, routes.Stream) and (b"content-type", b"text/event-stream") in stream.headers
+        chunks = stream.chunks
+        assert await anext(chunks) == b"retry: 2000\n\n"
+        first = _parse(await anext(chunks))
+        assert first[0] == "state" and first[1]["state"] in ("unpaired", "pairing")
+
+        events = []
+        while not any(name == "pairing" for name, _ in events):
+            events.append(_parse(await anext(chunks)))
+        code = next(data for name, data in events if name == "pairing")
+        assert set(code) == {"user_code", "verification_uri", "verification_uri_complete", "expires_in"}
+
+        rig.srv.approve(code["user_code"], subject="alice", name="Alice")
+        rig.clock.advance(5)
+        while (event := _parse(await anext(chunks))) != ("state", event[1]) or event[1]["state"] != "paired":
+            pass
+        assert event[1]["account"] == {"sub": "alice", "name": "Alice"}
+
+        rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)  # the proactive refresh
+        while (event := _parse(await anext(chunks)))[0] != "token_rotated":
+            pass
+        assert set(event[1]) == {"expires_in", "scope"} and event[1]["expires_in"] > 90
+
+        assert len(device.events) == 1
+        await chunks.aclose()  # the client went away: the subscription is released
+        assert len(device.events) == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def _parse(chunk: bytes) -> tuple[str, dict]:
+    fields = dict(line.split(": ", 1) for line in chunk.decode().strip().split("\n"))
+    return fields["event"], json.loads(fields["data"])
+
+
+def test_a_subscriber_that_falls_behind_is_dropped_not_buffered():
+    async def main():
+        hub = Hub(limit=3)
+        slow, fast = hub.subscribe(), hub.subscribe()
+        for i in range(3):
+            hub.publish("state", {"i": i})
+            assert (await fast.next(1))[2] == {"i": i}
+        hub.publish("state", {"i": 3})
+        assert slow.overflowed and len(hub) == 1
+        assert await slow.next(0.01) is None
+        assert (await fast.next(1))[2] == {"i": 3}
+
+    asyncio.run(main())
+
+
+# -- step-up (RFC 9470) -----------------------------------------------------------
+
+MFA = "urn:devicelink:acr:mfa"
+
+
+def test_step_up_gives_the_stronger_token_to_that_app_only(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        standing = device.tokens
+        status, pending = await device.step_up(PLAYER, MFA, 300)
+        assert status == 202 and pending["status"] == "pending" and pending["user_code"]
+        assert device.state is State.PAIRED  # everyone else keeps being served meanwhile
+        assert (await device.token(TokenQuery()))["access_token"] == standing.access_token
+        assert (await device.step_up(PLAYER, MFA, 300))[1]["user_code"] == pending["user_code"]  # same code
+
+        rig.srv.approve(pending["user_code"], subject="alice", name="Alice")  # the stronger sign-in
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        status, answer = await device.step_up(PLAYER, MFA, 300)
+        assert status == 200 and answer["acr"] == MFA and answer["auth_time"]
+        info = rig.srv.access_token_info(answer["access_token"])
+        assert info["acr"] == MFA and set(info["scope"].split()) == {"openid", "email"}
+        assert answer["access_token"] != standing.access_token
+        assert device.tokens.refresh_token == standing.refresh_token  # the standing grant is untouched
+        other = App("other", scope=frozenset({"openid"}), resources=None)
+        status, other_pending = await device.step_up(other, MFA, 300)  # another app: its own confirmation
+        assert status == 202 and other_pending["user_code"] != pending["user_code"]
+        await device.revocations_settled()  # the step-up's own refresh token was given back
+        assert device.status()["pending_revocations"] == 0
+        await rig.close(device)
+
+    run(main())
+
+
+def test_a_server_that_ignores_step_up_is_named_plainly(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, honour_step_up=False)
+        device = await rig.paired(scope=FULL)
+        status, pending = await device.step_up(PLAYER, MFA, None)
+        assert status == 202
+        rig.srv.approve(pending["user_code"], subject="alice")
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        with pytest.raises(ApiError) as info:
+            await device.step_up(PLAYER, MFA, None)
+        assert info.value.code == "step_up_unsupported" and info.value.status == 502
+        assert "ignored acr_values" in info.value.description
+        assert device.state is State.PAIRED
+        await rig.close(device)
+
+    run(main())
+
+
+def test_a_declined_step_up_is_forbidden_and_the_next_ask_starts_afresh(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        _, pending = await device.step_up(PLAYER, MFA, None)
+        rig.srv.deny(pending["user_code"])
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        with pytest.raises(ApiError, match="declined"):
+            await device.step_up(PLAYER, MFA, None)
+        status, again = await device.step_up(PLAYER, MFA, None)
+        assert status == 202 and again["user_code"] != pending["user_code"]
+        await rig.close(device)
+
+    run(main())
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[]", "JSON object"),
+    (b"{", "JSON object"),
+    (b"{}", "needs acr_values, max_age or both"),
+    (b'{"acr_values": 5}', "acr_values"),
+    (b'{"acr_values": "a\\"b"}', "acr_values"),
+    (b'{"max_age": -1}', "max_age"),
+    (b'{"max_age": true}', "max_age"),
+    (b'{"max_age": 10, "min_ttl": "x"}', "min_ttl"),
+])
+def test_step_up_bodies_are_checked(body, message):
+    from devicelink.ipc.api import parse_step_up
+
+    with pytest.raises(ApiError, match=message) as info:
+        parse_step_up(body)
+    assert info.value.code == "invalid_request"
+    assert parse_step_up(b'{"acr_values": ["a", "b"], "max_age": 0}') == ("a b", 0, 60)

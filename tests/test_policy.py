@@ -1,0 +1,146 @@
+"""The per-app policy: [[client]] entries and clients.d drop-ins, matched on peer credentials.
+
+Users and groups are the system's own (``daemon`` uid/gid 1, ``nobody`` 65534,
+``nogroup`` 65534), resolved through the real name service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devicelink import config, policy
+from devicelink.errors import ConfigError
+from devicelink.ipc.routes import Peer
+
+BASE = """
+[provider]
+issuer = "https://id.example.com"
+client_id = "tv"
+scope = "openid media.read media.write"
+"""
+
+
+def write(tmp_path: Path, main: str = "", **drop_ins: str) -> config.Config:
+    (tmp_path / "config.toml").write_text(BASE + main)
+    if drop_ins:
+        (tmp_path / "clients.d").mkdir()
+        for name, text in drop_ins.items():
+            (tmp_path / "clients.d" / name).write_text(text)
+    return config.load(tmp_path / "config.toml")
+
+
+def peer(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> Peer:
+    return Peer(pid=1234, uid=uid, gid=uid if gid is None else gid, groups=groups)
+
+
+def test_default_deny_and_trusted_uids(tmp_path):
+    pol = policy.load(write(tmp_path), own_uid=4242)
+    assert pol.identify(peer(1000)) is None
+    assert pol.identify(peer(65534)) is None
+    for uid in (0, 4242):  # root and the daemon's own user hold the key anyway
+        app = pol.identify(peer(uid))
+        assert app is policy.ROOT and app.admin and app.scope is None
+    assert pol.problems == []
+
+
+def test_a_drop_in_gives_its_app_exactly_its_scopes(tmp_path):
+    cfg = write(tmp_path, **{"player.toml": '[[client]]\nname = "player"\nuser = "nobody"\n'
+                                            'scope = "openid  media.read"\n'})
+    pol = policy.load(cfg, own_uid=0)
+    app = pol.identify(peer(65534))
+    assert app is not None and app.name == "player"
+    assert app.scope == frozenset({"openid", "media.read"}) and not app.admin and app.resources is None
+    assert app.allows_scope(frozenset({"media.read", "media.write"})) == {"media.write"}
+    assert pol.identify(peer(1)) is None
+
+
+def test_uid_beats_group_and_groups_match_supplementary_ids(tmp_path):
+    cfg = write(tmp_path, main="""
+[[client]]
+name = "media-group"
+group = "nogroup"
+scope = "media.read"
+
+[[client]]
+name = "daemon-group"
+group = "daemon"
+scope = "media.write"
+
+[[client]]
+name = "nobody-user"
+uid = 65534
+scope = "openid"
+admin = true
+""")
+    pol = policy.load(cfg, own_uid=0)
+    assert pol.identify(peer(65534)).name == "nobody-user"  # uid entry wins over its group
+    assert pol.identify(peer(1000, gid=65534)).name == "media-group"  # primary gid
+    assert pol.identify(peer(1000, gid=1000, groups=(7, 65534))).name == "media-group"  # supplementary
+    # in both groups: the first group entry in file order wins; entries never merge
+    assert pol.identify(peer(1000, gid=1, groups=(65534,))).name == "media-group"
+    assert pol.identify(peer(1000, gid=1000, groups=(7, 8))) is None
+
+
+def test_a_bad_drop_in_is_reported_and_skipped_the_rest_keeps_working(tmp_path):
+    cfg = write(
+        tmp_path,
+        main='[[client]]\nname = "main"\nuid = 1001\nscope = "openid"\n',
+        **{
+            "a-broken.toml": "[[client]\nname = ",
+            "b-unknown-key.toml": '[[client]]\nname = "x"\nuid = 1002\nscopes = "openid"\n',
+            "c-no-such-user.toml": '[[client]]\nname = "ghost"\nuser = "no-such-user-here"\n',
+            "d-dup-uid.toml": '[[client]]\nname = "thief"\nuid = 1001\nscope = "media.write"\n',
+            "e-dup-name.toml": '[[client]]\nname = "main"\nuid = 1003\n',
+            "f-root.toml": '[[client]]\nname = "rooty"\nuid = 0\n',
+            "g-good.toml": '[[client]]\nname = "good"\nuid = 1004\nscope = "media.read"\n',
+            "h-two-matchers.toml": '[[client]]\nname = "two"\nuid = 1005\ngroup = "daemon"\n',
+            "i-other-section.toml": '[provider]\nissuer = "https://evil.example"\n',
+            ".hidden.toml": '[[client]]\nname = "hidden"\nuid = 1006\n',
+            "readme.txt": "not a policy file",
+        },
+    )
+    pol = policy.load(cfg, own_uid=0)
+    assert pol.identify(peer(1001)).scope == {"openid"}  # the duplicate did not take it over
+    assert pol.identify(peer(1004)).name == "good"
+    for uid in (1002, 1003, 1005, 1006):
+        assert pol.identify(peer(uid)) is None
+    problems = "\n".join(pol.problems)
+    assert len(pol.problems) == 8, problems
+    assert "a-broken.toml: not valid TOML" in problems
+    assert "b-unknown-key.toml: [[client]] #1 scopes: unknown key" in problems
+    assert "no user named 'no-such-user-here'" in problems
+    assert "uid 1001 is already matched by 'main'" in problems
+    assert "e-dup-name.toml: [[client]] 'main': the name is already used" in problems
+    assert "uid 0 is root or the daemon's own user" in problems
+    assert "exactly one of user, uid or group" in problems
+    assert "i-other-section.toml: provider: unknown key" in problems
+    assert all(line.endswith("; skipped") and "\n" not in line for line in pol.problems)
+
+
+def test_resources_in_a_client_entry(tmp_path):
+    cfg = write(tmp_path, main='[[client]]\nname = "api"\nuid = 1001\nscope = "openid"\n'
+                               'resource = ["https://api.example.com"]\n')
+    app = policy.load(cfg, own_uid=0).identify(peer(1001))
+    assert app.resources == {"https://api.example.com"}
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('name = "a b"\nuid = 5', "name: expected 1-64 letters"),
+    ('name = "x"\nuid = 5\nscope = "bad\\"scope"', "scope: expected space-separated scope tokens"),
+    ('name = "x"\nuid = 5\nresource = ["not a uri"]', "resource: expected absolute URIs"),
+    ('name = "x"', "needs exactly one of user, uid or group"),
+    ('name = "x"\nuid = -1', "uid: expected an integer"),
+])
+def test_errors_in_the_main_config_stop_the_daemon(tmp_path, entry, message):
+    with pytest.raises(ConfigError, match=message):
+        write(tmp_path, main=f"[[client]]\n{entry}\n")
+
+
+def test_socket_caps_are_configurable(tmp_path):
+    cfg = write(tmp_path, main="[socket]\nmax_connections = 100\nmax_connections_per_uid = 10\n")
+    assert (cfg.socket.max_connections, cfg.socket.max_connections_per_uid) == (100, 10)
+    with pytest.raises(ConfigError, match="max_connections_per_uid"):
+        write(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
+              main="[socket]\nmax_connections_per_uid = 0\n")
