@@ -400,3 +400,202 @@ def test_step_up_bodies_are_checked(body, message):
         parse_step_up(body)
     assert info.value.code == "invalid_request"
     assert parse_step_up(b'{"acr_values": ["a", "b"], "max_age": 0}') == ("a b", 0, 60)
+
+
+# -- races and limits found in review -----------------------------------------------
+
+
+def test_unpair_waits_for_a_narrowed_refresh_and_the_grant_stays_gone(tmp_path):
+    """A narrowed refresh at the server while unpair starts: unpair waits for it (it may have
+    rotated the refresh token), revokes the live token, and nothing brings the grant back."""
+    import threading
+
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        entered, release = threading.Event(), threading.Event()
+
+        def held(respond):
+            response = respond()
+            entered.set()
+            release.wait(10)
+            return response
+
+        rig.srv.around_token = held
+        token = asyncio.ensure_future(device.token(TokenQuery(), PLAYER))
+        assert await asyncio.to_thread(entered.wait, 10)  # the narrowed refresh has rotated at the server
+        rig.srv.around_token = lambda respond: respond()
+        unpair = asyncio.ensure_future(device.unpair())
+        await asyncio.sleep(0)
+        with pytest.raises(ApiError, match="being unpaired"):
+            await device.token(TokenQuery(), PLAYER)  # nothing new starts meanwhile
+        release.set()
+        await token  # served before the unpair: it came back before unpair took its turn
+        answer = await unpair
+        assert answer["revoked"] and device.state is State.UNPAIRED and device.tokens is None
+        assert all(rig.srv.revoked(rt) for rt in rig.srv.issued_refresh_tokens()[-1:])  # the live one
+        assert (device.store.load() or {}).get("tokens") is None
+        await device.stop()
+        again = rig.device(scope=FULL)
+        await again.start()
+        assert again.state is not State.PAIRED and again.tokens is None
+        await rig.close(again)
+
+    run(main())
+
+
+def test_a_revocation_save_never_lands_after_a_rotated_refresh_token(tmp_path):
+    import threading
+    import time
+
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        in_save = threading.Event()
+        real_save = device.store.save
+
+        def slow_save(record):
+            in_save.set()
+            time.sleep(0.2)  # a slow SD card, in the writer thread
+            real_save(record)
+
+        device.store.save = slow_save
+        rig.clock.advance(1850)
+        refresh = asyncio.ensure_future(device.token(TokenQuery(min_ttl=3600)))
+        assert await asyncio.to_thread(in_save.wait, 10)  # the refresh is writing the rotated token
+        device._pending_revocations.append(("an-old-step-up-token", "refresh_token"))
+        await device._revoke_pending()  # what the background revocation retry does
+        await refresh
+        assert device.store.load()["tokens"]["refresh_token"] == device.tokens.refresh_token
+        await rig.close(device)
+
+    run(main())
+
+
+def test_an_app_held_to_a_resource_never_gets_the_grants_token(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        api, media = "https://api.example.com", "https://media.example.com"
+        device = await rig.paired(scope=FULL, resource=(api, media))
+        held = App("media", scope=frozenset({"openid"}), resources=frozenset({media}))
+        answer = await device.token(TokenQuery(), held)  # no resource named: its only one
+        assert rig.srv.access_token_info(answer["access_token"])["aud"] in (media, [media])
+        both = App("both", scope=frozenset({"openid"}), resources=frozenset({api, media}))
+        with pytest.raises(ApiError, match="say which with resource="):
+            await device.token(TokenQuery(), both)
+        await rig.close(device)
+
+    run(main())
+
+
+def test_narrowed_refreshes_cannot_starve_the_grants_own_refresh(tmp_path):
+    import itertools
+
+    from devicelink.budget import RequestBudget
+
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        device.budget = RequestBudget(limit=6)
+        greedy = App("greedy", scope=frozenset(FULL.split()), resources=None)
+        refused = 0
+        for combo in itertools.chain(*(itertools.combinations(FULL.split(), k) for k in (1, 2))):
+            try:
+                await device.token(TokenQuery(scope=" ".join(combo)), greedy)
+            except ApiError as err:
+                assert "budget" in err.description
+                refused += 1
+        assert refused > 0
+        rig.clock.advance(1850)  # the grant's refresh is wanted: its lifetime allowance is still there
+        assert (await device.token(TokenQuery(min_ttl=3000)))["expires_in"] > 3000
+        await rig.close(device)
+
+    run(main())
+
+
+def test_step_up_for_an_app_without_openid_is_narrowed_to_its_scopes(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        mailer = App("mailer", scope=frozenset({"email"}), resources=None)
+        _, pending = await device.step_up(mailer, MFA, None)
+        rig.srv.approve(pending["user_code"], subject="alice")
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        status, answer = await device.step_up(mailer, MFA, None)
+        assert status == 200 and answer["scope"] == "email"
+        info = rig.srv.access_token_info(answer["access_token"])
+        assert info["scope"] == "email" and info["acr"] == MFA
+        nothing = App("status-only", scope=frozenset(), resources=None)
+        with pytest.raises(ApiError, match="no scope of this grant"):
+            await device.step_up(nothing, MFA, None)
+        await rig.close(device)
+
+    run(main())
+
+
+def test_step_up_by_another_account_is_refused(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)  # paired as alice
+        _, pending = await device.step_up(PLAYER, MFA, None)
+        rig.srv.approve(pending["user_code"], subject="bob", name="Bob")
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        with pytest.raises(ApiError, match=r"another account \(Bob\)"):
+            await device.step_up(PLAYER, MFA, None)
+        await rig.close(device)
+
+    run(main())
+
+
+def test_step_ups_end_with_the_grant_and_their_grants_are_revoked(tmp_path):
+    async def main():
+        rig = Rig(tmp_path, lifetime=300)
+        device = await rig.paired(scope=FULL)
+        _, pending = await device.step_up(PLAYER, MFA, None)
+        rig.srv.approve(pending["user_code"], subject="alice")
+        rig.clock.advance(5)
+        await device.step_ups_settled()
+        status, answer = await device.step_up(PLAYER, MFA, None, min_ttl=600)  # min_ttl > lifetime: no loop
+        assert status == 200
+        step_up_rt = rig.srv.issued_refresh_tokens()[-1]
+        assert not rig.srv.revoked(step_up_rt)  # kept while its access token is served (RFC 7009 §2.1)
+        with pytest.raises(ApiError, match="too many step-ups"):
+            for acr in ("a", "b"):
+                await device.step_up(PLAYER, acr, None)
+        rig.srv.around_token = lambda respond: (json.dumps({"error": "invalid_grant"}), 400,
+                                                {"content-type": "application/json"})
+        rig.clock.now += 200  # no timers fired: the next token request refreshes, and is refused
+        with pytest.raises(ApiError, match="pair"):
+            await device.token(TokenQuery(min_ttl=200))
+        assert device.state is State.REAUTH_REQUIRED
+        assert device._step_ups == {}  # another owner may pair next: nothing of alice's is served
+        await device.revocations_settled()
+        assert rig.srv.revoked(step_up_rt)
+        await rig.close(device)
+
+    run(main())
+
+
+def test_a_reload_ends_the_event_streams_of_apps_it_no_longer_lists(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        api = SocketApi(device, Policy(by_uid={1001: PLAYER, 1002: App("other", None, None)}),
+                        keepalive=3600)
+        gone, kept = (api.handle(request("events", uid)).chunks for uid in (1001, 1002))
+        for chunks in (gone, kept):
+            assert await anext(chunks) == b"retry: 2000\n\n"
+            assert _parse(await anext(chunks))[1]["state"] == "paired"
+        api.reload(Policy(by_uid={1002: App("other", None, None)}))  # player's drop-in was removed
+        with pytest.raises(StopAsyncIteration):
+            await anext(gone)
+        assert len(device.events) == 1
+        device.events.publish("state", {"state": "x"})
+        assert _parse(await anext(kept))[1] == {"state": "x"}
+        await kept.aclose()
+        assert len(device.events) == 0
+        await rig.close(device)
+
+    run(main())

@@ -96,6 +96,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
+    try:  # a reload during start-up must not kill the daemon (SIGHUP's default); the policy is read below
+        loop.add_signal_handler(signal.SIGHUP, lambda: logger.warning("SIGHUP while starting: ignored; reload again once ready"))
+    except (NotImplementedError, RuntimeError):
+        pass
 
     async with AsyncExitStack() as stack:
         display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
@@ -112,6 +116,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(gpio.close)  # closed before device.stop
         activated = systemd.activated_socket(str(cfg.socket.path))  # devicelink.socket's, else None: we bind
         api = SocketApi(device, policy)
+        try:  # systemctl reload devicelink: the per-app policy, without dropping a connection
+            loop.add_signal_handler(signal.SIGHUP, lambda: api.reload(reload_policy(cfg, api.policy)))
+        except (NotImplementedError, RuntimeError):
+            pass
         server = SocketServer(api, str(cfg.socket.path) if activated is None else None, sock=activated,
                               max_connections=cfg.socket.max_connections,
                               max_connections_per_uid=cfg.socket.max_connections_per_uid)
@@ -120,10 +128,6 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         logger.info("devicelink ready on %s (state %s, key from %s)", server.path, device.state, key_source)
         systemd.notify(f"READY=1\nSTATUS={device.state}")
         device.listeners.append(lambda state: systemd.notify(f"STATUS={state}"))  # for `systemctl status`
-        try:  # systemctl reload devicelink: the per-app policy, without dropping a connection
-            loop.add_signal_handler(signal.SIGHUP, lambda: api.reload(reload_policy(cfg, api.policy)))
-        except (NotImplementedError, RuntimeError):
-            pass
         if (interval := systemd.watchdog_interval()) is not None:
             stack.callback(asyncio.create_task(systemd.watchdog(interval)).cancel)
         await stop.wait()

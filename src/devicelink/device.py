@@ -55,7 +55,9 @@ PAIR_ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will pri
 STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
 MAX_NARROWED = 64  # (scope, resource) keys cached; an app cycling through more only costs refreshes
 
-MAX_STEP_UPS = 8  # step-up sessions at once (one per app and request)
+MAX_STEP_UPS = 8  # step-up sessions at once, all apps together
+STEP_UPS_PER_APP = 2
+STEP_UP_FORGET = 300.0  # a failed step-up nobody asked about again is forgotten after this
 AUTH_TIME_SKEW = 60  # seconds of clock difference allowed when checking max_age (RFC 9470 §4)
 
 NarrowKey = tuple[str, str | None]  # (sorted scopes, resource)
@@ -75,6 +77,8 @@ class StepUp:
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # a code is shown, or it ended
     task: asyncio.Task[None] | None = None
     finished: bool = False
+    finished_at: float = 0.0
+    refresh_token: str | None = field(default=None, repr=False)  # revoked when the session is discarded
 
 
 class Device:
@@ -131,6 +135,7 @@ class Device:
         self._narrowed: dict[NarrowKey, TokenSet] = {}
         self._narrowing: dict[NarrowKey, asyncio.Future[TokenSet]] = {}
         self._step_ups: dict[StepUpKey, StepUp] = {}
+        self._unpairing = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class Device:
             self.pairing = None
         if self.state not in HOLDS_GRANT:
             self._narrowed.clear()
+            self._discard_step_ups()  # stronger tokens of an account no longer the device's
         self._redraw()
         if old is not self.state:
             self.events.publish("state", self.state_event())
@@ -206,11 +212,12 @@ class Device:
 
     async def stop(self) -> None:
         await self._settle_refresh()
-        await self._cancel_tasks()
+        owed = len(self._pending_revocations)
+        await self._cancel_tasks()  # step-ups' own grants become owed revocations, kept for the next start
         for pending in (self._saving, self._drawing):
             if pending is not None:
                 await asyncio.wait([pending])
-        if self._unsaved and self.tokens is not None:
+        if (self._unsaved and self.tokens is not None) or len(self._pending_revocations) != owed:
             await self._save(self.tokens)
 
     # -- the Agent protocol of ipc/routes.py ------------------------------------
@@ -268,6 +275,13 @@ class Device:
         Raises ApiError: never more than the app's policy allows, nor more than the grant holds."""
         self._require_grant()
         resource = query.resource
+        if resource is None and app.resources is not None:
+            # An app held to some resources never gets the grant's token (its audience is wider).
+            mine = [r for r in self.provider.resource if r in app.resources]
+            if len(mine) != 1:
+                raise ApiError("forbidden", f"{app.name!r} may have tokens only for "
+                               f"{' or '.join(sorted(app.resources))}: say which with resource=")
+            resource = mine[0]
         if resource is not None:
             # Only resources the device authorization named (RFC 8707 §2.2): a server may spend the
             # refresh token on an invalid_target answer (oidc-provider does), and under rotation
@@ -323,7 +337,9 @@ class Device:
                 raise ApiError("upstream_unavailable", "this grant has no refresh token, so no narrower "
                                "token can be had; ask without scope and resource")
             now = self.clock()
-            if not self.budget.allows(now, RequestBudget.allowance(tokens.lifetime)):
+            # Without the lifetime's allowance: that headroom is for the grant's own refresh,
+            # so apps cycling through many (scope, resource) keys cannot starve it.
+            if not self.budget.allows(now):
                 raise ApiError("upstream_unavailable", "hourly request budget spent; try again later")
             self.budget.spend(now)
             reply = await self.http.send(m.refresh_request(endpoints, tokens.refresh_token, scope or None, resource))
@@ -404,25 +420,30 @@ class Device:
         return self.status()
 
     async def unpair(self) -> dict[str, Any]:
-        # A refresh in flight may already have rotated the refresh token at the server:
-        # wait for it, so the token revoked is the live one and no late save restores the grant.
-        await self._settle_refresh()
-        await self._cancel_tasks()
-        if self._saving is not None:
-            await asyncio.wait([self._saving])
-        tokens = self.tokens
-        self.tokens = None  # served no more, from this instant
-        self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
-        if tokens is not None and self._can_revoke():
-            # RFC 7009 §2.2.1: until the server answers 200 the token may still be valid, so it
-            # is owed a revocation, kept encrypted on disk and retried until it goes through.
-            self._pending_revocations.append(
-                (tokens.refresh_token, "refresh_token") if tokens.refresh_token
-                else (tokens.access_token, "access_token"))
-        elif tokens is not None:
-            logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
-        await self._save(None)  # the grant is gone from disk; owed revocations stay
-        self._move(Event.UNPAIRED)
+        # From this instant no refresh or narrowed refresh starts (_require_grant refuses).
+        # One in flight may already have rotated the refresh token at the server: wait for it
+        # (it holds the exchange lock and saves first), so the token revoked is the live one
+        # and no late save brings the grant back.
+        self._unpairing = True
+        try:
+            await self._settle_refresh()
+            await self._cancel_tasks()
+            async with self._exchange_lock:
+                tokens = self.tokens
+                self.tokens = None  # served no more
+                self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
+                if tokens is not None and self._can_revoke():
+                    # RFC 7009 §2.2.1: until the server answers 200 the token may still be valid, so it
+                    # is owed a revocation, kept encrypted on disk and retried until it goes through.
+                    self._pending_revocations.append(
+                        (tokens.refresh_token, "refresh_token") if tokens.refresh_token
+                        else (tokens.access_token, "access_token"))
+                elif tokens is not None:
+                    logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
+                await self._save(None)  # the grant is gone from disk; owed revocations stay
+                self._move(Event.UNPAIRED)
+        finally:
+            self._unpairing = False
         error = await self._revoke_pending()
         if self._pending_revocations:
             self._start_revoking(first_delay=self._revocation_delay)
@@ -437,26 +458,32 @@ class Device:
         they have. The stronger token is this app's alone; the standing grant is untouched.
         Raises ApiError when it failed (the next call starts afresh)."""
         self._require_grant()
+        scope, resources = self._step_up_request(app)
         key = (app.name, acr_values, max_age)
+        self._prune_step_ups()
         session = self._step_ups.get(key)
-        now = self.clock()
-        if session is not None and session.task is not None and session.task.done():
-            if session.error is not None or session.tokens is None or not session.tokens.valid_for(min_ttl, now):
-                del self._step_ups[key]
+        if session is not None and session.finished:
+            tokens = session.tokens
+            if session.error is not None or tokens is None or not tokens.valid_for(
+                    min(min_ttl, tokens.lifetime / 2), self.clock()):
+                self._discard_step_up(key)
                 if session.error is not None:
                     raise session.error
                 session = None
         if session is None:
-            if len(self._step_ups) >= MAX_STEP_UPS:
-                raise ApiError("invalid_request", "too many step-ups under way; try again in a few minutes")
+            if sum(1 for other in self._step_ups.values() if other.app == app.name) >= STEP_UPS_PER_APP \
+                    or len(self._step_ups) >= MAX_STEP_UPS:
+                raise ApiError("invalid_request", "too many step-ups under way; finish one first")
             session = self._step_ups[key] = StepUp(app.name, acr_values, max_age)
-            session.task = asyncio.create_task(self._run_step_up(session, self._step_up_scope(app)))
+            session.task = asyncio.create_task(self._run_step_up(session, scope, resources, app))
             try:  # until a code is shown or it has ended
                 await asyncio.wait_for(session.settled.wait(), PAIR_ANSWER_WAIT)
             except TimeoutError:
                 pass
-            if session.task.done():
-                return await self.step_up(app, acr_values, max_age, min_ttl)
+            if session.finished:
+                if session.error is not None:
+                    self._discard_step_up(key)
+                    raise session.error
         if session.tokens is not None:
             answer = self._answer(session.tokens, self.clock())
             account = session.tokens.account
@@ -467,12 +494,17 @@ class Device:
                      "verification_uri_complete": code and code.verification_uri_complete,
                      "expires_in": code and code.expires_in(self.clock())}
 
-    def _step_up_scope(self, app: App) -> str | None:
-        granted = self._granted_scopes()
+    def _step_up_request(self, app: App) -> tuple[str, tuple[str, ...]]:
+        """The scope (the app's, plus ``openid`` for the ID token that shows the acr) and the
+        resources (the app's, of those the grant named) a step-up for ``app`` asks for."""
+        granted = self._granted_scopes() | frozenset((self.provider.scope or "").split())
         scopes = granted if app.scope is None else app.scope & granted
-        return " ".join(sorted(scopes)) or None
+        if not scopes:
+            raise ApiError("forbidden", f"the [[client]] policy gives {app.name!r} no scope of this grant")
+        resources = tuple(r for r in self.provider.resource if app.resources is None or r in app.resources)
+        return " ".join(sorted(scopes | {"openid"})), resources
 
-    async def _run_step_up(self, session: StepUp, scope: str | None) -> None:
+    async def _run_step_up(self, session: StepUp, scope: str, resources: tuple[str, ...], app: App) -> None:
         extra = tuple((k, str(v)) for k, v in (("acr_values", session.acr_values), ("max_age", session.max_age))
                       if v is not None)
 
@@ -487,15 +519,18 @@ class Device:
         ticker = asyncio.create_task(self._tick())
         try:
             endpoints = self.endpoints or await self._resolve_endpoints()
-            flow = grant.device_flow(endpoints, scope, self.provider.resource, self.provider.issuer,
+            flow = grant.device_flow(endpoints, scope, resources, self.provider.issuer,
                                      self.provider.client_id, self.rng, extra)
             tokens = await self.http.run(flow, show=show, sleep=self.sleep, observe=self._observe)
+            # A grant of its own: its refresh token is revoked when the session is discarded
+            # (not now: RFC 7009 §2.1 lets the server revoke the access token along with it).
+            session.refresh_token = tokens.refresh_token
             session.error = self._step_up_shortfall(session, tokens)
-            if tokens.refresh_token:  # only this one token is wanted: the extra grant is given back
-                self._pending_revocations.append((tokens.refresh_token, "refresh_token"))
-                await self._save(self.tokens)
-                self._start_revoking(first_delay=0.0)
-            session.tokens = replace(tokens, refresh_token=None) if session.error is None else None
+            if session.error is None and app.scope is not None and "openid" not in app.scope:
+                tokens = await self._narrow_step_up(session, tokens, endpoints, " ".join(sorted(
+                    set(scope.split()) - {"openid"})))
+            if session.error is None:
+                session.tokens = replace(tokens, refresh_token=None)
         except asyncio.CancelledError:
             raise
         except DeviceCodeExpired:
@@ -513,19 +548,41 @@ class Device:
         finally:
             ticker.cancel()
             session.finished = True
+            session.finished_at = self.clock()
             session.settled.set()
             outcome = (f"failed: {session.error.description}" if session.error
                        else "done" if session.tokens else "cancelled")
             logger.info("step-up for %s: %s", session.app, outcome)
             self.events.publish("step_up", {"app": session.app,
-                                            "status": "failed" if session.error or not session.tokens else "done"})
+                                            "status": "done" if session.tokens else "failed"})
             self._redraw()
+
+    async def _narrow_step_up(self, session: StepUp, tokens: TokenSet, endpoints: m.Endpoints,
+                              scope: str) -> TokenSet:
+        """``openid`` was added only to learn the acr: the app gets its own scopes (RFC 6749 §6)."""
+        if not tokens.refresh_token:
+            raise ApiError("forbidden", "the step-up's token carries openid, which this app may not have, "
+                           "and the server issued no refresh token to narrow it with")
+        reply = await self.http.send(m.refresh_request(endpoints, tokens.refresh_token, scope))
+        if not isinstance(reply, m.Response) or m.oauth_error(reply) is not None or reply.status != 200:
+            reason = m.describe(reply) if isinstance(reply, m.Response) else reply.reason
+            raise ApiError("upstream_unavailable", f"could not narrow the step-up token to {scope!r}: {reason}")
+        narrowed = m.parse_tokens(reply, self.provider.issuer, self.provider.client_id, refreshable=True)
+        if narrowed.scope and not set(narrowed.scope.split()) <= set(scope.split()):
+            raise ApiError("upstream_unavailable", "the authorization server ignored the narrower scope "
+                           "of the step-up token; not served")
+        session.refresh_token = narrowed.refresh_token or tokens.refresh_token
+        return replace(narrowed, account=tokens.account)
 
     def _step_up_shortfall(self, session: StepUp, tokens: TokenSet) -> ApiError | None:
         """RFC 9470 §4: a server that ignores acr_values or max_age says so only through the
         ID token's ``acr`` and ``auth_time``. Tell the app plainly instead of handing it a
-        token its API will refuse again."""
+        token its API will refuse again. And it must be the device's own account."""
         account = tokens.account
+        owner = self.tokens.account if self.tokens else None
+        if account and owner and account.sub != owner.sub:
+            return ApiError("forbidden", f"the stronger sign-in was by another account ({account.name or account.sub}) "
+                            f"than the device's ({owner.name or owner.sub})")
         if session.acr_values is not None:
             acr = account.acr if account else None
             if acr not in session.acr_values.split():
@@ -541,6 +598,27 @@ class Device:
                 return ApiError("step_up_unsupported", "the authorization server ignored max_age: the sign-in "
                                 f"it reports is {self.wall_clock() - auth_time:.0f} s old")
         return None
+
+    def _prune_step_ups(self) -> None:
+        """Drop finished step-ups nobody will use: tokens expired, or a failure not asked about for a while."""
+        now = self.clock()
+        for key, session in list(self._step_ups.items()):
+            if session.finished and ((session.tokens is not None and not session.tokens.valid_for(0, now))
+                                     or (session.tokens is None and now - session.finished_at > STEP_UP_FORGET)):
+                self._discard_step_up(key)
+
+    def _discard_step_up(self, key: StepUpKey) -> None:
+        session = self._step_ups.pop(key)
+        if session.task is not None and not session.task.done():
+            session.task.cancel()
+        if session.refresh_token and self._can_revoke():  # give the extra grant back (RFC 7009)
+            self._pending_revocations.append((session.refresh_token, "refresh_token"))
+            session.refresh_token = None
+            self._start_revoking(first_delay=0.0)
+
+    def _discard_step_ups(self) -> None:
+        for key in list(self._step_ups):
+            self._discard_step_up(key)
 
     # -- the button (gpio/button.py) ----------------------------------------------
 
@@ -690,7 +768,7 @@ class Device:
 
     async def _refresh(self) -> None:
         tokens, endpoints = self.tokens, self.endpoints
-        if tokens is None or self.state not in (State.PAIRED, State.OFFLINE):
+        if tokens is None or self.state not in (State.PAIRED, State.OFFLINE) or self._unpairing:
             return
         if not tokens.refresh_token or endpoints is None:
             # Nothing to refresh with: serve the token until it expires, then ask for a pairing.
@@ -743,6 +821,10 @@ class Device:
             self._refresh_failed(reply, str(exc))
             return
         fresh = tokens.rotated(parsed)
+        if fresh.scope and tokens.scope and not set(tokens.scope.split()) <= set(fresh.scope.split()):
+            # Some servers give a refresh token the scope of the last (narrowed) refresh
+            # (thephpleague/oauth2-server#1117): apps may now be refused what they had.
+            logger.warning("the grant's scope shrank at this refresh: %r -> %r", tokens.scope, fresh.scope)
         # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
         # token is served, or a crash now would leave only a dead refresh token behind.
         self.last_error = None  # _save sets it again if the disk fails
@@ -838,6 +920,12 @@ class Device:
             return None
         return tokens
 
+    async def _save_current(self) -> None:
+        """Write the grant as it is now, from outside the refresh path: under the exchange
+        lock, so it cannot land after (and undo) the save of a refresh token just rotated."""
+        async with self._exchange_lock:
+            await self._save(self.tokens)
+
     async def _save(self, tokens: TokenSet | None) -> None:
         """Write the grant (or, with ``tokens`` None, only the revocations still owed)."""
         if tokens is None and not self._pending_revocations:
@@ -893,7 +981,7 @@ class Device:
                     error = self.last_error = f"the server refused the revocation ({m.describe(reply)})"
                     logger.warning("%s; not retrying", error)
                 self._pending_revocations.remove((token, hint))
-                await self._save(self.tokens)
+                await self._save_current()
                 continue
             reason = reply.reason if isinstance(reply, m.Failure) else m.describe(reply)
             error = self.last_error = f"revocation failed: {reason}; will retry"
@@ -937,10 +1025,7 @@ class Device:
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
-        for session in self._step_ups.values():
-            if session.task is not None and not session.task.done() and session.task is not current:
-                session.task.cancel()
-        self._step_ups.clear()
+        self._discard_step_ups()
         for task in (self._pairing_task, self._refresh_task, self._inflight, self._revoking):
             if task is not None and task is not current and not task.done():
                 task.cancel()
@@ -953,8 +1038,10 @@ class Device:
     # -- helpers ----------------------------------------------------------------
 
     def _require_grant(self) -> None:
-        if self.state in HOLDS_GRANT and self.tokens is not None:
+        if self.state in HOLDS_GRANT and self.tokens is not None and not self._unpairing:
             return
+        if self._unpairing:
+            raise ApiError("not_paired", "the device is being unpaired")
         if self.state is State.PAIRING:
             raise ApiError("pairing_in_progress", "the device is pairing; approve the code on screen")
         if self.state is State.REAUTH_REQUIRED:

@@ -28,6 +28,7 @@ class Subscription:
         self._limit = limit
         self._wakeup: asyncio.Future[None] | None = None
         self.overflowed = False
+        self.closed = False
 
     def _put(self, event: Event) -> None:
         if len(self._queue) >= self._limit:
@@ -35,13 +36,16 @@ class Subscription:
             self.close()
         else:
             self._queue.append(event)
+            self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
     async def next(self, timeout: float) -> Event | None:
         """The next event; None after ``timeout`` seconds without one (send a keep-alive)
-        or once dropped for falling behind (check ``overflowed``)."""
-        if not self._queue and not self.overflowed:
+        or once closed (check ``closed``; ``overflowed`` when it fell behind)."""
+        if not self._queue and not self.closed:
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self._wakeup, timeout)
@@ -49,10 +53,13 @@ class Subscription:
                 pass
             finally:
                 self._wakeup = None
-        return self._queue.popleft() if self._queue and not self.overflowed else None
+        return self._queue.popleft() if self._queue and not self.closed else None
 
     def close(self) -> None:
+        """No more events; a reader waiting in :meth:`next` gets None at once."""
+        self.closed = True
         self._hub._subscribers.discard(self)
+        self._wake()
 
 
 class Hub:

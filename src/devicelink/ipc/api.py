@@ -25,7 +25,8 @@ from typing import Any
 from devicelink import __version__
 from devicelink.device import Device
 from devicelink.ipc import routes
-from devicelink.ipc.routes import ApiError, Request, Response, Stream
+from devicelink.events import Subscription
+from devicelink.ipc.routes import ApiError, Peer, Request, Response, Stream
 from devicelink.lifecycle import HOLDS_GRANT, State
 from devicelink.policy import App, Policy
 
@@ -46,14 +47,24 @@ class SocketApi:
         self.policy = policy
         self.keepalive = keepalive
         self.clock = clock
+        # Apps repeat the same few queries, and an answer changes once a second (expires_in):
+        # both are kept, in small maps emptied when full. Per instance: no global state.
+        self._queries: dict[bytes, routes.TokenQuery] = {}
+        self._answers: dict[tuple[Any, ...], Response] = {}
+        self._streams: dict[Subscription, Peer] = {}  # open event streams and who reads them
+        device.listeners.append(lambda state: self._answers.clear())  # refreshed or unpaired: old tokens go
         self._handlers: dict[str, Callable[[Request, App], Response | Stream | Awaitable[Response]]] = {
             "token": self._token, "status": self._status, "pair": self._pair, "unpair": self._unpair,
             "events": self._events, "metrics": self._metrics, "step_up": self._step_up,
         }
 
     def reload(self, policy: Policy) -> None:
-        """A new policy from SIGHUP: it decides every request from now on, on open connections too."""
+        """A new policy from SIGHUP: it decides every request from now on, on open connections
+        too, and event streams of apps it no longer lists end."""
         self.policy = policy
+        for subscription, peer in list(self._streams.items()):
+            if policy.identify(peer) is None:
+                subscription.close()
 
     def handle(self, request: Request) -> Response | Stream | Awaitable[Response]:
         if request.handler == "health":
@@ -70,15 +81,24 @@ class SocketApi:
 
     def _token(self, request: Request, app: App) -> Response | Awaitable[Response]:
         try:
-            query = routes.parse_token_query(request.query)
+            query = self._queries.get(request.query)
+            if query is None:
+                query = _remember(self._queries, request.query, routes.parse_token_query(request.query), 256)
             answer = self.device.token_now(query, app)
         except ApiError as err:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
             raise
         if answer is not None:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
-            return routes.token_response(answer)
+            return self._token_response(answer)
         return self._token_later(query, app)
+
+    def _token_response(self, answer: dict[str, Any]) -> Response:
+        key = (answer["access_token"], answer["expires_in"], answer["scope"])
+        response = self._answers.get(key)
+        if response is None:
+            response = _remember(self._answers, key, routes.token_response(answer), 64)
+        return response
 
     async def _token_later(self, query: routes.TokenQuery, app: App) -> Response:
         try:
@@ -87,7 +107,7 @@ class SocketApi:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
             raise
         self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
-        return routes.token_response(answer)
+        return self._token_response(answer)
 
     def _status(self, request: Request, app: App) -> Response:
         return routes.json_response(200, self.device.status())
@@ -113,7 +133,7 @@ class SocketApi:
         return routes.text_response(200, self.device.metrics.render(self._gauges()))
 
     def _events(self, request: Request, app: App) -> Stream:
-        return Stream(routes.SSE_HEADERS, self._event_stream())
+        return Stream(routes.SSE_HEADERS, self._event_stream(request.peer))
 
     # -- helpers -------------------------------------------------------------
 
@@ -127,13 +147,14 @@ class SocketApi:
     async def _accepted(call: Awaitable[dict[str, Any]]) -> Response:
         return routes.json_response(202, await call)
 
-    async def _event_stream(self) -> AsyncIterator[bytes]:
+    async def _event_stream(self, peer: Peer) -> AsyncIterator[bytes]:
         """``state`` now (so an app waiting for pairing cannot miss it), then every event
         as it happens, with a comment every ``keepalive`` seconds of quiet."""
         device = self.device
         # Subscribed here, not in _events: a generator closed before it started runs no
         # finally. Before the snapshot, so nothing that happens in between is missed.
         subscription = device.events.subscribe()
+        self._streams[subscription] = peer
         try:
             yield b"retry: 2000\n\n"  # reconnect after 2 s (WHATWG HTML §9.2.4)
             yield routes.sse_event("state", device.state_event())
@@ -145,13 +166,15 @@ class SocketApi:
                 if event is not None:
                     event_id, name, data = event
                     yield routes.sse_event(name, data, event_id)
-                elif subscription.overflowed:
-                    logger.warning("an event subscriber fell behind; its stream was ended")
+                elif subscription.closed:
+                    if subscription.overflowed:
+                        logger.warning("an event subscriber fell behind; its stream was ended")
                     return
                 else:
                     yield b": keep-alive\n\n"
         finally:
             subscription.close()
+            del self._streams[subscription]
 
     def _gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
         device = self.device
@@ -174,6 +197,13 @@ class SocketApi:
                        device.status()["pending_revocations"]))
         gauges.append(("devicelink_event_subscribers", "Open GET /v1/events streams.", {}, len(device.events)))
         return gauges
+
+
+def _remember(cache: dict, key: Any, value: Any, limit: int) -> Any:
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def parse_step_up(body: bytes) -> tuple[str | None, int | None, int]:

@@ -216,7 +216,7 @@ def error_response(err: ApiError, status: int | None = None) -> Response:
 def token_response(result: Mapping[str, Any]) -> Response:
     """200 with the token fields of ``result`` only (never a refresh token)."""
     if "access_token" not in result:
-        raise ValueError("the agent's token answer has no access_token")
+        raise ValueError("the token answer has no access_token")
     return json_response(200, {k: result[k] for k in TOKEN_FIELDS if k in result})
 
 
