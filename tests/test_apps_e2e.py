@@ -122,3 +122,41 @@ def test_step_up_over_the_socket(short_tmp, dev_server, daemons):
         assert dev_server.access_token_info(stronger["access_token"])["acr"] == mfa
         assert app.get("/v1/token").json()["access_token"] == standing  # everyone else: the standing grant
         assert app.post("/v1/step-up", content=b"[1]").status_code == 400
+
+
+ABUSER = r"""
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+held, busy = [], 0
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+for i, s in enumerate(held):
+    s.sendall([b"\x00\xff garbage\r\n\r\n", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+               b"POST /v1/step-up HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n"][i % 3])
+for s in held:
+    s.settimeout(10)
+    answer = s.recv(200)
+    busy += b" 503 " in answer[:16]
+print(busy)
+"""
+
+
+def test_the_daemon_keeps_serving_under_abuse(short_tmp, dev_server, daemons):
+    """Another uid opens more connections than its cap and sends garbage on each: it gets
+    503 beyond the cap and 400/413/414 for the rest; root is served throughout."""
+    short_tmp.chmod(0o755)
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id, scope=FULL)
+    cfg.write_text(cfg.read_text().replace('path = "agent.sock"', 'path = "agent.sock"\nmax_connections_per_uid = 20'))
+    d = daemons(cfg)
+    pair(d, dev_server)
+    abuser = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--groups=0",
+                             *DAEMON_PYTHON, "-c", ABUSER, d.socket, "50"],
+                            capture_output=True, text=True, timeout=60)
+    assert abuser.returncode == 0, abuser.stderr
+    assert int(abuser.stdout) == 30  # 50 connections, 20 allowed for that uid
+    with httpx.Client(transport=httpx.HTTPTransport(uds=d.socket), base_url="http://devicelink") as root:
+        assert root.get("/v1/token").status_code == 200
+    assert d.proc.poll() is None
+    assert any("refusing" in line and "65534" in line for line in d.log)
