@@ -1133,3 +1133,91 @@ def test_stop_ends_a_stream_whose_client_does_not_read(srv: ServerThread, api: F
         srv.run(srv.server.stop())
         assert time.monotonic() - t0 < 2.5
     assert flood.closes == 1
+
+
+# -- the fast path: one simple GET alone in a read is answered without h11 ----------
+
+
+class TestSimpleGet:
+    """What _simple_get takes (the fast path) and what it leaves to h11."""
+
+    @pytest.mark.parametrize("data", [
+        b"GET /v1/token HTTP/1.1\r\nHost: devicelink\r\n\r\n",
+        b"GET /v1/token?min_ttl=5&scope=a%20b HTTP/1.1\r\nhost:x\r\nAccept: */*\r\nUser-Agent: curl/8\r\n\r\n",
+        b"GET /v1/status HTTP/1.1\r\nHOST:  devicelink \r\nX-Odd: a\tb\r\n\r\n",
+    ])
+    def test_simple(self, data: bytes) -> None:
+        from devicelink.ipc.server import _simple_get
+
+        assert _simple_get(data) == data.split(b" ")[1]
+
+    @pytest.mark.parametrize("data", [
+        b"GET /v1/token HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: close-delimited rules
+        b"HEAD /v1/token HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/pair HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://devicelink/v1/token HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute-form
+        b"GET /v1/token HTTP/1.1\r\n\r\n",  # no Host: h11 answers 400
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",  # obs-fold
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+        b"GET /v1/token HTTP/1.1\nHost: x\n\n",  # bare LF
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/token HTTP/1.1\r\nHost: x\r\n\r\n",  # pipelined
+        b"GET /v1/token HTTP/1.1\r\nHost: x\r\n",  # incomplete
+        b"GET /v1/t\xffoken HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 101 + b"\r\n",
+    ])
+    def test_left_to_h11(self, data: bytes) -> None:
+        from devicelink.ipc.server import _simple_get
+
+        assert _simple_get(data) is None
+
+
+def test_fast_and_h11_paths_answer_alike(srv: ServerThread, api: FakeApi) -> None:
+    """The same request over the fast path and (with a header that sends it to h11) the
+    slow one: the same status, headers and body, byte for byte apart from connection."""
+    fast = exchange(srv.path, req("GET", "/v1/status"))
+    slow = exchange(srv.path, req("GET", "/v1/status", "Connection: keep-alive"))
+    assert fast == slow
+    fast_token = exchange(srv.path, req("GET", "/v1/token?scope=x"))  # answered later, in a task
+    assert fast_token[0] == 200 and body(fast_token)["scope"] == "x"
+    assert "refresh_token" not in body(fast_token)
+
+
+def test_fast_path_waits_for_a_later_answer_before_reading_on(srv: ServerThread, api: FakeApi) -> None:
+    """A token answered later, and the client's next request arriving meanwhile: the answers
+    come in order (the fast path stops reading while its answer is pending)."""
+    srv.run(_gate(api))
+    with connect(srv.path) as sock, sock.makefile("rb") as f:
+        sock.sendall(req("GET", "/v1/token?scope=first"))
+        assert api.entered.wait(TIMEOUT)
+        sock.sendall(req("GET", "/v1/token?scope=second") + req("GET", "/v1/health"))
+        srv.call_soon(api.gate.set)
+        assert body(read_answer(f))["scope"] == "first"
+        assert body(read_answer(f))["scope"] == "second"
+        assert read_answer(f)[0] == 200
+
+
+async def _gate(api: FakeApi) -> None:
+    api.gate = asyncio.Event()
+
+
+def test_fast_path_after_shutdown_began_closes(srv: ServerThread, api: FakeApi) -> None:
+    srv.run(_gate(api))
+    with connect(srv.path) as sock, sock.makefile("rb") as f:
+        sock.sendall(req("GET", "/v1/token"))
+        assert api.entered.wait(TIMEOUT)
+        stopping = threading.Thread(target=lambda: srv.run(srv.server.stop(timeout=TIMEOUT)))
+        stopping.start()
+        srv.until(lambda: not srv.server.is_serving)
+        srv.call_soon(api.gate.set)
+        status, headers, _ = read_answer(f)
+        assert status == 200 and headers["connection"] == "close"
+        assert f.read() == b""
+        stopping.join(TIMEOUT)

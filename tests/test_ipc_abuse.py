@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import h11
 import pytest
 
 from devicelink.ipc import server as server_module
@@ -543,3 +544,40 @@ def test_fuzz_garbage_and_mutated_requests(make_server: Any, api: FakeApi) -> No
     assert srv.server._per_uid == {}
     assert all(s.closes == 1 for s in api.streams)
     assert time.monotonic() - t0 < 60
+
+
+def test_fuzz_the_fast_path_takes_only_what_h11_takes() -> None:
+    """Differential: whatever the fast path answers without h11 (_simple_get), h11 reads as
+    exactly one complete GET of the same target with no body. So the fast path never
+    accepts a request h11 would refuse, nor reads it differently (request smuggling)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    from devicelink.ipc.server import _simple_get
+
+    bits = st.sampled_from([b"GET", b" ", b"/v1/token", b"?a=b", b"HTTP/1.1", b"HTTP/1.0", b"\n", b"\r",
+                            b"Host", b"host", b":", b"devicelink", b"\t", b"\x00", b"Content-Length", b"0",
+                            b"Transfer-Encoding", b"chunked", b"X-A", b"a b", b"\x7f", b"\xc3\xa9", b"/"])
+    line = st.lists(bits, max_size=6).map(b"".join)
+    request_line = st.sampled_from([b"GET /v1/token HTTP/1.1", b"GET /v1/status?x HTTP/1.1"]) | line
+    field = st.tuples(st.sampled_from([b"Host", b"host", b"X-A", b"Content-Length", b"Transfer-Encoding"]) | line,
+                      st.sampled_from([b": ", b":", b" : ", b""]), line).map(b"".join)
+
+    @hypothesis.settings(max_examples=3000, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(request_line, st.lists(field, max_size=5))
+    def check(first: bytes, fields: list[bytes]) -> None:
+        data = b"\r\n".join([first, *fields]) + b"\r\n\r\n"
+        target = _simple_get(data)
+        if target is None:
+            return
+        accepted.append(data)
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(data)
+        event = conn.next_event()
+        assert isinstance(event, h11.Request) and event.method == b"GET" and event.target == target
+        assert isinstance(conn.next_event(), h11.EndOfMessage)
+        assert conn.trailing_data == (b"", False)
+
+    accepted: list[bytes] = []
+    check()
+    assert len(accepted) >= 10  # the fast path was really exercised, not only refused
