@@ -823,15 +823,7 @@ class _Connection(asyncio.BufferedProtocol):
         return True
 
     async def _answer_simple_later(self, pending: Awaitable[Response]) -> None:
-        try:
-            response = await pending
-            if not isinstance(response, Response):
-                raise TypeError(f"the Api's awaitable returned a {type(response).__name__}")
-        except ApiError as err:
-            response = routes.error_response(err)
-        except Exception:
-            logger.exception("error answering %s", _path_only(self._target))
-            response = _SERVER_ERROR
+        response = await self._awaited(pending, Response)
         self._task = None
         transport = self._transport
         try:
@@ -907,15 +899,7 @@ class _Connection(asyncio.BufferedProtocol):
         return False
 
     async def _answer_later(self, pending: Awaitable[Response | Stream]) -> None:
-        try:
-            response = await pending
-            if not isinstance(response, (Response, Stream)):
-                raise TypeError(f"the Api's awaitable returned a {type(response).__name__}")
-        except ApiError as err:
-            response = routes.error_response(err)
-        except Exception:
-            logger.exception("error answering %s", _path_only(self._target))
-            response = _SERVER_ERROR
+        response = await self._awaited(pending, (Response, Stream))
         self._task = None
         try:
             if isinstance(response, Stream):
@@ -925,6 +909,19 @@ class _Connection(asyncio.BufferedProtocol):
         except Exception:  # a bug here must not leave the client hanging
             logger.exception("error sending the answer to %s", _path_only(self._target))
             self.abort()
+
+    async def _awaited(self, pending: Awaitable[Any], kinds: type | tuple[type, ...]) -> Any:
+        """The Api's later answer; an ApiError as its error answer, anything else as 500."""
+        try:
+            response = await pending
+            if not isinstance(response, kinds):
+                raise TypeError(f"the Api's awaitable returned a {type(response).__name__}")
+        except ApiError as err:
+            return routes.error_response(err)
+        except Exception:
+            logger.exception("error answering %s", _path_only(self._target))
+            return _SERVER_ERROR
+        return response
 
     def _finish(self, response: Response) -> bool:
         """Send ``response``; then close, or get ready for the next request.
