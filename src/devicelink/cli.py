@@ -28,6 +28,7 @@ EXIT_FOR_ERROR = {
     "forbidden": EXIT_FORBIDDEN,
     "upstream_unavailable": EXIT_UPSTREAM,
     "invalid_request": EXIT_USAGE,
+    "server_busy": EXIT_UNREACHABLE,  # the daemon turned the connection away (too many open)
 }
 
 
