@@ -599,3 +599,27 @@ def test_a_reload_ends_the_event_streams_of_apps_it_no_longer_lists(tmp_path):
         await rig.close(device)
 
     run(main())
+
+
+def test_narrowed_refreshes_back_off_while_the_server_fails(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired(scope=FULL)
+        rig.srv.around_token = lambda respond: (json.dumps({"error": "temporarily_unavailable"}), 503,
+                                                {"content-type": "application/json"})
+        for _ in range(20):  # an app asking every so often while the server is down
+            with pytest.raises(ApiError) as info:
+                await device.token(TokenQuery(), PLAYER)
+            assert info.value.code == "upstream_unavailable"
+        assert rig.refreshes() == 1  # one try, then the backoff: not one per request
+        rig.clock.now += 5
+        with pytest.raises(ApiError):
+            await device.token(TokenQuery(), PLAYER)
+        assert rig.refreshes() == 2  # the next try, after 5 s; the one after that waits 10 s
+        rig.srv.around_token = lambda respond: respond()
+        rig.clock.now += 10
+        assert (await device.token(TokenQuery(), PLAYER))["scope"] == "email openid"
+        assert device.state is State.PAIRED
+        await rig.close(device)
+
+    run(main())

@@ -53,6 +53,7 @@ RECORD_VERSION = 1
 MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
 PAIR_ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
 STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
+NARROW_RETRY_CAP = 300.0  # seconds: the longest wait after failed narrowed refreshes
 MAX_NARROWED = 64  # (scope, resource) keys cached; an app cycling through more only costs refreshes
 
 MAX_STEP_UPS = 8  # step-up sessions at once, all apps together
@@ -135,6 +136,7 @@ class Device:
         self._narrowed: dict[NarrowKey, TokenSet] = {}
         self._narrowing: dict[NarrowKey, asyncio.Future[TokenSet]] = {}
         self._step_ups: dict[StepUpKey, StepUp] = {}
+        self._narrow_failures: dict[NarrowKey, tuple[int, float]] = {}  # failures in a row, no retry before
         self._unpairing = False
 
     # -- lifecycle --------------------------------------------------------------
@@ -147,6 +149,7 @@ class Device:
             self.pairing = None
         if self.state not in HOLDS_GRANT:
             self._narrowed.clear()
+            self._narrow_failures.clear()
             self._discard_step_ups()  # stronger tokens of an account no longer the device's
         self._redraw()
         if old is not self.state:
@@ -316,7 +319,15 @@ class Device:
         return " ".join(sorted(wanted)), resource
 
     async def _narrowed_token(self, key: NarrowKey, query: TokenQuery) -> TokenSet:
-        """One upstream request per key, however many apps ask at once."""
+        """One upstream request per key, however many apps ask at once; after a failure,
+        none before its backoff is over (the cached token is served while it lasts)."""
+        failed = self._narrow_failures.get(key)
+        if failed is not None and self.clock() < failed[1]:
+            cached = self._narrowed.get(key)
+            if cached is not None and cached.valid_for(0, self.clock()):
+                return cached
+            raise ApiError("upstream_unavailable", f"cannot get a narrowed token ({self.last_error or 'no answer'}); "
+                           f"next try in {failed[1] - self.clock():.0f} s")
         pending = self._narrowing.get(key)
         if pending is None or pending.done():
             pending = self._narrowing[key] = asyncio.ensure_future(self._fetch_narrowed(key))
@@ -362,7 +373,12 @@ class Device:
                 parsed = m.parse_tokens(reply, self.provider.issuer, self.provider.client_id, refreshable=True)
             except (GrantFailed, ProtocolViolation) as exc:
                 self.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome="failed")
+                count = self._narrow_failures.get(key, (0, 0.0))[0] + 1
+                asked = min(m.retry_after(reply) or 0.0, 3600.0) if isinstance(reply, m.Response) else 0.0
+                delay = max(min(NARROW_RETRY_CAP, 5.0 * 2 ** (count - 1)), asked)
+                self._narrow_failures[key] = (count, self.clock() + delay)
                 raise ApiError("upstream_unavailable", f"cannot get a narrowed token: {exc}") from None
+            self._narrow_failures.pop(key, None)
             # RFC 6749 §5.1: no scope in the answer means the one asked for. A broader one is never served.
             got = frozenset((parsed.scope or scope).split())
             if not got <= frozenset(scope.split()) and scope:
