@@ -223,7 +223,7 @@ class Device:
         if (self._unsaved and self.tokens is not None) or len(self._pending_revocations) != owed:
             await self._save(self.tokens)
 
-    # -- the Agent protocol of ipc/routes.py ------------------------------------
+    # -- what the socket API (ipc/api.py) calls ---------------------------------
 
     def token_now(self, query: TokenQuery, app: App = ROOT) -> dict[str, Any] | None:
         """The answer to a token request if it needs no request upstream, else None (call
