@@ -416,9 +416,14 @@ class Device:
             "message": self.message,
             "clock_synced": self.clock_synced(),
             "key_source": self.key_source,
-            "pending_revocations": len(self._pending_revocations),
+            "pending_revocations": self.pending_revocations,
             "version": __version__,
         }
+
+    @property
+    def pending_revocations(self) -> int:
+        """Revocations owed to the server (RFC 7009), retried until it answers 200."""
+        return len(self._pending_revocations)
 
     def healthy(self) -> bool:
         if self.state is State.PAIRING:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from devicelink import __version__
 from devicelink.device import Device
-from devicelink.ipc import routes
 from devicelink.events import Subscription
+from devicelink.ipc import routes
 from devicelink.ipc.routes import ApiError, Peer, Request, Response, Stream
 from devicelink.lifecycle import HOLDS_GRANT, State
 from devicelink.policy import App, Policy
@@ -41,12 +40,10 @@ _TOKEN_REQUESTS = "devicelink_token_requests_total"
 
 
 class SocketApi:
-    def __init__(self, device: Device, policy: Policy, *, keepalive: float = KEEPALIVE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, device: Device, policy: Policy, *, keepalive: float = KEEPALIVE_SECONDS) -> None:
         self.device = device
         self.policy = policy
         self.keepalive = keepalive
-        self.clock = clock
         # Apps repeat the same few queries, and an answer changes once a second (expires_in):
         # both are kept, in small maps emptied when full. Per instance: no global state.
         self._queries: dict[bytes, routes.TokenQuery] = {}
@@ -194,7 +191,7 @@ class SocketApi:
             gauges.append(("devicelink_last_refresh_age_seconds", "Seconds since the last good refresh.", {},
                            round(now - device.last_refresh_at, 3)))
         gauges.append(("devicelink_pending_revocations", "Revocations still owed to the server.", {},
-                       device.status()["pending_revocations"]))
+                       device.pending_revocations))
         gauges.append(("devicelink_event_subscribers", "Open GET /v1/events streams.", {}, len(device.events)))
         return gauges
 
