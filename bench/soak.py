@@ -60,6 +60,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "simulator")]
 
 from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable  # noqa: E402
 from devicelink_sim.authserver import DevServer  # noqa: E402
+from devicelink_sim.devconfig import write_config  # noqa: E402
 from devicelink_sim.faults import Fault  # noqa: E402
 
 CAP = 300.0
@@ -85,27 +86,6 @@ def fault_menu(rng: random.Random) -> dict[str, tuple[list[Fault], float, bool]]
         "latency": ([Fault("ok", delay=round(rng.uniform(0.5, 3.0), 1), times=None)], 0, True),
     }
 
-
-def write_config(directory: Path, issuer: str, client_id: str) -> Path:
-    path = directory / "config.toml"
-    path.write_text(f"""\
-[provider]
-issuer = "{issuer}"
-client_id = "{client_id}"
-scope = "openid profile offline_access"
-allow_insecure_http = true
-
-[storage]
-state_dir = "state"
-key = "file"
-
-[socket]
-path = "agent.sock"
-
-[display]
-driver = "none"
-""")
-    return path
 
 
 def rss_kib(pid: int) -> int:
