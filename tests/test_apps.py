@@ -317,6 +317,13 @@ def test_a_subscriber_that_falls_behind_is_dropped_not_buffered():
 MFA = "urn:devicelink:acr:mfa"
 
 
+async def confirm(rig: Rig, device, pending: dict, subject: str, name: str | None = None) -> None:
+    """The owner confirms a step-up's code on the phone; the device's next poll sees it."""
+    rig.srv.approve(pending["user_code"], subject=subject, name=name)
+    rig.clock.advance(5)
+    await device.step_ups_settled()
+
+
 def test_step_up_gives_the_stronger_token_to_that_app_only(tmp_path):
     async def main():
         rig = Rig(tmp_path)
@@ -328,9 +335,7 @@ def test_step_up_gives_the_stronger_token_to_that_app_only(tmp_path):
         assert (await device.token(TokenQuery()))["access_token"] == standing.access_token
         assert (await device.step_up(PLAYER, MFA, 300))[1]["user_code"] == pending["user_code"]  # same code
 
-        rig.srv.approve(pending["user_code"], subject="alice", name="Alice")  # the stronger sign-in
-        rig.clock.advance(5)
-        await device.step_ups_settled()
+        await confirm(rig, device, pending, subject="alice", name="Alice")  # the stronger sign-in
         status, answer = await device.step_up(PLAYER, MFA, 300)
         assert status == 200 and answer["acr"] == MFA and answer["auth_time"]
         info = rig.srv.access_token_info(answer["access_token"])
@@ -353,9 +358,7 @@ def test_a_server_that_ignores_step_up_is_named_plainly(tmp_path):
         device = await rig.paired(scope=FULL)
         status, pending = await device.step_up(PLAYER, MFA, None)
         assert status == 202
-        rig.srv.approve(pending["user_code"], subject="alice")
-        rig.clock.advance(5)
-        await device.step_ups_settled()
+        await confirm(rig, device, pending, subject="alice")
         with pytest.raises(ApiError) as info:
             await device.step_up(PLAYER, MFA, None)
         assert info.value.code == "step_up_unsupported" and info.value.status == 502
@@ -519,9 +522,7 @@ def test_step_up_for_an_app_without_openid_is_narrowed_to_its_scopes(tmp_path):
         device = await rig.paired(scope=FULL)
         mailer = App("mailer", scope=frozenset({"email"}), resources=None)
         _, pending = await device.step_up(mailer, MFA, None)
-        rig.srv.approve(pending["user_code"], subject="alice")
-        rig.clock.advance(5)
-        await device.step_ups_settled()
+        await confirm(rig, device, pending, subject="alice")
         status, answer = await device.step_up(mailer, MFA, None)
         assert status == 200 and answer["scope"] == "email"
         info = rig.srv.access_token_info(answer["access_token"])
@@ -539,9 +540,7 @@ def test_step_up_by_another_account_is_refused(tmp_path):
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)  # paired as alice
         _, pending = await device.step_up(PLAYER, MFA, None)
-        rig.srv.approve(pending["user_code"], subject="bob", name="Bob")
-        rig.clock.advance(5)
-        await device.step_ups_settled()
+        await confirm(rig, device, pending, subject="bob", name="Bob")
         with pytest.raises(ApiError, match=r"another account \(Bob\)"):
             await device.step_up(PLAYER, MFA, None)
         await rig.close(device)
@@ -554,9 +553,7 @@ def test_step_ups_end_with_the_grant_and_their_grants_are_revoked(tmp_path):
         rig = Rig(tmp_path, lifetime=300)
         device = await rig.paired(scope=FULL)
         _, pending = await device.step_up(PLAYER, MFA, None)
-        rig.srv.approve(pending["user_code"], subject="alice")
-        rig.clock.advance(5)
-        await device.step_ups_settled()
+        await confirm(rig, device, pending, subject="alice")
         status, answer = await device.step_up(PLAYER, MFA, None, min_ttl=600)  # min_ttl > lifetime: no loop
         assert status == 200
         step_up_rt = rig.srv.issued_refresh_tokens()[-1]
