@@ -84,3 +84,23 @@ class StateLog:
                 await self._changed.wait()
         await asyncio.wait_for(until(), timeout)
         self.seen.clear()
+
+
+def shaped(answer):
+    """An engine answer as the socket shapes it (``ipc/answers.py``): the JSON an app gets;
+    a step-up as ``(status, JSON)``."""
+    import json
+
+    from devicelink.engine import answers as a
+    from devicelink.ipc import answers
+
+    if isinstance(answer, a.Issued):
+        return answers.token(answer)
+    if isinstance(answer, a.Status):
+        return answers.status(answer)
+    if isinstance(answer, a.Unpaired):
+        return answers.unpaired(answer)
+    if isinstance(answer, (a.StepUpPending, a.StepUpDone)):
+        response = answers.step_up_response(answer)
+        return response.status, json.loads(response.body)
+    return answer

@@ -11,9 +11,11 @@ import json
 
 import pytest
 
+from tests.helpers import shaped
 from devicelink.events import Hub
 from devicelink.ipc import routes
 from devicelink.ipc.api import SocketApi
+from devicelink.errors import Refused
 from devicelink.ipc.routes import ApiError, Peer, Request, TokenQuery
 from devicelink.lifecycle import State
 from devicelink.policy import App, Policy
@@ -27,17 +29,17 @@ def test_an_app_gets_a_token_with_exactly_its_scopes(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
-        main_token = (await device.token(TokenQuery()))["access_token"]
-        answer = await device.token(TokenQuery(), PLAYER)
+        main_token = (shaped(await device.token(TokenQuery())))["access_token"]
+        answer = shaped(await device.token(TokenQuery(), PLAYER))
         assert answer["scope"] == "email openid" and answer["access_token"] != main_token
         info = rig.srv.access_token_info(answer["access_token"])
         assert set(info["scope"].split()) == {"openid", "email"}  # what the server issued, not what we say
         assert set(rig.srv.access_token_info(main_token)["scope"].split()) == set(FULL.split())
         # cached per (scope, resource): asking again costs nothing upstream
-        assert (await device.token(TokenQuery(), PLAYER))["access_token"] == answer["access_token"]
+        assert (shaped(await device.token(TokenQuery(), PLAYER)))["access_token"] == answer["access_token"]
         assert rig.refreshes() == 1
         # an app asking for a subset of what it may have gets that subset
-        only_email = await device.token(TokenQuery(scope="email"), PLAYER)
+        only_email = shaped(await device.token(TokenQuery(scope="email"), PLAYER))
         assert rig.srv.access_token_info(only_email["access_token"])["scope"] == "email"
         await rig.close(device)
 
@@ -49,14 +51,14 @@ def test_never_more_than_the_policy_allows(tmp_path):
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
         for query in (TokenQuery(scope="openid profile"), TokenQuery(scope="offline_access")):
-            with pytest.raises(ApiError) as info:
-                await device.token(query, PLAYER)
+            with pytest.raises(Refused) as info:
+                shaped(await device.token(query, PLAYER))
             assert info.value.code == "forbidden" and "player" in info.value.description
         nothing = App("status-only", scope=frozenset(), resources=None)
-        with pytest.raises(ApiError, match="no scope of this grant"):
-            await device.token(TokenQuery(), nothing)
-        with pytest.raises(ApiError, match="not part of the grant"):
-            await device.token(TokenQuery(resource="https://api.example.com"), PLAYER)
+        with pytest.raises(Refused, match="no scope of this grant"):
+            shaped(await device.token(TokenQuery(), nothing))
+        with pytest.raises(Refused, match="not part of the grant"):
+            shaped(await device.token(TokenQuery(resource="https://api.example.com"), PLAYER))
         assert rig.refreshes() == 0  # all refused before anything was asked upstream
         await rig.close(device)
 
@@ -68,11 +70,11 @@ def test_one_upstream_request_per_key_however_many_apps_ask(tmp_path):
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
         other = App("other", scope=frozenset({"openid", "email", "profile"}), resources=None)
-        answers = await asyncio.gather(
+        answers = [shaped(a) for a in await asyncio.gather(
             *(device.token(TokenQuery(scope="email openid"), app) for app in [PLAYER, other] * 25),
             *(device.token(TokenQuery(scope="profile"), other) for _ in range(25)),
             *(device.token(TokenQuery()) for _ in range(10)),
-        )
+        )]
         assert rig.refreshes() == 2  # one per key: "email openid" and "profile"
         assert len({a["access_token"] for a in answers[:50]}) == 1
         assert len({a["access_token"] for a in answers[50:75]}) == 1
@@ -90,8 +92,8 @@ def test_narrowed_refreshes_under_rotation_keep_the_grant(tmp_path):
         device = await rig.paired(scope=FULL)
         before = device.tokens.refresh_token
         for i in range(3):  # each key a new narrowed refresh
-            await device.token(TokenQuery(scope=["email", "profile", "openid"][i]), App(
-                "all", scope=frozenset(FULL.split()), resources=None))
+            shaped(await device.token(TokenQuery(scope=["email", "profile", "openid"][i]), App(
+                "all", scope=frozenset(FULL.split()), resources=None)))
         assert device.tokens.refresh_token != before
         assert rig.refreshes() == 3
         await device.stop()
@@ -101,7 +103,7 @@ def test_narrowed_refreshes_under_rotation_keep_the_grant(tmp_path):
         assert again.tokens.refresh_token == device.tokens.refresh_token
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)  # the grant's own refresh
         await rig.states.wait(State.PAIRED)
-        assert (await again.token(TokenQuery(min_ttl=60)))["expires_in"] > 60
+        assert (shaped(await again.token(TokenQuery(min_ttl=60))))["expires_in"] > 60
         assert rig.srv.stats.reuse_detections == 0 and again.state is State.PAIRED
         await rig.close(again)
 
@@ -112,10 +114,10 @@ def test_a_narrowed_token_is_renewed_for_min_ttl(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired(scope=FULL)
-        first = await device.token(TokenQuery(), PLAYER)
+        first = shaped(await device.token(TokenQuery(), PLAYER))
         rig.clock.now += 60  # 40 s left: fine for min_ttl 30, not for the default 60 past half-life
-        assert (await device.token(TokenQuery(min_ttl=30), PLAYER))["access_token"] == first["access_token"]
-        renewed = await device.token(TokenQuery(min_ttl=60), PLAYER)
+        assert (shaped(await device.token(TokenQuery(min_ttl=30), PLAYER)))["access_token"] == first["access_token"]
+        renewed = shaped(await device.token(TokenQuery(min_ttl=60), PLAYER))
         assert renewed["access_token"] != first["access_token"] and renewed["expires_in"] > 90
         assert rig.refreshes() == 2
         await rig.close(device)
@@ -136,8 +138,8 @@ def test_a_server_that_ignores_the_narrower_scope_is_not_trusted(tmp_path):
             return response
 
         rig.srv.around_token = widen
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), PLAYER)
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery(), PLAYER))
         assert info.value.code == "upstream_unavailable" and "ignored the narrower scope" in info.value.description
         assert device.state is State.PAIRED  # the grant itself is fine
         await rig.close(device)
@@ -154,11 +156,11 @@ def test_resources_outside_the_grant_are_never_sent(tmp_path):
         device = await rig.paired(scope=FULL, resource=(api,))
         other = "https://media.example.com"  # the server knows it, the grant doesn't
         app = App("api", scope=frozenset({"openid"}), resources=frozenset({api, other}))
-        with pytest.raises(ApiError, match="not part of the grant"):
-            await device.token(TokenQuery(resource=other), app)
+        with pytest.raises(Refused, match="not part of the grant"):
+            shaped(await device.token(TokenQuery(resource=other), app))
         narrow = App("narrow", scope=frozenset({"openid"}), resources=frozenset())
-        with pytest.raises(ApiError, match="not allowed for 'narrow'"):
-            await device.token(TokenQuery(resource=api), narrow)
+        with pytest.raises(Refused, match="not allowed for 'narrow'"):
+            shaped(await device.token(TokenQuery(resource=api), narrow))
         assert rig.refreshes() == 0
         await rig.close(device)
 
@@ -171,8 +173,8 @@ def test_a_refused_narrowed_refresh_is_forbidden_and_keeps_the_grant(tmp_path):
         device = await rig.paired(scope=FULL)
         rig.srv.around_token = lambda respond: (json.dumps({"error": "invalid_scope"}), 400,
                                                 {"content-type": "application/json"})
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(), PLAYER)
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery(), PLAYER))
         assert info.value.code == "forbidden" and "invalid_scope" in info.value.description
         assert device.state is State.PAIRED and device.tokens is not None
         await rig.close(device)
@@ -186,7 +188,7 @@ def test_resource_indicator_gives_an_audience_restricted_token(tmp_path):
         api = "https://api.example.com"
         device = await rig.paired(scope=FULL, resource=(api,))
         app = App("api", scope=frozenset({"openid", "email"}), resources=None)  # [provider] resource applies
-        answer = await device.token(TokenQuery(resource=api), app)
+        answer = shaped(await device.token(TokenQuery(resource=api), app))
         info = rig.srv.access_token_info(answer["access_token"])
         assert api in _audiences(info) and set(info["scope"].split()) == {"openid", "email"}
         await rig.close(device)
@@ -329,24 +331,24 @@ def test_step_up_gives_the_stronger_token_to_that_app_only(tmp_path):
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
         standing = device.tokens
-        status, pending = await device.step_up(PLAYER, MFA, 300)
+        status, pending = shaped(await device.step_up(PLAYER, MFA, 300))
         assert status == 202 and pending["status"] == "pending" and pending["user_code"]
         assert device.state is State.PAIRED  # everyone else keeps being served meanwhile
-        assert (await device.token(TokenQuery()))["access_token"] == standing.access_token
-        assert (await device.step_up(PLAYER, MFA, 300))[1]["user_code"] == pending["user_code"]  # same code
+        assert (shaped(await device.token(TokenQuery())))["access_token"] == standing.access_token
+        assert (shaped(await device.step_up(PLAYER, MFA, 300)))[1]["user_code"] == pending["user_code"]  # same code
 
         await confirm(rig, device, pending, subject="alice", name="Alice")  # the stronger sign-in
-        status, answer = await device.step_up(PLAYER, MFA, 300)
+        status, answer = shaped(await device.step_up(PLAYER, MFA, 300))
         assert status == 200 and answer["acr"] == MFA and answer["auth_time"]
         info = rig.srv.access_token_info(answer["access_token"])
         assert info["acr"] == MFA and set(info["scope"].split()) == {"openid", "email"}
         assert answer["access_token"] != standing.access_token
         assert device.tokens.refresh_token == standing.refresh_token  # the standing grant is untouched
         other = App("other", scope=frozenset({"openid"}), resources=None)
-        status, other_pending = await device.step_up(other, MFA, 300)  # another app: its own confirmation
+        status, other_pending = shaped(await device.step_up(other, MFA, 300))  # another app: its own confirmation
         assert status == 202 and other_pending["user_code"] != pending["user_code"]
         await device.revocations_settled()  # the step-up's own refresh token was given back
-        assert device.status()["pending_revocations"] == 0
+        assert shaped(device.status())["pending_revocations"] == 0
         await rig.close(device)
 
     run(main())
@@ -356,12 +358,12 @@ def test_a_server_that_ignores_step_up_is_named_plainly(tmp_path):
     async def main():
         rig = Rig(tmp_path, honour_step_up=False)
         device = await rig.paired(scope=FULL)
-        status, pending = await device.step_up(PLAYER, MFA, None)
+        status, pending = shaped(await device.step_up(PLAYER, MFA, None))
         assert status == 202
         await confirm(rig, device, pending, subject="alice")
-        with pytest.raises(ApiError) as info:
-            await device.step_up(PLAYER, MFA, None)
-        assert info.value.code == "step_up_unsupported" and info.value.status == 502
+        with pytest.raises(Refused) as info:
+            shaped(await device.step_up(PLAYER, MFA, None))
+        assert info.value.code == "step_up_unsupported" and routes.STATUS_BY_CODE[info.value.code] == 502
         assert "ignored acr_values" in info.value.description
         assert device.state is State.PAIRED
         await rig.close(device)
@@ -373,13 +375,13 @@ def test_a_declined_step_up_is_forbidden_and_the_next_ask_starts_afresh(tmp_path
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
-        _, pending = await device.step_up(PLAYER, MFA, None)
+        _, pending = shaped(await device.step_up(PLAYER, MFA, None))
         rig.srv.deny(pending["user_code"])
         rig.clock.advance(5)
         await device.step_ups_settled()
-        with pytest.raises(ApiError, match="declined"):
-            await device.step_up(PLAYER, MFA, None)
-        status, again = await device.step_up(PLAYER, MFA, None)
+        with pytest.raises(Refused, match="declined"):
+            shaped(await device.step_up(PLAYER, MFA, None))
+        status, again = shaped(await device.step_up(PLAYER, MFA, None))
         assert status == 202 and again["user_code"] != pending["user_code"]
         await rig.close(device)
 
@@ -430,11 +432,11 @@ def test_unpair_waits_for_a_narrowed_refresh_and_the_grant_stays_gone(tmp_path):
         rig.srv.around_token = lambda respond: respond()
         unpair = asyncio.ensure_future(device.unpair())
         await asyncio.sleep(0)
-        with pytest.raises(ApiError, match="being unpaired"):
-            await device.token(TokenQuery(), PLAYER)  # nothing new starts meanwhile
+        with pytest.raises(Refused, match="being unpaired"):
+            shaped(await device.token(TokenQuery(), PLAYER))  # nothing new starts meanwhile
         release.set()
         await token  # served before the unpair: it came back before unpair took its turn
-        answer = await unpair
+        answer = shaped(await unpair)
         assert answer["revoked"] and device.state is State.UNPAIRED and device.tokens is None
         assert all(rig.srv.revoked(rt) for rt in rig.srv.issued_refresh_tokens()[-1:])  # the live one
         assert (device.store.load() or {}).get("tokens") is None
@@ -466,8 +468,8 @@ def test_a_revocation_save_never_lands_after_a_rotated_refresh_token(tmp_path):
         rig.clock.advance(1850)
         refresh = asyncio.ensure_future(device.token(TokenQuery(min_ttl=3600)))
         assert await asyncio.to_thread(in_save.wait, 10)  # the refresh is writing the rotated token
-        device._pending_revocations.append(("an-old-step-up-token", "refresh_token"))
-        await device._revoke_pending()  # what the background revocation retry does
+        device.revocations.owe("an-old-step-up-token", "refresh_token")
+        await device.revocations.try_all()  # what the background revocation retry does
         await refresh
         assert device.store.load()["tokens"]["refresh_token"] == device.tokens.refresh_token
         await rig.close(device)
@@ -481,11 +483,11 @@ def test_an_app_held_to_a_resource_never_gets_the_grants_token(tmp_path):
         api, media = "https://api.example.com", "https://media.example.com"
         device = await rig.paired(scope=FULL, resource=(api, media))
         held = App("media", scope=frozenset({"openid"}), resources=frozenset({media}))
-        answer = await device.token(TokenQuery(), held)  # no resource named: its only one
+        answer = shaped(await device.token(TokenQuery(), held))  # no resource named: its only one
         assert rig.srv.access_token_info(answer["access_token"])["aud"] in (media, [media])
         both = App("both", scope=frozenset({"openid"}), resources=frozenset({api, media}))
-        with pytest.raises(ApiError, match="say which with resource="):
-            await device.token(TokenQuery(), both)
+        with pytest.raises(Refused, match="say which with resource="):
+            shaped(await device.token(TokenQuery(), both))
         await rig.close(device)
 
     run(main())
@@ -504,13 +506,13 @@ def test_narrowed_refreshes_cannot_starve_the_grants_own_refresh(tmp_path):
         refused = 0
         for combo in itertools.chain(*(itertools.combinations(FULL.split(), k) for k in (1, 2))):
             try:
-                await device.token(TokenQuery(scope=" ".join(combo)), greedy)
-            except ApiError as err:
+                shaped(await device.token(TokenQuery(scope=" ".join(combo)), greedy))
+            except Refused as err:
                 assert "budget" in err.description
                 refused += 1
         assert refused > 0
         rig.clock.advance(1850)  # the grant's refresh is wanted: its lifetime allowance is still there
-        assert (await device.token(TokenQuery(min_ttl=3000)))["expires_in"] > 3000
+        assert (shaped(await device.token(TokenQuery(min_ttl=3000))))["expires_in"] > 3000
         await rig.close(device)
 
     run(main())
@@ -521,15 +523,15 @@ def test_step_up_for_an_app_without_openid_is_narrowed_to_its_scopes(tmp_path):
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)
         mailer = App("mailer", scope=frozenset({"email"}), resources=None)
-        _, pending = await device.step_up(mailer, MFA, None)
+        _, pending = shaped(await device.step_up(mailer, MFA, None))
         await confirm(rig, device, pending, subject="alice")
-        status, answer = await device.step_up(mailer, MFA, None)
+        status, answer = shaped(await device.step_up(mailer, MFA, None))
         assert status == 200 and answer["scope"] == "email"
         info = rig.srv.access_token_info(answer["access_token"])
         assert info["scope"] == "email" and info["acr"] == MFA
         nothing = App("status-only", scope=frozenset(), resources=None)
-        with pytest.raises(ApiError, match="no scope of this grant"):
-            await device.step_up(nothing, MFA, None)
+        with pytest.raises(Refused, match="no scope of this grant"):
+            shaped(await device.step_up(nothing, MFA, None))
         await rig.close(device)
 
     run(main())
@@ -539,10 +541,10 @@ def test_step_up_by_another_account_is_refused(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired(scope=FULL)  # paired as alice
-        _, pending = await device.step_up(PLAYER, MFA, None)
+        _, pending = shaped(await device.step_up(PLAYER, MFA, None))
         await confirm(rig, device, pending, subject="bob", name="Bob")
-        with pytest.raises(ApiError, match=r"another account \(Bob\)"):
-            await device.step_up(PLAYER, MFA, None)
+        with pytest.raises(Refused, match=r"another account \(Bob\)"):
+            shaped(await device.step_up(PLAYER, MFA, None))
         await rig.close(device)
 
     run(main())
@@ -552,22 +554,22 @@ def test_step_ups_end_with_the_grant_and_their_grants_are_revoked(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=300)
         device = await rig.paired(scope=FULL)
-        _, pending = await device.step_up(PLAYER, MFA, None)
+        _, pending = shaped(await device.step_up(PLAYER, MFA, None))
         await confirm(rig, device, pending, subject="alice")
-        status, answer = await device.step_up(PLAYER, MFA, None, min_ttl=600)  # min_ttl > lifetime: no loop
+        status, answer = shaped(await device.step_up(PLAYER, MFA, None, min_ttl=600))  # min_ttl > lifetime: no loop
         assert status == 200
         step_up_rt = rig.srv.issued_refresh_tokens()[-1]
         assert not rig.srv.revoked(step_up_rt)  # kept while its access token is served (RFC 7009 §2.1)
-        with pytest.raises(ApiError, match="too many step-ups"):
+        with pytest.raises(Refused, match="too many step-ups"):
             for acr in ("a", "b"):
-                await device.step_up(PLAYER, acr, None)
+                shaped(await device.step_up(PLAYER, acr, None))
         rig.srv.around_token = lambda respond: (json.dumps({"error": "invalid_grant"}), 400,
                                                 {"content-type": "application/json"})
         rig.clock.now += 200  # no timers fired: the next token request refreshes, and is refused
-        with pytest.raises(ApiError, match="pair"):
-            await device.token(TokenQuery(min_ttl=200))
+        with pytest.raises(Refused, match="pair"):
+            shaped(await device.token(TokenQuery(min_ttl=200)))
         assert device.state is State.REAUTH_REQUIRED
-        assert device._step_ups == {}  # another owner may pair next: nothing of alice's is served
+        assert device.step_ups.sessions == {}  # another owner may pair next: nothing of alice's is served
         await device.revocations_settled()
         assert rig.srv.revoked(step_up_rt)
         await rig.close(device)
@@ -605,17 +607,17 @@ def test_narrowed_refreshes_back_off_while_the_server_fails(tmp_path):
         rig.srv.around_token = lambda respond: (json.dumps({"error": "temporarily_unavailable"}), 503,
                                                 {"content-type": "application/json"})
         for _ in range(20):  # an app asking every so often while the server is down
-            with pytest.raises(ApiError) as info:
-                await device.token(TokenQuery(), PLAYER)
+            with pytest.raises(Refused) as info:
+                shaped(await device.token(TokenQuery(), PLAYER))
             assert info.value.code == "upstream_unavailable"
         assert rig.refreshes() == 1  # one try, then the backoff: not one per request
         rig.clock.now += 5
-        with pytest.raises(ApiError):
-            await device.token(TokenQuery(), PLAYER)
+        with pytest.raises(Refused):
+            shaped(await device.token(TokenQuery(), PLAYER))
         assert rig.refreshes() == 2  # the next try, after 5 s; the one after that waits 10 s
         rig.srv.around_token = lambda respond: respond()
         rig.clock.now += 10
-        assert (await device.token(TokenQuery(), PLAYER))["scope"] == "email openid"
+        assert (shaped(await device.token(TokenQuery(), PLAYER)))["scope"] == "email openid"
         assert device.state is State.PAIRED
         await rig.close(device)
 

@@ -28,14 +28,15 @@ import pytest
 from devicelink import clock as c
 from devicelink.clock import STA_UNSYNC, TIME_ERROR, ClockProbe, explain_failure, wait_for_sync
 from devicelink.config import Config, ProviderConfig, StorageConfig
-from devicelink.device import Device
-from devicelink.ipc.routes import ApiError, TokenQuery
+from devicelink.engine import Device
+from devicelink.errors import Refused
+from devicelink.ipc.routes import TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth import messages as m
 from devicelink.oauth.http import ClientAuth, OAuthHttp
 from devicelink.tokens.model import REFRESH_MARGIN
 from devicelink.tokens.store import EncryptedFileStore
-from tests.helpers import FakeClock, StateLog
+from tests.helpers import shaped, FakeClock, StateLog
 
 YEAR = 365 * 86400.0
 TIME_OK, TIME_INS = 0, 1
@@ -294,7 +295,7 @@ class Rig:
 
     async def paired(self) -> Device:
         device = self.device()
-        status = await device.pair()
+        status = shaped(await device.pair())
         self.srv.approve(status["pairing"]["user_code"], subject="alice", name="Alice")
         self.clock.advance(5)  # RFC 8628 §3.5: the first poll waits one interval
         await self.states.wait(State.PAIRED)
@@ -335,31 +336,31 @@ def test_wall_clock_jumps_of_a_year_change_nothing_while_running(tmp_path):
         rig = Rig(tmp_path, lifetime=lifetime)
         device = await rig.paired()
         paired_at = rig.clock.now
-        first = await device.token(TokenQuery())
+        first = shaped(await device.token(TokenQuery()))
         due = await rig.clock.next_timer()
         assert 0.75 * lifetime <= due - paired_at <= 0.85 * lifetime
 
         rig.clock.advance(600)
         rig.wall.jump(+YEAR)  # NTP steps a clock that was a year behind
-        answer = await device.token(TokenQuery())
+        answer = shaped(await device.token(TokenQuery()))
         assert answer["access_token"] == first["access_token"] and answer["expires_in"] == lifetime - 600
-        assert device.status()["access_token_expires_in"] == lifetime - 600 and device.healthy()
+        assert shaped(device.status())["access_token_expires_in"] == lifetime - 600 and device.healthy()
 
         rig.clock.advance(600)
         rig.wall.jump(-2 * YEAR)  # and now a year the other way
-        answer = await device.token(TokenQuery(min_ttl=60))
+        answer = shaped(await device.token(TokenQuery(min_ttl=60)))
         assert answer["access_token"] == first["access_token"] and answer["expires_in"] == lifetime - 1200
-        assert device.status()["access_token_expires_in"] == lifetime - 1200
+        assert shaped(device.status())["access_token_expires_in"] == lifetime - 1200
 
         assert await rig.clock.next_timer() == due  # the schedule did not move
         assert rig.states.seen == [] and device.state is State.PAIRED  # no state change from a jump
-        assert rig.refreshes() == 0 and device.status()["last_refresh"] is None
+        assert rig.refreshes() == 0 and shaped(device.status())["last_refresh"] is None
 
         # The proactive refresh comes when the lifetime says, not earlier or later.
         refreshed_at = [await rig.next_refresh()]
         assert rig.refreshes() == 1
-        assert device.status()["last_refresh"] == iso(rig.wall())  # a year behind: that is fine
-        served = await device.token(TokenQuery())
+        assert shaped(device.status())["last_refresh"] == iso(rig.wall())  # a year behind: that is fine
+        served = shaped(await device.token(TokenQuery()))
         # expires_in is whole seconds of a float difference: 3599 or 3600 right after a refresh
         assert served["access_token"] != first["access_token"] and served["expires_in"] >= lifetime - 1
 
@@ -369,17 +370,17 @@ def test_wall_clock_jumps_of_a_year_change_nothing_while_running(tmp_path):
             due = await rig.clock.next_timer()
             rig.clock.advance((due - rig.clock.now) / 2)
             rig.wall.jump(YEAR if i % 2 else -YEAR)
-            assert (await device.token(TokenQuery()))["access_token"] == served["access_token"]
+            assert (shaped(await device.token(TokenQuery())))["access_token"] == served["access_token"]
             assert await rig.clock.next_timer() == due and rig.states.seen == []
             refreshed_at.append(await rig.next_refresh())
             assert rig.refreshes() == 2 + i
-            assert device.status()["last_refresh"] == iso(rig.wall())
-            served = await device.token(TokenQuery())
+            assert shaped(device.status())["last_refresh"] == iso(rig.wall())
+            served = shaped(await device.token(TokenQuery()))
             assert served["expires_in"] >= lifetime - 1
         gaps = [b - a for a, b in zip(refreshed_at, refreshed_at[1:])]
         assert all(0.75 * lifetime <= g <= min(0.85 * lifetime, lifetime - REFRESH_MARGIN) for g in gaps)
         assert rig.refreshes() == len(refreshed_at) == 9
-        assert rig.srv.stats.reuse_detections == 0 and device.status()["last_error"] is None
+        assert rig.srv.stats.reuse_detections == 0 and shaped(device.status())["last_error"] is None
         await rig.close(device)
 
     run(main())
@@ -396,13 +397,13 @@ def test_a_state_file_written_during_a_jump_is_not_trusted_after_it(tmp_path):
         for jump in (+YEAR, -YEAR):
             rig.wall.jump(jump)
             await device.refresh()  # saves the rotated grant with the wrong wall clock
-            old = (await device.token(TokenQuery()))["access_token"]
+            old = (shaped(await device.token(TokenQuery())))["access_token"]
             await device.stop()
             rig.wall.jump(-jump)  # NTP put it right while the daemon was down
             before = rig.refreshes()
             device = rig.device()  # synchronised now
             await device.start()
-            answer = await device.token(TokenQuery())
+            answer = shaped(await device.token(TokenQuery()))
             assert answer["access_token"] != old and answer["expires_in"] >= 3599
             assert rig.refreshes() == before + 1
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
@@ -420,23 +421,23 @@ def test_restart_with_an_unsynchronised_clock_refreshes_first(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery()))["access_token"]
+        old = (shaped(await device.token(TokenQuery())))["access_token"]
         await device.stop()
         rig.clock.advance(60)
 
         again = rig.device(clock_synced=lambda: False)
         await again.start()
         assert again.state in (State.PAIRED, State.REFRESHING)  # restored: no pairing
-        assert again.status()["clock_synced"] is False
-        answer = await again.token(TokenQuery())
+        assert shaped(again.status())["clock_synced"] is False
+        answer = shaped(await again.token(TokenQuery()))
         assert answer["access_token"] != old and answer["expires_in"] >= 3599
         assert rig.refreshes() == 1
         for _ in range(10):  # and that was the only one
-            assert (await again.token(TokenQuery(min_ttl=300)))["access_token"] == answer["access_token"]
+            assert (shaped(await again.token(TokenQuery(min_ttl=300))))["access_token"] == answer["access_token"]
         assert rig.refreshes() == 1
         assert await rig.clock.next_timer() - rig.clock.now >= 0.75 * 3600  # the normal schedule again
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
-        assert again.state is State.PAIRED and again.status()["account"]["name"] == "Alice"
+        assert again.state is State.PAIRED and shaped(again.status())["account"]["name"] == "Alice"
         await rig.close(again)
 
     run(main())
@@ -455,7 +456,7 @@ def test_restart_with_an_unsynchronised_clock_refreshes_on_its_own(tmp_path):
         await rig.states.wait(State.PAIRED)  # restored ...
         await rig.states.wait(State.PAIRED)  # ... and refreshed, with no clock advanced
         assert rig.refreshes() == 1
-        assert again.status()["access_token_expires_in"] >= 3599
+        assert shaped(again.status())["access_token_expires_in"] >= 3599
         await rig.close(again)
 
     run(main())
@@ -470,7 +471,7 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery()))["access_token"]
+        old = (shaped(await device.token(TokenQuery())))["access_token"]
         await device.stop()
 
         rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
@@ -478,20 +479,20 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
         await again.start()
         await rig.states.wait(State.OFFLINE)
         for _ in range(20):
-            with pytest.raises(ApiError) as info:
-                await again.token(TokenQuery())
+            with pytest.raises(Refused) as info:
+                shaped(await again.token(TokenQuery()))
             assert info.value.code == "upstream_unavailable"
         assert rig.refreshes() == 1  # asking does not hammer the server
-        assert again.state is State.OFFLINE and "503" in again.status()["last_error"]
+        assert again.state is State.OFFLINE and "503" in shaped(again.status())["last_error"]
         retry = await rig.clock.next_timer()
         assert retry - rig.clock.now >= 2.5  # backoff, not a loop
 
         rig.srv.around_token = lambda respond: respond()  # the network is back
         rig.clock.advance(retry - rig.clock.now)
         await rig.states.wait(State.PAIRED)
-        answer = await again.token(TokenQuery())
+        answer = shaped(await again.token(TokenQuery()))
         assert answer["access_token"] != old and answer["expires_in"] >= 3599
-        assert rig.refreshes() == 2 and again.status()["last_error"] is None
+        assert rig.refreshes() == 2 and shaped(again.status())["last_error"] is None
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
         await rig.close(again)
 
@@ -503,14 +504,14 @@ def test_restart_with_a_synchronised_clock_serves_the_stored_token(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        old = (await device.token(TokenQuery()))["access_token"]
+        old = (shaped(await device.token(TokenQuery())))["access_token"]
         await device.stop()
         rig.clock.advance(60)
 
         again = rig.device(clock_synced=lambda: True)
         await again.start()
-        assert again.status()["clock_synced"] is True
-        answer = await again.token(TokenQuery())
+        assert shaped(again.status())["clock_synced"] is True
+        answer = shaped(await again.token(TokenQuery()))
         assert answer["access_token"] == old and 3600 - 61 <= answer["expires_in"] <= 3600 - 60
         assert rig.refreshes() == 0
         await rig.close(again)
@@ -535,7 +536,7 @@ def test_a_clock_that_was_ahead_when_saving_does_not_stretch_the_token(tmp_path)
         again = rig.device(clock_synced=lambda: True)  # synchronised now
         await again.start()
         before = rig.refreshes()
-        answer = await again.token(TokenQuery())
+        answer = shaped(await again.token(TokenQuery()))
         # the state file says its expiry came from an unsynchronised clock: refreshed first
         assert rig.refreshes() == before + 1 and answer["expires_in"] > 3000
         await rig.close(again)

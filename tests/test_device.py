@@ -18,12 +18,14 @@ import httpx
 import pytest
 
 from devicelink.config import Config, ProviderConfig, StorageConfig
-from devicelink.device import Device
-from devicelink.ipc.routes import ApiError, TokenQuery
+from devicelink.engine import Device
+from devicelink.errors import Refused
+from devicelink.ipc import routes
+from devicelink.ipc.routes import TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth.http import ClientAuth, OAuthHttp
 from devicelink.tokens.store import EncryptedFileStore
-from tests.helpers import FakeClock, StateLog
+from tests.helpers import shaped, FakeClock, StateLog
 
 
 def fail_with(status: int, body: dict):
@@ -56,7 +58,7 @@ class Rig:
 
     async def paired(self, **provider) -> Device:
         device = self.device(**provider)
-        status = await device.pair()
+        status = shaped(await device.pair())
         code = status["pairing"]["user_code"]
         self.srv.approve(code, subject="alice", name="Alice")
         self.clock.advance(5)  # RFC 8628 §3.5: the first poll waits one interval
@@ -102,9 +104,9 @@ def test_one_refresh_however_many_apps_ask(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        first = (await device.token(TokenQuery()))["access_token"]
+        first = (shaped(await device.token(TokenQuery())))["access_token"]
         rig.clock.advance(1850)  # less than half the lifetime left, before the proactive refresh
-        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(50)))
+        answers = [shaped(a) for a in await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(50)))]
         assert rig.refreshes() == 1  # RFC 9700 §4.14.2: never two refreshes of one grant at once
         assert {a["access_token"] for a in answers} != {first} and len({a["access_token"] for a in answers}) == 1
         assert all(a["expires_in"] > 3500 for a in answers)
@@ -121,7 +123,7 @@ def test_proactive_refresh_before_expiry(tmp_path):
         assert 1000 + 50 <= await rig.clock.next_timer() <= 1000 + 5 + 50  # 75-85 %, capped at half
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.PAIRED)
-        assert rig.refreshes() == 1 and device.status()["last_refresh"] is not None
+        assert rig.refreshes() == 1 and shaped(device.status())["last_refresh"] is not None
         await rig.close(device)
 
     run(main())
@@ -131,16 +133,16 @@ def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        cached = (await device.token(TokenQuery()))["access_token"]
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
         rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.OFFLINE)
-        assert device.status()["last_error"] and "503" in device.status()["last_error"]
+        assert shaped(device.status())["last_error"] and "503" in shaped(device.status())["last_error"]
         assert device.healthy()
 
         # apps keep getting the cached token, and asking does not make the daemon hammer the server
         for _ in range(20):
-            assert (await device.token(TokenQuery(min_ttl=90)))["access_token"] == cached
+            assert (shaped(await device.token(TokenQuery(min_ttl=90))))["access_token"] == cached
         assert rig.refreshes() == 1
         retry = await rig.clock.next_timer()
         assert retry - rig.clock.now >= 2.5  # backoff, not a loop
@@ -148,8 +150,8 @@ def test_server_errors_keep_the_grant_and_serve_the_cached_token(tmp_path):
         rig.srv.around_token = lambda respond: respond()  # the server heals
         rig.clock.advance(retry - rig.clock.now)
         await rig.states.wait(State.PAIRED)
-        assert rig.refreshes() == 2 and device.status()["last_error"] is None
-        assert (await device.token(TokenQuery()))["access_token"] != cached
+        assert rig.refreshes() == 2 and shaped(device.status())["last_error"] is None
+        assert (shaped(await device.token(TokenQuery())))["access_token"] != cached
         await rig.close(device)
 
     run(main())
@@ -164,9 +166,9 @@ def test_expired_while_offline_is_upstream_unavailable(tmp_path):
         await rig.states.wait(State.OFFLINE)
         device.listeners.clear()  # retries keep failing in the background; we only watch the answers
         rig.clock.now += 200  # past expiry, without waking the retry timer
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery())
-        assert info.value.status == 502 and info.value.code == "upstream_unavailable"
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
+        assert routes.STATUS_BY_CODE[info.value.code] == 502 and info.value.code == "upstream_unavailable"
         assert not device.healthy() and device.state is not State.REAUTH_REQUIRED
         await rig.close(device)
 
@@ -181,11 +183,11 @@ def test_invalid_grant_ends_the_grant(tmp_path):
         rig.srv.around_token = fail_with(400, {"error": "invalid_grant"})
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.REAUTH_REQUIRED)
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery())
-        assert info.value.code == "reauth_required" and info.value.status == 503
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
+        assert info.value.code == "reauth_required" and routes.STATUS_BY_CODE[info.value.code] == 503
         assert not (tmp_path / "state.bin").exists()
-        assert "invalid_grant" in device.status()["last_error"]
+        assert "invalid_grant" in shaped(device.status())["last_error"]
         assert rig.refreshes() == 1  # and no further attempts: B5, do not start over by itself
         await rig.close(device)
 
@@ -201,8 +203,8 @@ def test_unwritable_state_keeps_serving_from_memory(tmp_path):
         shutil.rmtree(state_dir)  # the SD card went read-only, or someone deleted the directory
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.PAIRED)
-        assert "cannot write" in device.status()["last_error"]
-        assert (await device.token(TokenQuery()))["expires_in"] > 90  # the rotated grant is in use
+        assert "cannot write" in shaped(device.status())["last_error"]
+        assert (shaped(await device.token(TokenQuery())))["expires_in"] > 90  # the rotated grant is in use
         await rig.close(device)
 
     run(main())
@@ -212,12 +214,12 @@ def test_restart_uses_the_stored_grant(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        token = (await device.token(TokenQuery()))["access_token"]
+        token = (shaped(await device.token(TokenQuery())))["access_token"]
         await device.stop()
         again = rig.device()
         await again.start()
-        assert again.state is State.PAIRED and again.status()["account"]["name"] == "Alice"
-        assert (await again.token(TokenQuery()))["access_token"] == token
+        assert again.state is State.PAIRED and shaped(again.status())["account"]["name"] == "Alice"
+        assert (shaped(await again.token(TokenQuery())))["access_token"] == token
         assert rig.srv.stats.device_authorizations == 1
         await rig.close(again)
 
@@ -228,11 +230,11 @@ def test_token_scope_and_resource_checks(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery(scope="openid admin"))
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery(scope="openid admin")))
         assert info.value.code == "forbidden" and "not part of the grant" in info.value.description
-        with pytest.raises(ApiError) as info:  # not in [provider] resource, and root's entry has no list
-            await device.token(TokenQuery(resource="https://api.example"))
+        with pytest.raises(Refused) as info:  # not in [provider] resource, and root's entry has no list
+            shaped(await device.token(TokenQuery(resource="https://api.example")))
         assert info.value.code == "forbidden"
         assert rig.refreshes() == 0  # refused before anything was asked upstream
         await rig.close(device)
@@ -244,10 +246,10 @@ def test_status_never_carries_a_secret(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        text = json.dumps(device.status())
+        text = json.dumps(shaped(device.status()))
         for secret in rig.srv.issued_secrets():
             assert secret not in text
-        assert set(device.status()) >= {"state", "pairing", "account", "access_token_expires_in", "last_refresh",
+        assert set(shaped(device.status())) >= {"state", "pairing", "account", "access_token_expires_in", "last_refresh",
                                         "last_error", "clock_synced", "version"}
         await rig.close(device)
 
@@ -303,22 +305,22 @@ def test_unpair_when_revocation_fails_stops_serving_and_retries_until_revoked(tm
         rig = Rig(tmp_path)
         # a configured endpoint wins over the discovered one, even when it is the only one configured
         device = await rig.paired(revocation_endpoint=endpoint)
-        answer = await device.unpair()
+        answer = shaped(await device.unpair())
         assert answer["revoked"] is False and "503" in answer["revocation_error"]
-        assert device.state is State.UNPAIRED and device.status()["pending_revocations"] == 1
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery())
+        assert device.state is State.UNPAIRED and shaped(device.status())["pending_revocations"] == 1
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
         assert info.value.code == "not_paired"
         await device.stop()
 
         again = rig.device(revocation_endpoint=endpoint)  # a power cut later: still owed
         await again.start()
-        assert again.status()["pending_revocations"] == 1 and again.state is State.PAIRING
+        assert shaped(again.status())["pending_revocations"] == 1 and again.state is State.PAIRING
         assert await asyncio.to_thread(second.wait, 10)  # retried at start: 503 again
         retry = await rig.clock.timer_beyond(29)  # its Retry-After: 30 s
         rig.clock.advance(retry - rig.clock.now)
         await asyncio.wait_for(again.revocations_settled(), 10)
-        assert again.status()["pending_revocations"] == 0 and len(seen) == 3
+        assert shaped(again.status())["pending_revocations"] == 0 and len(seen) == 3
         assert all(b"token=" in body and b"token_type_hint=refresh_token" in body for body in seen)
         assert len(set(seen)) == 1  # the same refresh token every time
         await rig.close(again)
@@ -333,7 +335,7 @@ def test_unpair_during_a_refresh_does_not_bring_the_grant_back(tmp_path):
     async def main():
         rig = Rig(tmp_path, lifetime=100)
         device = await rig.paired()
-        answer = await rig.during_a_held_refresh(device.unpair())
+        answer = shaped(await rig.during_a_held_refresh(device.unpair()))
         assert answer["revoked"] is True and device.state is State.UNPAIRED
         assert not (tmp_path / "state.bin").exists()  # no late save restored it
         again = rig.device()
@@ -364,9 +366,9 @@ def test_no_refresh_token_and_no_expiry_keeps_serving(tmp_path):
         rig = Rig(tmp_path)
         rig.srv.around_token = _strip("refresh_token", "expires_in")  # a GitHub OAuth app
         device = await rig.paired()
-        token = (await device.token(TokenQuery()))["access_token"]
+        token = (shaped(await device.token(TokenQuery())))["access_token"]
         rig.clock.advance(86400)
-        assert (await device.token(TokenQuery()))["access_token"] == token
+        assert (shaped(await device.token(TokenQuery())))["access_token"] == token
         assert device.state is State.PAIRED and rig.refreshes() == 0
         await rig.close(device)
 
@@ -379,11 +381,11 @@ def test_no_refresh_token_is_served_until_it_expires(tmp_path):
         rig.srv.around_token = _strip("refresh_token")
         device = await rig.paired()
         rig.clock.advance(90)
-        assert (await device.token(TokenQuery()))["expires_in"] <= 10  # not dropped early
+        assert (shaped(await device.token(TokenQuery())))["expires_in"] <= 10  # not dropped early
         assert device.state is State.PAIRED
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.REAUTH_REQUIRED)
-        assert rig.refreshes() == 0 and "no refresh token" in device.status()["last_error"]
+        assert rig.refreshes() == 0 and "no refresh token" in shaped(device.status())["last_error"]
         await rig.close(device)
 
     run(main())
@@ -393,7 +395,7 @@ def test_pair_answers_as_soon_as_pairing_fails(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = rig.device(scope="no-such-scope")
-        status = await asyncio.wait_for(device.pair(), 10)  # not the 30 s wait for a code
+        status = shaped(await asyncio.wait_for(device.pair(), 10))  # not the 30 s wait for a code
         assert status["state"] == "unpaired" and "invalid_scope" in status["last_error"]
         await rig.close(device)
 
@@ -420,12 +422,12 @@ def test_a_slow_panel_never_delays_token_requests(tmp_path):
     async def main():
         rig = Rig(tmp_path)
         device = await rig.paired()
-        panel = device.display = StuckPanel()
+        panel = device.screen.display = StuckPanel()
         device.show_reset_countdown(5)
         assert await asyncio.to_thread(panel.entered.wait, 10)  # the panel is busy drawing ...
         device.show_reset_countdown(4)
         device.show_reset_countdown(3)
-        answer = await asyncio.wait_for(device.token(TokenQuery()), 5)  # ... apps are still served
+        answer = shaped(await asyncio.wait_for(device.token(TokenQuery()), 5))  # ... apps are still served
         assert answer["access_token"]
         panel.release.set()
         await rig.close(device)  # stop() waits for the last frame

@@ -31,15 +31,17 @@ import httpx
 import pytest
 
 from devicelink.config import Config, ProviderConfig, StorageConfig
-from devicelink.device import Device
-from devicelink.ipc.routes import ApiError, TokenQuery
+from devicelink.engine import Device
+from devicelink.errors import Refused
+from devicelink.ipc import routes
+from devicelink.ipc.routes import TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth.http import ClientAuth, OAuthHttp
 from devicelink.tokens.store import EncryptedFileStore
 from devicelink_sim.authserver import DevServer
 from devicelink_sim.faults import Fault, Faults, parse_spec
 from tests.conftest import write_config
-from tests.helpers import FakeClock, StateLog
+from tests.helpers import shaped, FakeClock, StateLog
 from tests.test_device import Rig, run
 
 CAP = 300.0  # the backoff cap, seconds (docs/behaviour.md)
@@ -69,7 +71,7 @@ class TaggedClock(FakeClock):
         future = asyncio.get_running_loop().create_future()
         ident = next(self._ids)
         task = asyncio.current_task()
-        if task is not None and task.get_coro().__qualname__.endswith("._tick"):
+        if task is not None and task.get_coro().__qualname__.endswith(("._tick", ".tick")):
             self._ticker_ids.add(ident)
         heapq.heappush(self._sleepers, (self.now + seconds, ident, future))
         if self._slept is not None:
@@ -244,25 +246,25 @@ def test_refresh_fault_keeps_the_grant_and_serves_the_cached_token(tmp_path, no_
         rig = FaultRig(tmp_path, lifetime=7200)
         device = await rig.paired()
         paired_at = rig.clock.now
-        cached = (await device.token(TokenQuery()))["access_token"]
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
         REFRESH_FAULTS[fault](rig.faults.token)
         retry_after = RETRY_AFTER.get(fault, 0.0)
 
         await rig.step()  # the proactive refresh meets the fault
         first = rig.hits("refresh")[0]
         assert first.at >= paired_at + min(0.75 * 7200, 7200 - 60) - EPS  # never before it is due
-        assert device.state is State.OFFLINE and device.status()["state"] == "offline"
-        assert device.status()["last_error"], "the user is told what is wrong"
+        assert device.state is State.OFFLINE and shaped(device.status())["state"] == "offline"
+        assert shaped(device.status())["last_error"], "the user is told what is wrong"
         assert device.healthy()
 
         while len(rig.hits("refresh")) < FAILED_ATTEMPTS:
             before = len(rig.hits("refresh"))
             for _ in range(10):  # apps keep asking, even for more than the cached token has left ...
-                answer = await device.token(TokenQuery(min_ttl=3500))
+                answer = shaped(await device.token(TokenQuery(min_ttl=3500)))
                 assert answer["access_token"] == cached and 0 < answer["expires_in"] <= 7200 - 5400
             assert len(rig.hits("refresh")) == before  # ... and never make it retry sooner
             await rig.step()
-            assert device.state is State.OFFLINE and device.status()["last_error"]
+            assert device.state is State.OFFLINE and shaped(device.status())["last_error"]
         check_retries(rig.hits("refresh"), REFRESH_BASE, retry_after)
 
         # the server heals: the attempt already scheduled succeeds, within one backoff step
@@ -274,8 +276,8 @@ def test_refresh_fault_keeps_the_grant_and_serves_the_cached_token(tmp_path, no_
         assert success.outcome == "ok" and len(rig.hits("refresh")) == FAILED_ATTEMPTS + 1
         assert success.at - healed_at <= max(step_bound(REFRESH_BASE, FAILED_ATTEMPTS), retry_after) + EPS
         assert success.at - last_failure <= CAP + retry_after
-        assert device.state is State.PAIRED and device.status()["last_error"] is None
-        fresh = await device.token(TokenQuery())
+        assert device.state is State.PAIRED and shaped(device.status())["last_error"] is None
+        fresh = shaped(await device.token(TokenQuery()))
         assert fresh["access_token"] != cached and fresh["expires_in"] > 7000
         assert (tmp_path / "state.bin").exists() and rig.srv.stats.reuse_detections == 0
         await rig.close()
@@ -295,9 +297,9 @@ def test_backoff_is_capped_at_five_minutes_and_apps_never_speed_it_up(tmp_path, 
             await rig.step()
             for _ in range(5):
                 try:
-                    await device.token(TokenQuery())
-                except ApiError as exc:
-                    assert exc.code == "upstream_unavailable" and exc.status == 502
+                    shaped(await device.token(TokenQuery()))
+                except Refused as exc:
+                    assert exc.code == "upstream_unavailable" and routes.STATUS_BY_CODE[exc.code] == 502
             assert device.state in (State.OFFLINE, State.PAIRED)
         hits = rig.hits("refresh")
         gaps = check_retries(hits, REFRESH_BASE)
@@ -305,14 +307,14 @@ def test_backoff_is_capped_at_five_minutes_and_apps_never_speed_it_up(tmp_path, 
         for h in hits:  # no more than a retry every 2.5 minutes once capped
             assert sum(1 for o in hits if h.at <= o.at < h.at + 3600) <= 30
         assert device.state is State.OFFLINE and not device.healthy()
-        assert "503" in device.status()["last_error"]
+        assert "503" in shaped(device.status())["last_error"]
 
         rig.faults.clear()
         healed_at = rig.clock.now
         await rig.step()
         assert device.state is State.PAIRED and device.healthy()
         assert rig.hits("refresh")[-1].at - healed_at <= CAP
-        assert (await device.token(TokenQuery()))["expires_in"] > 3500
+        assert (shaped(await device.token(TokenQuery())))["expires_in"] > 3500
         await rig.close()
 
     run(main())
@@ -324,11 +326,11 @@ def test_token_expiring_while_offline_is_a_clear_error_and_recovers(tmp_path, no
         device = await rig.paired()
         rig.faults.token.reset(times=None)
         await rig.until(lambda: device.tokens is not None and not device.tokens.valid_for(0, rig.clock.now))
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery())
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
         assert info.value.code == "upstream_unavailable" and "cannot be reached" in info.value.description
         assert device.state is State.OFFLINE and not device.healthy()  # still holds the grant
-        assert device.status()["access_token_expires_in"] == 0
+        assert shaped(device.status())["access_token_expires_in"] == 0
         rig.faults.clear()
         healed_at = rig.clock.now
         await rig.step()
@@ -361,10 +363,10 @@ def test_many_apps_during_a_slow_refresh_make_one_request(tmp_path, no_crash):
     async def main():
         rig = FaultRig(tmp_path, lifetime=7200)
         device = await rig.paired()
-        cached = (await device.token(TokenQuery()))["access_token"]
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
         rig.faults.token.delay(0.3)
         rig.clock.advance(5500)  # less than half the lifetime left: apps asking for more refresh
-        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(30)))
+        answers = [shaped(a) for a in await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(30)))]
         assert len(rig.hits("refresh")) == 1 and len({a["access_token"] for a in answers}) == 1
         assert answers[0]["access_token"] != cached
         await rig.close()
@@ -388,10 +390,10 @@ def test_invalid_grant_ends_the_grant_and_the_device_stops_asking(tmp_path, no_c
             rig.faults.token.error_body("invalid_grant")
         await rig.step()
         assert device.state is State.REAUTH_REQUIRED
-        assert "invalid_grant" in device.status()["last_error"]
+        assert "invalid_grant" in shaped(device.status())["last_error"]
         assert not (tmp_path / "state.bin").exists()
-        with pytest.raises(ApiError) as info:
-            await device.token(TokenQuery())
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
         assert info.value.code == "reauth_required"
         rig.clock.advance(86400)
         await rig.idle()
@@ -409,7 +411,7 @@ def test_denial_ends_pairing(tmp_path, no_crash):
         await rig.until(lambda: device.pairing is not None)
         rig.srv.deny(device.pairing.user_code)
         await rig.until(lambda: device.state is State.REAUTH_REQUIRED)
-        assert device.status()["last_error"]
+        assert shaped(device.status())["last_error"]
         polls = len(rig.hits("token"))
         rig.clock.advance(3600)
         await rig.idle()
@@ -447,7 +449,7 @@ def test_pairing_rides_out_setup_faults(tmp_path, no_crash, endpoint, fault):
             if device.pairing is not None:
                 break
             await rig.step()
-            saw_error |= bool(device.status()["last_error"])
+            saw_error |= bool(shaped(device.status())["last_error"])
         assert device.state is State.PAIRING and device.pairing is not None, "a code is shown"
         hits = rig.hits(endpoint)
         if fault == "latency":
@@ -456,7 +458,7 @@ def test_pairing_rides_out_setup_faults(tmp_path, no_crash, endpoint, fault):
             assert [h.outcome for h in hits][-1] == "ok" and len(hits) == 4
             assert saw_error  # while it retried, status said why
             check_retries(hits, SETUP_BASE, 30.0 if "retry-after" in fault else 0.0)
-        assert device.status()["last_error"] is None  # cleared once the code is up
+        assert shaped(device.status())["last_error"] is None  # cleared once the code is up
         rig.srv.approve(device.pairing.user_code)
         await rig.until(lambda: device.state is State.PAIRED)
         await rig.close()
@@ -476,7 +478,7 @@ def test_a_dead_device_endpoint_is_retried_at_most_every_five_minutes(tmp_path, 
         hits = rig.hits("device")
         gaps = check_retries(hits, SETUP_BASE)
         assert max(gaps) <= CAP and len(hits) <= 8 + 2 * 3600 / (CAP / 2)  # 8 to reach the cap, then >= 150 s apart
-        assert device.state is State.PAIRING and "503" in device.status()["last_error"]
+        assert device.state is State.PAIRING and "503" in shaped(device.status())["last_error"]
         rig.faults.clear()
         healed_at = rig.clock.now
         await rig.step()
@@ -541,21 +543,21 @@ def test_unpair_with_a_faulty_revocation_endpoint_stops_serving_and_retries(tmp_
         device = await rig.paired()
         refresh_token = device.tokens.refresh_token
         REVOCATION_FAULTS[fault](rig.faults.revocation)
-        answer = await device.unpair()
+        answer = shaped(await device.unpair())
         assert answer["revoked"] is False and answer["revocation_error"]
-        assert device.state is State.UNPAIRED and device.status()["pending_revocations"] == 1
-        with pytest.raises(ApiError) as info:  # not served from this instant
-            await device.token(TokenQuery())
+        assert device.state is State.UNPAIRED and shaped(device.status())["pending_revocations"] == 1
+        with pytest.raises(Refused) as info:  # not served from this instant
+            shaped(await device.token(TokenQuery()))
         assert info.value.code == "not_paired"
         for _ in range(4):
             await rig.step()
         retry_after = 60.0 if "retry-after" in fault else 0.0
         check_retries(rig.hits("revocation"), REFRESH_BASE, retry_after)
-        assert device.status()["pending_revocations"] == 1 and not rig.srv.revoked(refresh_token)
+        assert shaped(device.status())["pending_revocations"] == 1 and not rig.srv.revoked(refresh_token)
         rig.faults.clear()
         healed_at = rig.clock.now
         await rig.step()
-        assert device.status()["pending_revocations"] == 0 and rig.srv.revoked(refresh_token)
+        assert shaped(device.status())["pending_revocations"] == 0 and rig.srv.revoked(refresh_token)
         assert rig.hits("revocation")[-1].at - healed_at <= max(step_bound(REFRESH_BASE, 5), retry_after)
         await rig.close()
 
@@ -574,7 +576,7 @@ def test_a_refused_revocation_is_not_reported_as_revoked(tmp_path, answer):
             rig.faults.revocation.fail(400)
         else:
             rig.faults.revocation.fail(400, error="unsupported_token_type")
-        result = await device.unpair()
+        result = shaped(await device.unpair())
         try:
             assert not rig.srv.revoked(refresh_token)
             assert result["revoked"] is False and result["revocation_error"]
@@ -602,15 +604,15 @@ def test_hourly_request_budget_against_a_dead_server(tmp_path, no_crash):
         device = await rig.paired()
         assert device.budget.limit == 60  # the default
         device.budget.limit = 3
-        cached = (await device.token(TokenQuery()))["access_token"]
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
         rig.faults.token.fail(503, times=None)
         start, errors = rig.clock.now, set()
         while rig.clock.now < start + 4 * 3600:
             await rig.step()
-            errors.add(device.status()["last_error"] or "")
+            errors.add(shaped(device.status())["last_error"] or "")
             try:
-                assert (await device.token(TokenQuery()))["access_token"] == cached
-            except ApiError as exc:
+                assert (shaped(await device.token(TokenQuery())))["access_token"] == cached
+            except Refused as exc:
                 assert exc.code == "upstream_unavailable"
                 assert not device.tokens.valid_for(0, rig.clock.now)
             assert device.state is State.OFFLINE
@@ -619,7 +621,7 @@ def test_hourly_request_budget_against_a_dead_server(tmp_path, no_crash):
         assert any("request budget" in e for e in errors) and any("503" in e for e in errors)
         rig.faults.clear()
         await rig.until(lambda: device.state is State.PAIRED)
-        assert device.status()["last_error"] is None and per_rolling_hour(rig.hits("refresh")) <= 4
+        assert shaped(device.status())["last_error"] is None and per_rolling_hour(rig.hits("refresh")) <= 4
         await rig.close()
 
     run(main())
@@ -636,7 +638,7 @@ def test_hourly_request_budget_with_the_default_limit(tmp_path, no_crash):
         start, errors = rig.clock.now, set()
         while rig.clock.now < start + 5400:
             await rig.step()
-            errors.add(device.status()["last_error"] or "")
+            errors.add(shaped(device.status())["last_error"] or "")
             assert device.state in (State.PAIRED, State.OFFLINE)  # the budget never ends the grant
         hits = rig.hits("refresh")
         allowance = 2 * 3600 // 20

@@ -588,7 +588,7 @@ def test_the_real_device_is_a_gpio_target():
     """Device has what attach() calls, with the signatures it uses."""
     import inspect
 
-    from devicelink.device import Device
+    from devicelink.engine import Device
 
     assert inspect.iscoroutinefunction(Device.factory_reset)
     assert list(inspect.signature(Device.show_reset_countdown).parameters) == ["self", "seconds"]
@@ -711,7 +711,7 @@ class ScreenLog:
 
 def test_button_and_led_on_a_real_device(gz, tmp_path):
     """Device + MockFactory + a fake IdP: a press asks for a new code, a hold wipes and pairs again."""
-    from devicelink.device import Device
+    from devicelink.engine import Device
     from devicelink.oauth.http import ClientAuth, OAuthHttp
     from devicelink.tokens.store import EncryptedFileStore
 

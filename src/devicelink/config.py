@@ -327,7 +327,7 @@ class _Validator:
         """TLS always; plain http:// only to loopback, and only when asked for (RFC 8628 §3.1, RFC 8414 §6)."""
         for name in ("issuer", "device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
             url = getattr(p, name)
-            if url is None or urlsplit(url).scheme == "https":
+            if url is None or transport_allowed(url, p.allow_insecure_http):
                 continue
             if not is_loopback(url):
                 self.fail(f"[provider] {name}", f"expected an https:// URL, got {_show(url)} "
@@ -344,6 +344,12 @@ class _Validator:
                       "expected 'none', 'client_secret_basic' or 'client_secret_post' in this version")
         if p.dpop:
             self.fail("[provider] dpop", "DPoP arrives with per-device identity; expected false in this version")
+
+
+def transport_allowed(url: str, allow_insecure_http: bool) -> bool:
+    """TLS always; plain http:// only to a loopback host, and only when the config allows it."""
+    scheme = urlsplit(url).scheme
+    return scheme == "https" or (scheme == "http" and allow_insecure_http and is_loopback(url))
 
 
 def is_loopback(url: str) -> bool:

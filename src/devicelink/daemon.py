@@ -68,11 +68,9 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT arrive)."""
-    import httpx
-
     from devicelink import systemd
     from devicelink.display.factory import open_display
-    from devicelink.device import Device
+    from devicelink.engine import Device
     from devicelink.ipc.api import SocketApi
     from devicelink.ipc.server import SocketServer
     from devicelink.oauth.http import ClientAuth, OAuthHttp
@@ -104,9 +102,9 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
         display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
         stack.callback(display.close)
-        client = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        # No HTTP client yet: OAuthHttp makes one when a request is due and closes it when idle.
         auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret)
-        device = Device(cfg, store, OAuthHttp(client, auth), display=display, key_source=key_source)
+        device = Device(cfg, store, OAuthHttp(None, auth), display=display, key_source=key_source)
         await device.start()
         stack.push_async_callback(device.stop)
         if cfg.gpio is not None:

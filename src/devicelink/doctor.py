@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 from urllib.parse import urlsplit
 
 from devicelink import __version__
-from devicelink.config import Config, is_loopback, load
+from devicelink.config import Config, load, transport_allowed
 from devicelink.errors import ConfigError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -410,7 +410,7 @@ def check_server(cfg: Config) -> list[Finding]:
                                 "(exactly, trailing slash included), or set the endpoints in [provider]")]
             for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
                 url = getattr(endpoints, name)
-                if url and not (url.startswith("https://") or (p.allow_insecure_http and is_loopback(url))):
+                if url and not transport_allowed(url, p.allow_insecure_http):
                     return [Finding(FAIL, "server", f"the discovery document's {name} {url} is not https",
                                     "the server must publish https:// endpoints")]
             return [Finding(OK, "server", f"{request.url}: issuer matches, device authorization at "

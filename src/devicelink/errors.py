@@ -1,28 +1,51 @@
-"""Every exception devicelink raises on purpose.
+"""Every exception devicelink raises on purpose, in one tree.
 
 ::
 
-    DeviceLinkError
+    DeviceLinkError                 .code: the socket API's error code for it (ipc/ maps it to HTTP)
     ├─ ConfigError(ValueError)      our configuration is wrong (exit 78)
     ├─ HardwareUnavailable          configured hardware is missing
-    ├─ TransportError               network, timeouts, TLS (from httpx)
     ├─ ProtocolViolation            the server sent something malformed
-    ├─ GrantFailed                  the server said no; .oauth_error holds the RFC code
+    │  └─ ScopeIgnored              ... or a broader scope than a narrowed refresh asked
+    ├─ GrantFailed                  the server said no, or could not be asked; .oauth_error
     │  ├─ AuthorizationDenied       the user declined (RFC 8628 §3.5 access_denied)
     │  ├─ DeviceCodeExpired         the code ran out before anyone approved it
-    │  └─ RefreshRejected           invalid_grant on refresh: pair again
-    └─ StoreError                   the state file could not be written
-       └─ StoreUnreadable           ... or read back (corrupt, wrong key)
+    │  ├─ RefreshRejected           invalid_grant on refresh: pair again
+    │  └─ TargetRefused             invalid_scope / invalid_target on a narrowed refresh
+    ├─ Refused                      the engine refuses a local caller; .code says why
+    ├─ StoreError                   the state file could not be written
+    │  ├─ StoreUnreadable           ... or read back (corrupt, wrong key)
+    │  └─ StateDirBusy              another process holds the state directory
+    ├─ SocketInUse                  another daemon answers on our socket path
+    ├─ DaemonUnreachable            a client could not reach the daemon (ConnectionError)
+    ├─ DaemonError                  a client got an error answer from the daemon
+    └─ IllegalMove(RuntimeError)    the lifecycle table has no such move (a bug)
 
-Messages are one line a person can act on, and never carry a token, a device
-code or a secret: they end up in logs and in the socket's status answer.
+The engine raises these and never an HTTP status: ``code`` is a hint that
+``ipc/routes.py`` turns into one (``STATUS_BY_CODE``). Messages are one line a
+person can act on, and never carry a token, a device code or a secret: they
+end up in logs and in the socket's status answer.
 """
 
 from __future__ import annotations
 
+#: The codes the engine may refuse a local caller with (docs/socket-api.md, DESIGN.md).
+REFUSAL_CODES = frozenset({"not_paired", "pairing_in_progress", "forbidden", "invalid_request",
+                           "upstream_unavailable", "reauth_required", "step_up_unsupported"})
+
 
 class DeviceLinkError(Exception):
     """Base class of every error devicelink raises on purpose."""
+
+    code = "server_error"
+
+    @property
+    def description(self) -> str:
+        return str(self)
+
+    @description.setter
+    def description(self, text: str) -> None:  # subclasses whose message adds to the description
+        self.__dict__["description"] = text
 
 
 class ConfigError(DeviceLinkError, ValueError):
@@ -33,32 +56,66 @@ class HardwareUnavailable(DeviceLinkError):
     """A configured display or GPIO device could not be opened."""
 
 
-class TransportError(DeviceLinkError):
-    """The request did not get an HTTP answer: DNS, connect, TLS, timeout, reset."""
-
-
 class ProtocolViolation(DeviceLinkError):
     """The authorization server answered something RFC 6749/8628 does not allow."""
 
+    code = "upstream_unavailable"
+
+
+class ScopeIgnored(ProtocolViolation):
+    """A narrowed refresh came back broader than asked: such a token is never served."""
+
 
 class GrantFailed(DeviceLinkError):
-    """The authorization server refused; ``oauth_error`` is its error code."""
+    """The authorization server refused, or gave no usable answer; ``oauth_error`` is its
+    RFC 6749 §5.2 code (None: no answer, or none in it). ``retry_after`` is how long the
+    server asked us to wait, when it did; ``unanswered`` why no answer came, when none did."""
 
-    def __init__(self, message: str, oauth_error: str | None = None) -> None:
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, oauth_error: str | None = None, *,
+                 retry_after: float | None = None, unanswered: str | None = None) -> None:
         super().__init__(message)
         self.oauth_error = oauth_error
+        self.retry_after = retry_after
+        self.unanswered = unanswered
 
 
 class AuthorizationDenied(GrantFailed):
     """The user declined the request on their phone."""
 
+    code = "forbidden"
+
 
 class DeviceCodeExpired(GrantFailed):
     """The device code expired (the server said so, or its ``expires_in`` passed)."""
 
+    code = "forbidden"
+
 
 class RefreshRejected(GrantFailed):
     """The refresh token is no longer valid (``invalid_grant``): the device must pair again."""
+
+    code = "reauth_required"
+
+
+class TargetRefused(GrantFailed):
+    """The server refused the narrower scope or resource asked for (RFC 6749 §5.2
+    ``invalid_scope``, RFC 8707 §2 ``invalid_target``); the grant itself is untouched."""
+
+    code = "forbidden"
+
+
+class Refused(DeviceLinkError):
+    """The engine's no to a local caller. ``code`` is one of :data:`REFUSAL_CODES`;
+    ``description`` is sent to the caller: never a token, a device code or a secret."""
+
+    def __init__(self, code: str, description: str) -> None:
+        if code not in REFUSAL_CODES:
+            raise ValueError(f"unknown refusal code {code!r}")
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
 
 
 class StoreError(DeviceLinkError):
@@ -67,3 +124,38 @@ class StoreError(DeviceLinkError):
 
 class StoreUnreadable(StoreError):
     """The encrypted state exists but cannot be decrypted or parsed."""
+
+
+class StateDirBusy(StoreError):
+    """Another process holds ``state_dir/state.lock``; ``pid`` is what it wrote there (or None)."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class SocketInUse(DeviceLinkError):
+    """Another process answers on the socket path: a second daemon must not steal it."""
+
+
+class DaemonUnreachable(DeviceLinkError, ConnectionError):
+    """The daemon could not be asked: no socket, no permission, no answer, stream cut."""
+
+
+class DaemonError(DeviceLinkError):
+    """The daemon answered with an error (``{"error", "error_description"}``)."""
+
+    def __init__(self, code: str, description: str, status: int) -> None:
+        super().__init__(f"{description} ({code})" if description else code)
+        self.code = code
+        self.description = description
+        self.status = status
+
+
+class IllegalMove(DeviceLinkError, RuntimeError):
+    """A lifecycle event the table does not allow in the current state: a bug, never input."""
+
+    def __init__(self, state: object, event: object) -> None:
+        super().__init__(f"{getattr(event, 'value', event)} is not allowed in state "
+                         f"{getattr(state, 'value', state)}")
+        self.state, self.event = state, event

@@ -24,6 +24,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from devicelink.errors import IllegalMove
+
 
 class State(str, enum.Enum):
     UNPAIRED = "unpaired"
@@ -94,12 +96,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 
 #: States in which a grant (a refresh token, or at least an access token) is held.
 HOLDS_GRANT = frozenset({S.PAIRED, S.REFRESHING, S.OFFLINE})
-
-
-class IllegalMove(RuntimeError):
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"{event.value} is not allowed in state {state.value}")
-        self.state, self.event = state, event
 
 
 def next_state(state: State, event: Event) -> State:

@@ -36,9 +36,20 @@ from pathlib import Path
 
 from devicelink.config import DROP_IN_DIR, ClientPolicy, Config, load_drop_in
 from devicelink.errors import ConfigError
-from devicelink.ipc.routes import Peer
 
-__all__ = ["App", "Policy", "load"]
+__all__ = ["App", "Peer", "Policy", "load"]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection, from the kernel: ``SO_PEERCRED``
+    (pid, uid, primary gid) and ``SO_PEERGROUPS`` (supplementary groups), read
+    once when the connection is accepted."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ INSTALL_HINT = ("[gpio] is configured but gpiozero is not installed: pip install
 
 
 class GpioDevice(ButtonTarget, Protocol):
-    """What :func:`attach` needs from :class:`devicelink.device.Device`."""
+    """What :func:`attach` needs from :class:`devicelink.engine.Device`."""
 
     state: State
     listeners: list[Callable[[State], None]]

@@ -41,7 +41,7 @@ RESET_GRACE = 35.0  # close() lets a factory reset in flight finish (revocation 
 
 
 class ButtonTarget(Protocol):
-    """What the button acts on: :class:`devicelink.device.Device` implements it."""
+    """What the button acts on: :class:`devicelink.engine.Device` implements it."""
 
     def button_pressed(self) -> None: ...
 

@@ -22,12 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from devicelink import __version__
-from devicelink.device import Device
+from devicelink.engine import Device, Issued, TokenQuery
+from devicelink.errors import DeviceLinkError, Refused
 from devicelink.events import Subscription
-from devicelink.ipc import routes
-from devicelink.ipc.routes import ApiError, Peer, Request, Response, Stream
+from devicelink.ipc import answers, routes
+from devicelink.ipc.routes import ApiError, Request, Response, Stream
 from devicelink.lifecycle import HOLDS_GRANT, State
-from devicelink.policy import App, Policy
+from devicelink.policy import App, Peer, Policy
 
 __all__ = ["KEEPALIVE_SECONDS", "SocketApi"]
 
@@ -46,7 +47,7 @@ class SocketApi:
         self.keepalive = keepalive
         # Apps repeat the same few queries, and an answer changes once a second (expires_in):
         # both are kept, in small maps emptied when full. Per instance: no global state.
-        self._queries: dict[bytes, routes.TokenQuery] = {}
+        self._queries: dict[bytes, TokenQuery] = {}
         self._answers: dict[tuple[Any, ...], Response] = {}
         self._streams: dict[Subscription, Peer] = {}  # open event streams and who reads them
         device.listeners.append(lambda state: self._answers.clear())  # refreshed or unpaired: old tokens go
@@ -64,6 +65,22 @@ class SocketApi:
                 subscription.close()
 
     def handle(self, request: Request) -> Response | Stream | Awaitable[Response]:
+        """Raises :class:`ApiError` for an error answer (the awaitable too): the engine's
+        errors (``errors.py``) become the answers their codes name, here and only here."""
+        try:
+            answer = self._handle(request)
+        except DeviceLinkError as err:
+            raise ApiError.of(err) from None
+        return self._mapped(answer) if isinstance(answer, Awaitable) else answer
+
+    @staticmethod
+    async def _mapped(later: Awaitable[Response]) -> Response:
+        try:
+            return await later
+        except DeviceLinkError as err:
+            raise ApiError.of(err) from None
+
+    def _handle(self, request: Request) -> Response | Stream | Awaitable[Response]:
         if request.handler == "health":
             return routes.health_response(self.device.healthy())
         app = self.policy.identify(request.peer)
@@ -82,40 +99,39 @@ class SocketApi:
             if query is None:
                 query = _remember(self._queries, request.query, routes.parse_token_query(request.query), 256)
             answer = self.device.token_now(query, app)
-        except ApiError as err:
-            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
+        except DeviceLinkError as err:
+            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(ApiError.of(err).status))
             raise
         if answer is not None:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
             return self._token_response(answer)
         return self._token_later(query, app)
 
-    def _token_response(self, answer: dict[str, Any]) -> Response:
-        key = (answer["access_token"], answer["expires_in"], answer["scope"])
-        response = self._answers.get(key)
+    def _token_response(self, issued: Issued) -> Response:
+        response = self._answers.get(issued)
         if response is None:
-            response = _remember(self._answers, key, routes.token_response(answer), 64)
+            response = _remember(self._answers, issued, answers.token_response(issued), 64)
         return response
 
-    async def _token_later(self, query: routes.TokenQuery, app: App) -> Response:
+    async def _token_later(self, query: TokenQuery, app: App) -> Response:
         try:
             answer = await self.device.token(query, app)
-        except ApiError as err:
-            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(err.status))
+        except DeviceLinkError as err:
+            self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(ApiError.of(err).status))
             raise
         self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
         return self._token_response(answer)
 
     def _status(self, request: Request, app: App) -> Response:
-        return routes.json_response(200, self.device.status())
+        return routes.json_response(200, answers.status(self.device.status()))
 
     def _pair(self, request: Request, app: App) -> Awaitable[Response]:
         self._require_admin(app, "pair")
-        return self._accepted(self.device.pair())
+        return self._accepted(self.device.pair(), answers.status)
 
     def _unpair(self, request: Request, app: App) -> Awaitable[Response]:
         self._require_admin(app, "unpair")
-        return self._accepted(self.device.unpair())
+        return self._accepted(self.device.unpair(), answers.unpaired)
 
     def _step_up(self, request: Request, app: App) -> Awaitable[Response]:
         acr_values, max_age, min_ttl = parse_step_up(request.body)
@@ -123,8 +139,7 @@ class SocketApi:
 
     async def _step_up_later(self, app: App, acr_values: str | None, max_age: int | None,
                              min_ttl: int) -> Response:
-        status, answer = await self.device.step_up(app, acr_values, max_age, min_ttl)
-        return routes.json_response(status, answer)
+        return answers.step_up_response(await self.device.step_up(app, acr_values, max_age, min_ttl))
 
     def _metrics(self, request: Request, app: App) -> Response:
         return routes.text_response(200, self.device.metrics.render(self._gauges()))
@@ -137,12 +152,12 @@ class SocketApi:
     @staticmethod
     def _require_admin(app: App, action: str) -> None:
         if not app.admin:
-            raise ApiError("forbidden", f"{app.name!r} may not {action}: it needs admin = true in its "
+            raise Refused("forbidden", f"{app.name!r} may not {action}: it needs admin = true in its "
                            "[[client]] entry")
 
     @staticmethod
-    async def _accepted(call: Awaitable[dict[str, Any]]) -> Response:
-        return routes.json_response(202, await call)
+    async def _accepted(call: Awaitable[Any], shape: Callable[[Any], dict[str, Any]]) -> Response:
+        return routes.json_response(202, shape(await call))
 
     async def _event_stream(self, peer: Peer) -> AsyncIterator[bytes]:
         """``state`` now (so an app waiting for pairing cannot miss it), then every event
@@ -155,9 +170,9 @@ class SocketApi:
         try:
             yield b"retry: 2000\n\n"  # reconnect after 2 s (WHATWG HTML §9.2.4)
             yield routes.sse_event("state", device.state_event())
-            if device.pairing is not None:
-                code = device.status()["pairing"]
-                yield routes.sse_event("pairing", code)
+            status = device.status()
+            if status.pairing is not None:
+                yield routes.sse_event("pairing", answers.pairing(status.pairing, status.pairing_expires_in))
             while True:
                 event = await subscription.next(self.keepalive)
                 if event is not None:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from devicelink.errors import DeviceLinkError
+from devicelink.engine.answers import TokenQuery
+from devicelink.errors import DeviceLinkError, Refused
+from devicelink.policy import Peer
 
 __all__ = [
     "MAX_MIN_TTL",
@@ -50,7 +52,6 @@ __all__ = [
     "error_response",
     "health_response",
     "json_response",
-    "ok_response",
     "parse_token_query",
     "resolve",
     "sse_event",
@@ -100,27 +101,6 @@ TOKEN_FIELDS = ("access_token", "token_type", "expires_in", "scope")
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
-    """Who is on the other end of a connection, from the kernel: ``SO_PEERCRED``
-    (pid, uid, primary gid) and ``SO_PEERGROUPS`` (supplementary groups), read
-    once when the connection is accepted."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenQuery:
-    """What ``GET /v1/token`` asked for. Unknown query parameters are ignored."""
-
-    min_ttl: int = 60
-    scope: str | None = None
-    resource: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Request:
     """A complete request, as the server hands it to the :class:`Api`."""
 
@@ -165,7 +145,8 @@ class ApiError(DeviceLinkError):
     """An answer other than success. ``status`` follows from ``code``.
 
     ``description`` is sent to the caller and may be logged: never put a
-    token, a device code or a secret in it.
+    token, a device code or a secret in it. The engine raises errors of
+    ``errors.py``; :meth:`of` turns each into the answer its ``code`` names.
     """
 
     def __init__(self, code: str, description: str) -> None:
@@ -177,6 +158,12 @@ class ApiError(DeviceLinkError):
         self.code = code
         self.description = description
         self.status = status
+
+    @classmethod
+    def of(cls, err: DeviceLinkError) -> ApiError:
+        if isinstance(err, ApiError):
+            return err
+        return cls(err.code if err.code in STATUS_BY_CODE else "server_error", err.description)
 
 
 class MethodNotAllowed(ApiError):
@@ -252,17 +239,6 @@ def sse_event(name: str, data: Mapping[str, Any], event_id: int | None = None) -
 
 def health_response(healthy: bool) -> Response:
     return _HEALTHY if healthy else _UNHEALTHY
-
-
-def ok_response(handler: str, result: Any) -> Response:
-    """The success answer of ``handler`` for what the agent returned."""
-    if handler == "token":
-        return token_response(result)
-    if handler == "health":
-        return health_response(bool(result))
-    if handler in ("pair", "unpair"):
-        return json_response(202, result)
-    return json_response(200, result)
 
 
 def resolve(method: bytes, target: bytes) -> tuple[str, bytes]:

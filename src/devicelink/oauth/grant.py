@@ -28,6 +28,7 @@ from devicelink.oauth import messages as m
 from devicelink.tokens.model import TokenSet
 
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
+MAX_RETRY_AFTER = 3600.0  # a Retry-After longer than this is a server's mistake, not a plan
 
 #: Errors that mean the user said no. Entra says authorization_declined (RFC-CHECKLIST F).
 DENIED = frozenset({"access_denied", "authorization_declined"})
@@ -73,12 +74,13 @@ def reply_time(reply: m.Reply) -> float:
     return reply.at if isinstance(reply, m.Failure) else reply.received_at
 
 
+def backoff_delay(backoff: Backoff, retry_after: float | None) -> float:
+    """How long to wait after a failure: the backoff, or longer when the server asks (up to an hour)."""
+    return max(backoff.next_delay(), min(retry_after or 0.0, MAX_RETRY_AFTER))
+
+
 def transient_delay(reply: m.Reply, backoff: Backoff) -> float:
-    """How long to wait after a transient failure: the backoff, or longer when the server asks."""
-    delay = backoff.next_delay()
-    if isinstance(reply, m.Response):
-        delay = max(delay, min(m.retry_after(reply) or 0.0, 3600.0))
-    return delay
+    return backoff_delay(backoff, m.retry_after(reply) if isinstance(reply, m.Response) else None)
 
 
 def exchange(request: m.Request, backoff: Backoff) -> Generator[Step, m.Reply, m.Response]:
@@ -165,7 +167,7 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
             continue
         else:
             raise GrantFailed(f"the server ended the pairing: {error}", error)
-        next_at = at + max(interval, min(m.retry_after(reply) or 0.0, 3600.0))
+        next_at = at + max(interval, min(m.retry_after(reply) or 0.0, MAX_RETRY_AFTER))
 
 
 def _interval_hint(resp: m.Response) -> int:

@@ -1,110 +1,125 @@
-"""Runs the OAuth core over HTTP with an injected ``httpx.AsyncClient``.
+"""Drives the OAuth generators over HTTP: the only module that imports httpx.
 
-This is the only place that talks to the authorization server. It adds client
-authentication to every request that asks for it (RFC 6749 §2.3; per-device
-keys plug in here later), bounds every exchange in time and size, and turns
-whatever the network does into a :class:`Response` or a :class:`Failure` for
-the core to judge. TLS verification is httpx's default and is never turned off.
+Every exchange with the authorization server is a generator in ``oauth/``
+(``grant.py``, ``refresh.py``) that yields :class:`~devicelink.oauth.grant.Send`
+and is sent the :class:`Response` or :class:`Failure`. :class:`OAuthHttp` sends
+them: it passes every request through the client-authentication hook
+(``oauth/auth``) just before it goes out, retries included, bounds every
+exchange in time and size, and turns whatever the network does into a
+:class:`Failure` for the flow to judge. TLS verification is httpx's default and
+is never turned off.
+
+The daemon may hold a grant for hours without a request due, so its
+``httpx.AsyncClient`` (a CA bundle, an SSL context, a connection pool: ~30 ms
+and ~3 MiB) is made when a request is due and closed after :data:`IDLE_CLOSE`
+seconds without one. ``doctor`` drives the same flows with :func:`run_sync`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
-from typing import Awaitable, Callable, Generator, TypeVar
-from urllib.parse import quote, urlencode
-
-import httpx
+from typing import Any, Awaitable, Callable, Generator, TypeVar
+from urllib.parse import urlencode
 
 from devicelink import __version__
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
+from devicelink.oauth.auth import ClientAuth, Outgoing
+
+__all__ = ["DEADLINE", "IDLE_CLOSE", "MAX_BODY", "ClientAuth", "OAuthHttp", "run_sync"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # a token response is a few KiB; 1 MiB is generous
-TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 10.0
 DEADLINE = 30.0  # whole exchange, so a server dribbling bytes cannot hold us
+IDLE_CLOSE = 60.0  # seconds without a request before the HTTP client (and its pool) is closed
 
 T = TypeVar("T")
 
 
-class ClientAuth:
-    """Client authentication for token, device and revocation requests (RFC 6749 §2.3.1).
-
-    ``none`` is a public client that sends its ``client_id`` (RFC 8628 §3.1, G19);
-    ``client_secret_basic`` form-encodes id and secret before base64 (§2.3.1);
-    ``client_secret_post`` puts both in the body.
-    """
-
-    def __init__(self, client_id: str, method: str = "none", secret: str | None = None) -> None:
-        self.client_id, self.method, self._secret = client_id, method, secret
-
-    def __repr__(self) -> str:
-        return f"ClientAuth({self.client_id!r}, {self.method!r})"
-
-    def apply(self, form: list[tuple[str, str]], headers: dict[str, str]) -> None:
-        if self.method == "client_secret_basic":
-            pair = f"{quote(self.client_id, safe='')}:{quote(self._secret or '', safe='')}"
-            headers["authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        else:
-            form.append(("client_id", self.client_id))
-            if self.method == "client_secret_post":
-                form.append(("client_secret", self._secret or ""))
-
-
 class OAuthHttp:
-    def __init__(self, client: httpx.AsyncClient, auth: ClientAuth,
-                 clock: Callable[[], float] = time.monotonic, deadline: float = DEADLINE) -> None:
-        self.client, self.auth, self.clock, self.deadline = client, auth, clock, deadline
+    """Sends requests for one device. ``client``: an ``httpx.AsyncClient`` the caller owns
+    (tests), or None to make one when needed and close it when idle."""
+
+    def __init__(self, client: Any | None, auth: ClientAuth,
+                 clock: Callable[[], float] = time.monotonic, deadline: float = DEADLINE,
+                 idle_close: float = IDLE_CLOSE) -> None:
+        self.auth, self.clock, self.deadline, self.idle_close = auth, clock, deadline, idle_close
+        self._client, self._owned = client, client is None
+        self._busy = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether an HTTP client is open now (for tests and the memory benchmark)."""
+        return self._client is not None
 
     async def send(self, request: m.Request) -> m.Reply:
         """One exchange. Never raises for network trouble: that is a :class:`Failure`."""
-        form = list(request.form)
-        headers = {"accept": "application/json", "user-agent": f"devicelink/{__version__}"}
-        if request.authenticate:
-            self.auth.apply(form, headers)
+        import httpx
+
+        out = outgoing(request, self.auth, self.clock())
+        self._busy += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         try:
             # wait_for, not asyncio.timeout: the exchange runs in a task of its own, so the
             # deadline still ends in TimeoutError under anyio 3 (httpcore 0.16, Debian 12),
             # which leaves a task's cancelling() count raised after every TCP connect.
-            return await asyncio.wait_for(self._exchange(request, form, headers), self.deadline)
+            return await asyncio.wait_for(self._exchange(out), self.deadline)
         except TimeoutError:
-            return self._failed(request, f"no complete answer within {self.deadline:g} s")
+            return self._failed(out, f"no complete answer within {self.deadline:g} s")
         # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return self._failed(request, _describe(exc))
+            return self._failed(out, describe_exception(exc))
+        finally:
+            self._busy -= 1
+            if self._owned and self._busy == 0 and self._client is not None:
+                self._idle_timer = asyncio.get_running_loop().call_later(
+                    self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
 
-    async def _exchange(self, request: m.Request, form: list[tuple[str, str]], headers: dict[str, str]) -> m.Reply:
-        body = None
-        if request.method == "POST":
-            # Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource).
-            body = urlencode(form).encode()
-            headers["content-type"] = "application/x-www-form-urlencoded"
-        async with self.client.stream(request.method, request.url, headers=headers, content=body,
-                                      timeout=TIMEOUT) as resp:
+    async def _exchange(self, out: Outgoing) -> m.Reply:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False)
+        async with self._client.stream(out.method, out.url, headers=out.headers, content=encode(out),
+                                       timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_BODY:
-                    return self._failed(request, f"answer larger than {MAX_BODY} bytes")
+                    return self._failed(out, f"answer larger than {MAX_BODY} bytes")
             return m.Response(resp.status_code, bytes(body), self.clock(),
                               {k.lower(): v for k, v in resp.headers.items()})
 
-    def _failed(self, request: m.Request, reason: str) -> m.Failure:
-        logger.warning("%s request to %s failed: %s", request.kind, request.url, reason)
+    def _failed(self, out: Outgoing, reason: str) -> m.Failure:
+        logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
         return m.Failure(reason, self.clock())
+
+    async def _close_idle(self) -> None:
+        client, self._idle_timer = self._client, None
+        if self._busy == 0 and client is not None:
+            self._client = None
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client this object made (never one it was given)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._owned:
+            await self._close_idle()
 
     async def run(self, flow: Generator[grant.Step, m.Reply, T],
                   show: Callable[[grant.Show], None] | None = None,
                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                   observe: Callable[[m.Request, m.Reply], None] | None = None) -> T:
-        """Drive a core generator to its result: wait until each ``not_before``, send,
-        hand back the reply. ``observe`` sees every request and its reply
-        (for ``last_error`` and metrics)."""
+        """Drive a flow to its result: wait until each ``not_before``, send, hand back the
+        reply. ``observe`` sees every request and its reply (for ``last_error`` and metrics)."""
         reply: m.Reply | None = None
         while True:
             try:
@@ -123,7 +138,38 @@ class OAuthHttp:
                 observe(step.request, reply)
 
 
-def _describe(exc: Exception) -> str:
+def run_sync(flow: Generator[grant.Step, m.Reply, T], auth: ClientAuth, *, deadline: float = DEADLINE,
+             clock: Callable[[], float] = time.monotonic) -> T:
+    """Drive ``flow`` from synchronous code (``doctor``, ``provision``): the same sends,
+    hook and bounds as the daemon's, on an event loop of its own for the duration."""
+    async def drive() -> T:
+        http = OAuthHttp(None, auth, clock=clock, deadline=deadline)
+        try:
+            return await http.run(flow)
+        finally:
+            await http.aclose()
+
+    return asyncio.run(drive())
+
+
+def outgoing(request: m.Request, auth: ClientAuth, now: float) -> Outgoing:
+    """The wire form of ``request``, with client authentication added (afresh on every send)."""
+    out = Outgoing(request.kind, request.method, request.url, list(request.form),
+                   {"accept": "application/json", "user-agent": f"devicelink/{__version__}"},
+                   authenticate=request.authenticate)
+    auth.prepare(out, now)
+    return out
+
+
+def encode(out: Outgoing) -> bytes | None:
+    """The form body. Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource)."""
+    if out.method != "POST":
+        return None
+    out.headers["content-type"] = "application/x-www-form-urlencoded"
+    return urlencode(out.form).encode()
+
+
+def describe_exception(exc: Exception) -> str:
     """A short reason without URLs' query strings or bodies."""
     name = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""

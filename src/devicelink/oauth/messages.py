@@ -90,6 +90,11 @@ class Endpoints:
     device_authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
 
+    @staticmethod
+    def complete(configured: dict[str, str]) -> bool:
+        """Whether endpoints named in the config are enough to pair without discovery."""
+        return "token_endpoint" in configured and "device_authorization_endpoint" in configured
+
 
 # -- parsing ------------------------------------------------------------------
 
@@ -127,19 +132,61 @@ def oauth_error(resp: Response) -> str | None:
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 
 
-def is_transient(reply: Reply) -> bool:
-    """Worth retrying later: no answer, a 5xx or 429 without a definite OAuth error, or
-    ``temporarily_unavailable``. Everything else is the server's real answer."""
+@dataclass(frozen=True)
+class Verdict:
+    """What an answer from the authorization server means, for every flow alike.
+
+    ``outcome`` is ``"ok"`` (a JSON object without an error: the flow parses it),
+    ``"refused"`` (the server's real answer is no: ``error`` is its RFC 6749 §5.2
+    code, or None when a 4xx came without one) or ``"transient"`` (no answer, or
+    one that says "not now": worth retrying later). ``reason`` is one line for
+    logs and ``last_error``, never the body; ``retry_after`` is what the server asked.
+    """
+
+    outcome: str
+    error: str | None
+    reason: str
+    retry_after: float | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.outcome == "transient"
+
+
+def classify(reply: Reply) -> Verdict:
+    """The one reading of a token-endpoint (or device, or revocation) answer.
+
+    - no HTTP answer, 5xx or 429 without a definite OAuth error, and
+      ``temporarily_unavailable`` / ``server_error`` anywhere: transient;
+    - a 200 that is not a JSON object: transient (a captive portal's page);
+    - an OAuth ``error``, whatever the status (GitHub says 200; RFC-CHECKLIST G1, G2): refused;
+    - any other 4xx, even with an empty or HTML body: refused. The server (or
+      something answering for it) decided; glewlwyd answers a reused refresh token
+      with an empty 400. Only the flow knows what a refusal costs.
+    """
     if isinstance(reply, Failure):
-        return True
-    if reply.status == 200 and body_fields(reply) is None:
-        return True  # a captive portal's or a proxy's page, not the server's answer
+        return Verdict("transient", None, reply.reason)
     error = oauth_error(reply)
+    reason = describe(reply)
+    wait = retry_after(reply)
     if error in TRANSIENT_ERRORS:
-        return True
+        return Verdict("transient", error, reason, wait)
     if reply.status >= 500 or reply.status == 429:
-        return error in (None, "slow_down")
-    return False
+        if error in (None, "slow_down"):
+            return Verdict("transient", error, reason, wait)
+        return Verdict("refused", error, reason, wait)
+    if error is not None:
+        return Verdict("refused", error, reason, wait)
+    if reply.status == 200:
+        if body_fields(reply) is None:
+            return Verdict("transient", None, f"{reason} without a JSON object", wait)
+        return Verdict("ok", None, reason)
+    return Verdict("refused", None, f"{reason} without an OAuth error" if reply.status >= 400 else reason, wait)
+
+
+def is_transient(reply: Reply) -> bool:
+    """Worth retrying later (see :func:`classify`)."""
+    return classify(reply).transient
 
 
 def retry_after(resp: Response) -> float | None:

@@ -42,7 +42,7 @@ import shutil
 import time
 from pathlib import Path
 
-from devicelink.errors import ConfigError, StoreError, StoreUnreadable
+from devicelink.errors import ConfigError, StateDirBusy, StoreError, StoreUnreadable
 from devicelink.tokens.store import EncryptedFileStore, atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -227,14 +227,6 @@ def _listdir(directory: Path) -> list[Path]:
 
 
 # -- lock ---------------------------------------------------------------------------------
-
-class StateDirBusy(StoreError):
-    """Another process holds ``state_dir/state.lock``; ``pid`` is what it wrote there (or None)."""
-
-    def __init__(self, message: str, pid: int | None) -> None:
-        super().__init__(message)
-        self.pid = pid
-
 
 def lock_state_dir(state_dir: Path, wait: float | None = None) -> None:
     """Hold ``state_dir/state.lock`` for the rest of this process (idempotent). Waits up to

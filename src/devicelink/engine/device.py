@@ -1,0 +1,459 @@
+"""One device's engine: its state, its grant, and what apps may have of it.
+
+A :class:`Device` holds everything about one device and nothing is global, so
+a simulator can run thousands of them in one event loop. It knows no socket
+and no HTTP status: ``ipc/`` asks it on behalf of an app the per-app policy
+has identified, and shapes its answers (``engine/answers.py``) into JSON. It
+raises :class:`~devicelink.errors.Refused` (and the rest of ``errors.py``).
+
+Its rooms, each in a module of its own:
+
+- ``pairing.py``: discovery, codes, polling, until a grant is held;
+- ``refresher.py``: the silent refresh schedule and what a failure costs;
+- ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
+- ``stepup.py``: RFC 9470 step-up sessions;
+- ``revocations.py``: revocations owed to the server;
+- ``record.py``: what the state file holds.
+
+Every exchange with the server is a generator in ``oauth/``; ``self.http`` sends it.
+Nothing here reads the wall clock except to write it to the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+from devicelink import __version__
+from devicelink.budget import RequestBudget
+from devicelink.clock import clock_synced as probe_clock_synced
+from devicelink.clock import explain_failure
+from devicelink.config import Config, ProviderConfig
+from devicelink.display.base import Display, Screen
+from devicelink.display.port import ScreenPort
+from devicelink.engine import narrowing, record
+from devicelink.engine.answers import Issued, Status, StepUpDone, StepUpPending, TokenQuery, Unpaired
+from devicelink.engine.narrowed import Narrowed
+from devicelink.engine.pairing import Pairing
+from devicelink.engine.refresher import Refresher
+from devicelink.engine.revocations import Revocations, cancel
+from devicelink.engine.stepup import StepUps
+from devicelink.errors import Refused, StoreError, StoreUnreadable
+from devicelink.events import Hub
+from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_state
+from devicelink.metrics import Metrics
+from devicelink.oauth import messages as m
+from devicelink.oauth.http import OAuthHttp
+from devicelink.policy import ROOT, App
+from devicelink.tokens.model import TokenSet
+from devicelink.tokens.store import EncryptedFileStore
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
+
+
+class Device:
+    def __init__(self, cfg: Config, store: EncryptedFileStore, http: OAuthHttp, *,
+                 display: Display | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 rng: random.Random | None = None,
+                 clock_synced: Callable[[], bool | None] | None = None,
+                 key_source: str | None = None) -> None:
+        self.cfg, self.provider = cfg, cfg.provider
+        self.store, self.http = store, http
+        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
+        self.rng = rng or random.Random()
+        self.clock_synced = clock_synced or probe_clock_synced
+        self.key_source = key_source
+        self.screen = ScreenPort(display, clock)
+        self.budget = RequestBudget()
+        self.events = Hub()
+        self.metrics = Metrics()
+        #: Called with the new state after every move (the socket API and systemd subscribe).
+        self.listeners: list[Callable[[State], None]] = []
+
+        self.state = State.UNPAIRED
+        self.tokens: TokenSet | None = None
+        self.configured = _configured_endpoints(self.provider)
+        #: Known once pairing has resolved them (or the config names them all), or from the state file.
+        self.endpoints: m.Endpoints | None = (m.Endpoints(**self.configured)
+                                              if m.Endpoints.complete(self.configured) else None)
+        self.pairing: PairingCode | None = None  # shown while pairing
+        self.message: str | None = None
+        self.last_error: str | None = None
+        self.last_refresh: float | None = None  # wall clock, for status only
+        self.last_refresh_at: float | None = None  # monotonic, for the metrics' age of the last good refresh
+        self.reset_in: int | None = None  # factory-reset countdown while the button is held
+        self.unpairing = False
+        self._unsaved = False
+        self._saving: asyncio.Future[None] | None = None
+        # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
+        self.exchange_lock = asyncio.Lock()
+
+        self.pairer = Pairing(self)
+        self.refresher = Refresher(self)
+        self.narrowed = Narrowed(self)
+        self.step_ups = StepUps(self)
+        self.revocations = Revocations(self)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def move(self, event: Event) -> None:
+        old, self.state = self.state, next_state(self.state, event)
+        if old is not self.state:
+            logger.info("state %s -> %s", old, self.state)
+        if self.state is not State.PAIRING:
+            self.pairing = None
+        if self.state not in HOLDS_GRANT:
+            self.narrowed.forget()
+            self.step_ups.discard_all()  # stronger tokens of an account no longer the device's
+        self.redraw()
+        if old is not self.state:
+            self.events.publish("state", self.state_event())
+        for listener in self.listeners:
+            listener(self.state)
+
+    def state_event(self) -> dict[str, object]:
+        """The ``state`` event: what an app needs to know to wait for pairing (never a token)."""
+        account = self.tokens.account if self.tokens and self.state in HOLDS_GRANT else None
+        return {"state": self.state.value,
+                "account": {"sub": account.sub, "name": account.name} if account else None,
+                "message": self.message}
+
+    def redraw(self) -> None:
+        """Hand the current screen to the display port."""
+        if self.screen.headless:
+            return
+        account = self.tokens.account if self.tokens else None
+        name = account and (account.name or account.sub)
+        shown = self.step_ups.shown() if self.state in HOLDS_GRANT else None
+        if shown is not None:  # the standing grant stays in use; the screen asks for the stronger sign-in
+            screen = Screen(State.PAIRING, shown.code, name,
+                            f"Confirm on your phone: {shown.app} asks for a stronger sign-in.",
+                            reset_in=self.reset_in, clock_synced=self.clock_synced())
+        else:
+            screen = Screen(self.state, self.pairing, name, self.message,
+                            reset_in=self.reset_in, clock_synced=self.clock_synced())
+        self.screen.show(screen)
+
+    async def tick(self) -> None:
+        """Keep the countdown on screen moving while a code is shown."""
+        while True:
+            await self.sleep(1.0)
+            if self.pairing is not None or self.step_ups.shown() is not None:
+                self.redraw()
+
+    async def start(self) -> None:
+        """Restore a stored grant, or show a code (a device that boots unpaired pairs, RFC-CHECKLIST A3)."""
+        tokens = await self._load()
+        if tokens is not None:
+            self.tokens = tokens
+            self.move(Event.RESTORED)
+            logger.info("restored the grant%s", self._account_suffix())
+            self.refresher.start()
+        else:
+            self.pairer.start()
+        if self.revocations.owed:
+            logger.info("%d revocation(s) still owed to the server; retrying", len(self.revocations))
+            self.revocations.start(first_delay=0.0)
+
+    async def stop(self) -> None:
+        await self._settle_refresh()
+        owed = len(self.revocations)
+        await self._cancel_tasks()  # step-ups' own grants become owed revocations, kept for the next start
+        if self._saving is not None:
+            await asyncio.wait([self._saving])
+        await self.screen.settled()
+        if (self._unsaved and self.tokens is not None) or len(self.revocations) != owed:
+            await self.save(self.tokens)
+        await self.http.aclose()
+
+    async def paired(self, tokens: TokenSet) -> None:
+        """Pairing ended with a grant: keep it, and keep it fresh."""
+        self.last_error = None
+        self.message = None
+        self.tokens = tokens
+        await self.save(tokens)
+        self.metrics.inc("devicelink_pairings_total")
+        self.move(Event.PAIRED)
+        logger.info("paired%s", self._account_suffix())
+        self.refresher.start()
+
+    def refreshed(self) -> None:
+        self.last_refresh = self.wall_clock()
+        self.last_refresh_at = self.clock()
+
+    async def end_grant(self, reason: str) -> None:
+        """The server ended the grant (``invalid_grant``): forget it, and ask for a pairing."""
+        logger.error("%s", reason)
+        self.last_error = reason
+        self.tokens = None
+        self.message = "Pairing needed again. Press the button or run `devicelink pair`."
+        try:
+            await asyncio.to_thread(self.store.clear)
+        except StoreError as exc:
+            logger.error("%s", exc)
+        self.move(Event.REFRESH_REJECTED)
+
+    # -- what apps ask (through ipc/) ------------------------------------------------
+
+    def token_now(self, query: TokenQuery, app: App = ROOT) -> Issued | None:
+        """The answer if it needs no request upstream, else None (call :meth:`token`).
+        Raises :class:`Refused` when ``app`` may not have what it asks for."""
+        key = self._narrow_key(query, app)
+        tokens = self.tokens if key is None else self.narrowed.cache.get(key)
+        if tokens is None or self.tokens is None:
+            return None
+        now = self.clock()
+        if tokens.valid_for(narrowing.wanted_ttl(query.min_ttl, tokens.lifetime), now) or (
+                key is None and self.refresher.backing_off(now) and tokens.valid_for(0, now)):
+            return self.issue(tokens, now)
+        return None
+
+    async def token(self, query: TokenQuery, app: App = ROOT) -> Issued:
+        """A token for ``app``: the grant's own access token, or a narrowed one."""
+        answer = self.token_now(query, app)
+        if answer is not None:
+            return answer
+        key = self._narrow_key(query, app)
+        if key is not None:
+            return self.issue(await self.narrowed.token(key))
+        if not self.refresher.backing_off(self.clock()):
+            await self.refresh()
+            self.require_grant()
+        tokens = self.tokens
+        assert tokens is not None
+        now = self.clock()
+        if not tokens.valid_for(0, now):
+            raise Refused("upstream_unavailable", "the access token expired and the authorization server "
+                          f"cannot be reached to refresh it ({self.last_error or 'no answer'})")
+        return self.issue(tokens, now)
+
+    def issue(self, tokens: TokenSet, now: float | None = None) -> Issued:
+        now = self.clock() if now is None else now
+        return Issued(tokens.access_token, "Bearer", int(tokens.expires_in(now)),
+                      tokens.scope or self.provider.scope or "")
+
+    async def refresh(self) -> None:
+        """Refresh now, or join the refresh already in flight."""
+        await self.refresher.refresh()
+
+    def granted_scopes(self) -> frozenset[str]:
+        assert self.tokens is not None
+        return frozenset((self.tokens.scope or self.provider.scope or "").split())
+
+    def asked_scopes(self) -> frozenset[str]:
+        return frozenset((self.provider.scope or "").split())
+
+    def _narrow_key(self, query: TokenQuery, app: App) -> narrowing.NarrowKey | None:
+        self.require_grant()
+        return narrowing.narrow_key(query, app, self.granted_scopes(), self.asked_scopes(), self.provider.resource)
+
+    async def step_up(self, app: App, acr_values: str | None, max_age: int | None,
+                      min_ttl: int = 60) -> StepUpPending | StepUpDone:
+        return await self.step_ups.ask(app, acr_values, max_age, min_ttl)
+
+    def status(self) -> Status:
+        now = self.clock()
+        code = self.pairing
+        holds = self.tokens is not None and self.state in HOLDS_GRANT
+        return Status(
+            state=self.state.value, pairing=code, pairing_expires_in=code.expires_in(now) if code else None,
+            account=self.tokens.account if self.tokens else None,
+            access_token_expires_in=max(0, int(self.tokens.expires_in(now))) if holds else None,  # type: ignore[union-attr]
+            last_refresh=_iso(self.last_refresh), last_error=self.last_error, message=self.message,
+            clock_synced=self.clock_synced(), key_source=self.key_source,
+            pending_revocations=len(self.revocations), version=__version__)
+
+    @property
+    def pending_revocations(self) -> int:
+        """Revocations owed to the server (RFC 7009), retried until it answers 200."""
+        return len(self.revocations)
+
+    def healthy(self) -> bool:
+        if self.state is State.PAIRING:
+            return True
+        return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
+
+    async def pair(self) -> Status:
+        if self.state in HOLDS_GRANT:
+            raise Refused("invalid_request", f"already paired{self._account_suffix()}; unpair first")
+        self.pairer.start()
+        await self.pairer.wait_for_code()
+        return self.status()
+
+    async def unpair(self) -> Unpaired:
+        # From this instant no refresh or narrowed refresh starts (require_grant refuses).
+        # One in flight may already have rotated the refresh token at the server: wait for it
+        # (it holds the exchange lock and saves first), so the token revoked is the live one
+        # and no late save brings the grant back.
+        self.unpairing = True
+        try:
+            await self._settle_refresh()
+            await self._cancel_tasks()
+            async with self.exchange_lock:
+                tokens = self.tokens
+                self.tokens = None  # served no more
+                self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
+                if tokens is not None and self.can_revoke():
+                    # RFC 7009 §2.2.1: until the server answers 200 the token may still be valid, so it
+                    # is owed a revocation, kept encrypted on disk and retried until it goes through.
+                    self.revocations.owe(*((tokens.refresh_token, "refresh_token") if tokens.refresh_token
+                                           else (tokens.access_token, "access_token")))
+                elif tokens is not None:
+                    logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
+                await self.save(None)  # the grant is gone from disk; owed revocations stay
+                self.move(Event.UNPAIRED)
+        finally:
+            self.unpairing = False
+        error = await self.revocations.try_all()
+        if self.revocations.owed:
+            self.revocations.start(first_delay=self.revocations.next_delay)
+        return Unpaired(self.state.value, error is None and bool(tokens and self.can_revoke()), error)
+
+    # -- the button (gpio/button.py) ----------------------------------------------
+
+    def button_pressed(self) -> None:
+        """A short press: a new code when the device is waiting for one (or showing one);
+        otherwise the screen is drawn again, which is how the owner sees the status."""
+        if self.state in (State.UNPAIRED, State.REAUTH_REQUIRED, State.PAIRING):
+            logger.info("button: new code")
+            self.pairer.start()
+        else:
+            self.redraw()
+
+    def show_reset_countdown(self, seconds: int | None) -> None:
+        """While the button is held: the seconds left before a factory reset (None: cancelled)."""
+        if seconds != self.reset_in:
+            self.reset_in = seconds
+            self.redraw()
+
+    async def factory_reset(self) -> None:
+        """The button was held to the end: revoke, wipe, and show a code for the next owner."""
+        logger.info("button: factory reset")
+        self.reset_in = None
+        await self.unpair()
+        self.pairer.start()
+
+    # -- what the rooms share --------------------------------------------------------
+
+    def observe(self, request: m.Request, reply: m.Reply) -> None:
+        """Every pairing request and its reply: metrics, and ``last_error`` for the owner."""
+        verdict = m.classify(reply)
+        if request.kind == "device_token":
+            self.metrics.inc("devicelink_polls_total")
+            if isinstance(reply, m.Response) and (verdict.error == "slow_down" or reply.status == 429):
+                self.metrics.inc("devicelink_slow_downs_total")
+        if isinstance(reply, m.Failure):
+            self.last_error = f"cannot reach the authorization server: {explain_failure(reply.reason, self.clock_synced())}"
+        elif verdict.transient:
+            self.last_error = f"the authorization server answered {m.describe(reply)}"
+
+    def require_grant(self) -> None:
+        if self.state in HOLDS_GRANT and self.tokens is not None and not self.unpairing:
+            return
+        if self.unpairing:
+            raise Refused("not_paired", "the device is being unpaired")
+        if self.state is State.PAIRING:
+            raise Refused("pairing_in_progress", "the device is pairing; approve the code on screen")
+        if self.state is State.REAUTH_REQUIRED:
+            raise Refused("reauth_required", f"the device must be paired again ({self.last_error or 'grant ended'})")
+        raise Refused("not_paired", "the device is not paired; run `devicelink pair`")
+
+    def can_revoke(self) -> bool:
+        return bool(self.endpoints and self.endpoints.revocation_endpoint)
+
+    async def revocations_settled(self) -> None:
+        """Until no revocation is owed (for tests and an orderly factory reset)."""
+        await self.revocations.settled()
+
+    async def step_ups_settled(self) -> None:
+        """Until no step-up is under way (for tests)."""
+        await self.step_ups.settled()
+
+    # -- storage ----------------------------------------------------------------
+
+    async def _load(self) -> TokenSet | None:
+        try:
+            stored = await asyncio.to_thread(self.store.load)
+        except StoreUnreadable as exc:
+            logger.error("%s; starting unpaired", exc)
+            self.last_error = str(exc)
+            return None
+        if stored is None:
+            return None
+        try:
+            found = record.restore(stored, self.provider.issuer, self.provider.client_id, self.configured,
+                                   self.clock(), self.wall_clock(), self.clock_synced())
+        except (KeyError, TypeError, ValueError):
+            logger.error("%s: the state record is incomplete; starting unpaired", self.store.path)
+            return None
+        if found is None:
+            return None
+        self.revocations.owed = found.revocations
+        self.endpoints = found.endpoints or self.endpoints
+        if found.tokens is not None and not found.trusted_clock:
+            logger.info("the wall clock is not known to be synchronised: the stored access token "
+                        "counts as expired and is refreshed before it is served")
+        return found.tokens
+
+    async def save_current(self) -> None:
+        """Write the grant as it is now, from outside the refresh path: under the exchange
+        lock, so it cannot land after (and undo) the save of a refresh token just rotated."""
+        async with self.exchange_lock:
+            await self.save(self.tokens)
+
+    async def save(self, tokens: TokenSet | None) -> None:
+        """Write the grant (or, with ``tokens`` None, only the revocations still owed)."""
+        if tokens is None and not self.revocations.owed:
+            self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.clear))
+            await asyncio.shield(self._saving)
+            return
+        data = record.build(self.provider.issuer, self.provider.client_id, self.endpoints, tokens,
+                            self.revocations.owed, self.clock(), self.wall_clock(), self.clock_synced() is True)
+        # Shielded: a cancelled caller must not leave a write running that nobody waits for
+        # (unpair's clear would race it and the grant could come back).
+        self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.save, data))
+        try:
+            await asyncio.shield(self._saving)
+            self._unsaved = False
+        except StoreError as exc:
+            # Keep serving from memory (the old refresh token may already be dead at the
+            # server); the next refresh tries to save again.
+            self._unsaved = True
+            self.last_error = str(exc)
+            logger.error("%s; the grant is held in memory only", exc)
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def _settle_refresh(self) -> None:
+        await self.refresher.settle(STOP_GRACE)
+        for pending in self.narrowed.pending():  # a narrowed refresh may rotate the refresh token too
+            await asyncio.wait([pending], timeout=STOP_GRACE)
+
+    async def _cancel_tasks(self) -> None:
+        self.step_ups.discard_all()
+        for task in (self.pairer.task, self.refresher.task, self.refresher.inflight):
+            await cancel(task)
+        await self.revocations.cancel()
+        self.pairer.task = self.refresher.task = self.refresher.inflight = None
+
+    def _account_suffix(self) -> str:
+        account = self.tokens.account if self.tokens else None
+        return f" as {account.name or account.sub}" if account else ""
+
+
+def _configured_endpoints(p: ProviderConfig) -> dict[str, str]:
+    names = ("token_endpoint", "device_authorization_endpoint", "revocation_endpoint")
+    return {name: url for name, url in ((n, getattr(p, n)) for n in names) if url}
+
+
+def _iso(wall: float | None) -> str | None:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds") if wall else None

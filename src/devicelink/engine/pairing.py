@@ -1,0 +1,128 @@
+"""Pairing: discovery, a code on the screen, polling, until the device holds a grant.
+
+The timing rules live in the pure flow (``oauth/grant.py``); this room runs it,
+shows each code, and decides what an ending means: an expired code is replaced
+``[pairing] restart_on_expiry`` times in a row, then the device waits for the
+user (RFC 8628 §3.5); a denial or a refusal waits for the user too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from devicelink.config import transport_allowed
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.lifecycle import Event
+from devicelink.oauth import grant
+from devicelink.oauth import messages as m
+
+if TYPE_CHECKING:
+    from devicelink.engine.device import Device
+
+logger = logging.getLogger(__name__)
+
+ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
+
+
+class Pairing:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.task: asyncio.Task[None] | None = None
+        self.settled = asyncio.Event()  # a code is shown, or pairing has ended
+
+    def start(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.settled.clear()
+        self.device.message = None
+        self.device.move(Event.PAIR_REQUESTED)
+        self.task = asyncio.create_task(self._run())
+
+    async def wait_for_code(self) -> None:
+        try:
+            await asyncio.wait_for(self.settled.wait(), ANSWER_WAIT)
+        except TimeoutError:
+            pass  # still connecting: the status says so
+
+    async def _run(self) -> None:
+        ticker = asyncio.create_task(self.device.tick())
+        try:
+            await self._until_done()
+        finally:
+            ticker.cancel()
+
+    async def _until_done(self) -> None:
+        device = self.device
+        expired_in_a_row = 0
+        while True:
+            try:
+                endpoints = await self.resolve_endpoints()
+                flow = grant.device_flow(endpoints, device.provider.scope, device.provider.resource,
+                                         device.provider.issuer, device.provider.client_id, device.rng)
+                tokens = await device.http.run(flow, show=self._show, sleep=device.sleep, observe=device.observe)
+            except asyncio.CancelledError:
+                raise
+            except DeviceCodeExpired:
+                expired_in_a_row += 1
+                device.metrics.inc("devicelink_codes_expired_total")
+                if expired_in_a_row <= device.cfg.pairing.restart_on_expiry:
+                    logger.info("the code expired; showing a new one (%d of %d)",
+                                expired_in_a_row, device.cfg.pairing.restart_on_expiry)
+                    device.message = "The last code expired. Here is a new one."
+                    device.move(Event.CODE_REPLACED)
+                    continue
+                # RFC 8628 §3.5: after expired_token, wait for the user before starting again.
+                device.message = "The code expired. Press the button or run `devicelink pair` for a new one."
+                logger.info("the code expired; waiting for the user to ask for a new one")
+                self.settled.set()
+                device.move(Event.CODE_EXPIRED)
+                return
+            except AuthorizationDenied as exc:
+                self._failed(Event.DENIED, str(exc))
+                return
+            except (GrantFailed, ProtocolViolation) as exc:
+                self._failed(Event.PAIRING_FAILED, str(exc))
+                return
+            except Exception as exc:  # never leave a dead task behind a code on screen
+                logger.exception("pairing failed unexpectedly")
+                self._failed(Event.PAIRING_FAILED, f"unexpected {type(exc).__name__}")
+                return
+            await device.paired(tokens)
+            return
+
+    def _failed(self, event: Event, reason: str) -> None:
+        device = self.device
+        logger.error("pairing failed: %s", reason)
+        self.settled.set()
+        device.last_error = reason
+        device.message = "Pairing failed. Press the button or run `devicelink pair` to try again."
+        device.move(event)
+
+    async def resolve_endpoints(self) -> m.Endpoints:
+        """The configured endpoints, or RFC 8414 / OIDC discovery (configured ones win)."""
+        device = self.device
+        if m.Endpoints.complete(device.configured):  # no discovery needed (GitHub has none)
+            return m.Endpoints(**device.configured)
+        flow = grant.discover(device.provider.issuer, grant.Backoff(device.rng))
+        metadata = await device.http.run(flow, sleep=device.sleep, observe=device.observe)
+        endpoints = grant.resolve_endpoints(metadata, device.configured)
+        for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+            url = getattr(endpoints, name)
+            if url and not transport_allowed(url, device.provider.allow_insecure_http):
+                raise ProtocolViolation(f"the discovery document's {name} {url!r} is not https")
+        device.endpoints = endpoints
+        return endpoints
+
+    def _show(self, step: grant.Show) -> None:
+        device, code = self.device, step.code
+        device.pairing = code
+        device.last_error = None
+        logger.info("pairing: enter code %s at %s", code.user_code, code.verification_uri)
+        self.settled.set()
+        device.redraw()
+        device.metrics.inc("devicelink_codes_issued_total")
+        device.events.publish("pairing", {"user_code": code.user_code, "verification_uri": code.verification_uri,
+                                          "verification_uri_complete": code.verification_uri_complete,
+                                          "expires_in": code.expires_in(device.clock())})

@@ -1,0 +1,182 @@
+"""The grant's silent refresh: when to refresh, one refresh at a time, what a failure costs.
+
+- Refresh 75–85 % into the token's lifetime (jitter spreads a fleet), at the
+  backoff's time after a failure, never sooner than :data:`MIN_REFRESH_SPACING`
+  after the last attempt, and within the hourly request budget.
+- One refresh at a time, however many apps ask: callers share the one in flight
+  (RFC 9700 §4.14.2: presenting a rotated-away refresh token can revoke the grant).
+  Every use of the refresh token, narrowed ones too, takes ``device.exchange_lock``.
+- A rotated refresh token is on disk before the new access token is served.
+- Only ``invalid_grant`` ends the grant (:class:`RefreshRejected`). Everything else
+  keeps it: the cached access token is served until it expires (state ``offline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from devicelink.budget import RequestBudget
+from devicelink.clock import explain_failure
+from devicelink.errors import GrantFailed, ProtocolViolation, RefreshRejected
+from devicelink.lifecycle import HOLDS_GRANT, Event, State
+from devicelink.oauth import refresh as flows
+from devicelink.oauth.grant import Backoff, backoff_delay
+from devicelink.tokens.model import TokenSet
+
+if TYPE_CHECKING:
+    from devicelink.engine.device import Device
+
+logger = logging.getLogger(__name__)
+
+MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
+FIRST_RETRY = 5.0
+
+
+class Refresher:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.backoff = Backoff(device.rng, base=FIRST_RETRY)
+        self.retry_at = 0.0  # no refresh attempt before this (monotonic), after a failure
+        self.last_attempt = float("-inf")
+        self.inflight: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()  # the tokens or the schedule changed: look again
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._keep_fresh())
+
+    def backing_off(self, now: float) -> bool:
+        return now < self.retry_at
+
+    async def refresh(self) -> None:
+        """Refresh now, or join the refresh already in flight."""
+        if self.inflight is None or self.inflight.done():
+            self.inflight = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self.inflight)
+
+    async def _refresh(self) -> None:
+        device = self.device
+        tokens, endpoints = device.tokens, device.endpoints
+        if tokens is None or device.state not in (State.PAIRED, State.OFFLINE) or device.unpairing:
+            return
+        if not tokens.refresh_token or endpoints is None:
+            # Nothing to refresh with: serve the token until it expires, then ask for a pairing.
+            if not tokens.valid_for(0, device.clock()):
+                device.move(Event.REFRESH_STARTED)
+                await device.end_grant("the access token expired and the server issued no refresh token; pair again")
+            return
+        now = device.clock()
+        allowance = RequestBudget.allowance(tokens.lifetime)
+        if not device.budget.allows(now, allowance):
+            self.retry_at = max(device.budget.next_free(now, allowance), now + MIN_REFRESH_SPACING)
+            device.last_error = (f"hourly request budget spent ({device.budget.limit} requests beyond what the "
+                                 f"token lifetime needs); next refresh in {self.retry_at - now:.0f} s")
+            logger.warning("%s", device.last_error)
+            self.changed.set()
+            device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="budget")
+            return
+        device.budget.spend(now)
+        device.move(Event.REFRESH_STARTED)
+        self.last_attempt = now
+        try:
+            async with device.exchange_lock:  # a narrowed refresh may be using the refresh token
+                if device.tokens is None or device.state is not State.REFRESHING:
+                    return  # that narrowed refresh found the grant ended
+                await self._exchange(device.tokens)  # its refresh token may have rotated
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an answer nobody foresaw: never wedge in "refreshing"
+            logger.exception("refresh failed unexpectedly")
+            self._failed(f"refresh failed: unexpected {type(exc).__name__}", None)
+
+    async def _exchange(self, tokens: TokenSet) -> None:
+        device = self.device
+        assert tokens.refresh_token and device.endpoints
+        flow = flows.refresh(device.endpoints, tokens.refresh_token, device.provider.issuer,
+                             device.provider.client_id)
+        try:
+            parsed = await device.http.run(flow, sleep=device.sleep)
+        except RefreshRejected as exc:
+            # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
+            device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="rejected")
+            await device.end_grant(str(exc))
+            return
+        except GrantFailed as exc:
+            self._failed(self._explain(exc), exc.retry_after)
+            return
+        except ProtocolViolation as exc:
+            self._failed(f"refresh failed: {exc}", None)
+            return
+        fresh = tokens.rotated(parsed)
+        if fresh.scope and tokens.scope and not set(tokens.scope.split()) <= set(fresh.scope.split()):
+            # Some servers give a refresh token the scope of the last (narrowed) refresh
+            # (thephpleague/oauth2-server#1117): apps may now be refused what they had.
+            logger.warning("the grant's scope shrank at this refresh: %r -> %r", tokens.scope, fresh.scope)
+        # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
+        # token is served, or a crash now would leave only a dead refresh token behind.
+        device.last_error = None  # the save sets it again if the disk fails
+        await device.save(fresh)
+        device.tokens = fresh
+        device.refreshed()
+        self.backoff.reset()
+        self.retry_at = 0.0
+        device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="ok")
+        device.move(Event.REFRESH_SUCCEEDED)
+        self.changed.set()
+        device.events.publish("token_rotated", {"expires_in": int(fresh.expires_in(device.clock())),
+                                                "scope": fresh.scope or device.provider.scope or ""})
+
+    def _explain(self, exc: GrantFailed) -> str:
+        """A network failure gets the clock's hint (a TLS date error on a board without an RTC)."""
+        if exc.unanswered is not None:
+            return f"refresh failed: {explain_failure(exc.unanswered, self.device.clock_synced())}"
+        return str(exc)
+
+    def _failed(self, reason: str, retry_after: float | None) -> None:
+        device = self.device
+        delay = backoff_delay(self.backoff, retry_after)
+        device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="failed")
+        self.retry_at = device.clock() + delay
+        device.last_error = reason
+        logger.warning("%s; keeping the grant, next try in %.0f s", reason, delay)
+        device.move(Event.REFRESH_FAILED)
+        self.changed.set()
+
+    async def _keep_fresh(self) -> None:
+        """Refresh before expiry, with jitter; after a failure, at the backoff's time."""
+        device = self.device
+        while device.tokens is not None and device.state in HOLDS_GRANT:
+            if not device.tokens.refresh_token:
+                due = device.tokens.expires_at  # nothing to refresh with: wake at expiry
+            elif device.state is State.OFFLINE:
+                due = self.retry_at
+            else:  # the schedule, but never before a backoff or the budget allows
+                due = max(device.tokens.refresh_due(device.rng), self.retry_at)
+            due = max(due, self.last_attempt + MIN_REFRESH_SPACING)
+            self.changed.clear()
+            delay = due - device.clock()
+            if delay > 0 and await self._changed_within(delay):
+                continue  # an on-demand refresh moved the schedule
+            await self.refresh()
+
+    async def _changed_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds on the injected clock, or until the tokens change."""
+        changed = asyncio.ensure_future(self.changed.wait())
+        timer = asyncio.ensure_future(self.device.sleep(delay))
+        try:
+            await asyncio.wait((changed, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            timer.cancel()
+        return self.changed.is_set()
+
+    async def settle(self, grace: float) -> None:
+        """Let a refresh in flight finish: the server may already have rotated the refresh
+        token, and cancelling now would lose the new one (the next start would replay the old)."""
+        if self.inflight is not None and not self.inflight.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self.inflight), grace)
+            except (TimeoutError, Exception):
+                pass

@@ -1,0 +1,86 @@
+"""Client authentication: one hook every request to the authorization server passes through.
+
+``oauth/http.py`` builds each request as an :class:`Outgoing` and hands it to the
+device's :class:`ClientAuth` just before it goes on the wire, every time it
+goes, retries included; so a method that must be fresh on each send (a
+``private_key_jwt`` assertion's ``jti`` and ``exp``, a DPoP proof) is.
+
+A method is one module here that registers a factory::
+
+    @register("client_secret_basic")
+    def basic(params: AuthParams) -> Method: ...
+
+and ``[provider] client_auth`` names it. The flows in ``oauth/`` never see any of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+@dataclass
+class Outgoing:
+    """A request about to be sent: ``form`` and ``headers`` are the hook's to add to.
+    ``authenticate`` is False for requests that take no client authentication (discovery)."""
+
+    kind: str
+    method: str
+    url: str
+    form: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    authenticate: bool = True
+
+    def __repr__(self) -> str:  # forms and headers carry secrets
+        return f"Outgoing({self.kind} {self.method} {self.url})"
+
+
+@dataclass(frozen=True)
+class AuthParams:
+    """What a method may need, from the config (the secret read from its file)."""
+
+    client_id: str
+    secret: str | None = field(default=None, repr=False)
+
+
+class Method(Protocol):
+    def prepare(self, out: Outgoing, now: float) -> None:
+        """Add this method's parameters or headers to ``out`` (RFC 6749 §2.3)."""
+
+
+METHODS: dict[str, Callable[[AuthParams], Method]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[AuthParams], Method]], Callable[[AuthParams], Method]]:
+    def add(factory: Callable[[AuthParams], Method]) -> Callable[[AuthParams], Method]:
+        METHODS[name] = factory
+        return factory
+    return add
+
+
+class ClientAuth:
+    """The device's client authentication: the method ``[provider] client_auth`` names,
+    applied to every request that takes it."""
+
+    def __init__(self, client_id: str, method: str = "none", secret: str | None = None) -> None:
+        try:
+            factory = METHODS[method]
+        except KeyError:
+            raise ValueError(f"unknown client authentication method {method!r}") from None
+        self.client_id, self.method = client_id, method
+        self._method = factory(AuthParams(client_id, secret))
+
+    def __repr__(self) -> str:
+        return f"ClientAuth({self.client_id!r}, {self.method!r})"
+
+    def prepare(self, out: Outgoing, now: float = 0.0) -> None:
+        if out.authenticate:
+            self._method.prepare(out, now)
+
+    def apply(self, form: list[tuple[str, str]], headers: dict[str, str]) -> None:
+        """``prepare`` for a bare form and headers."""
+        out = Outgoing("request", "POST", "", form, headers)
+        self.prepare(out)
+
+
+from devicelink.oauth.auth import secret as _secret  # noqa: E402,F401  (registers its methods)
