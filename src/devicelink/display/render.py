@@ -18,8 +18,9 @@ with the URI) and :mod:`~devicelink.display.model` (the layout as data).
 
 **Cost.** A countdown tick re-uses the cached QR matrix, QR image and text
 fit (the countdown is fitted as a same-length template: the font is
-monospaced): about 1 ms of CPU for 128x64 and 6 ms for 1920x1080 on x86. The
-first frame of a new code also encodes the QR (segno, about 10 ms a level).
+monospaced): about 0.5 ms of CPU for 128x64 and 3 ms for 1920x1080 on x86
+(``bench/display_bench.py``). The first frame of a new code also encodes the
+QR (segno, about 10 ms a level).
 """
 
 from __future__ import annotations
