@@ -1,4 +1,4 @@
-"""display/render.py and display/qr.py: the screens as pictures, and the QR fit.
+"""display/render.py and the layout modules behind it, and display/qr.py: the screens as pictures, and the QR fit.
 
 Golden images live in tests/golden/<screen>_<w>x<h>.png, one per screen and panel size;
 ``pytest --update-golden`` rewrites them from the current renderer (those tests then
@@ -25,6 +25,8 @@ from devicelink.display import qr as qrmod  # noqa: E402
 from devicelink.display import render as r  # noqa: E402
 from devicelink.display.base import Screen  # noqa: E402
 from devicelink.display.qr import QrFit, fit_qr, qr_image, qr_matrix  # noqa: E402
+from devicelink.display.text import ELLIPSIS, clean, short_uri  # noqa: E402
+from devicelink.display.typeface import BOLD, MIN_CODE_PX, REGULAR  # noqa: E402
 from devicelink.lifecycle import PairingCode, State  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -210,7 +212,7 @@ def test_128x32_never_draws_a_qr_code():
         layout = r.layout(Screen(State.PAIRING, code(uri=plain, complete=complete)), (128, 32), "1", NOW)
         assert layout.qr() is None, uri
         assert layout.text("code") == "WDJB-MJHT"
-        assert layout.text("uri").replace(" ", "") == r.short_uri(plain)
+        assert layout.text("uri").replace(" ", "") == short_uri(plain)
         assert layout.text("countdown") == "9:41"
 
 
@@ -253,7 +255,7 @@ def test_user_code_is_drawn_as_received(size, mode):
         joined = lines[0].text + (("" if lines[0].text.endswith("-") else " ") + lines[1].text
                                   if len(lines) == 2 else "")
         assert joined == user_code
-        assert all(item.size >= r.MIN_CODE_PX for item in lines)  # the dotted zero is drawn
+        assert all(item.size >= MIN_CODE_PX for item in lines)  # the dotted zero is drawn
         image = r.render(screen, size, mode, NOW)
         for item in lines:
             assert ink(image, item.box), f"nothing drawn for {item.text!r}"
@@ -276,15 +278,15 @@ def test_similar_characters_differ_in_the_shipped_font():
         glyphs = {}
         for ch in "0O1lI":
             image = Image.new(mode, (20, 20), background(mode))
-            ImageDraw.Draw(image).text((2, 15), ch, font=r.font(r.MIN_CODE_PX, True), anchor="ls",
+            ImageDraw.Draw(image).text((2, 15), ch, font=r.font(MIN_CODE_PX, True), anchor="ls",
                                        fill=r.PALETTES[mode]["fg"])
             glyphs[ch] = image.tobytes()
         assert len(set(glyphs.values())) == 5, mode
 
 
 def test_control_characters_are_escaped_not_drawn():
-    assert r.clean("A\x1bB\u202eC\nD\tE") == "A\\x1bB\\u202eC D E"
-    assert r.clean("wdjb-MJHT") == "wdjb-MJHT"
+    assert clean("A\x1bB\u202eC\nD\tE") == "A\\x1bB\\u202eC D E"
+    assert clean("wdjb-MJHT") == "wdjb-MJHT"
     screen = Screen(State.PAIRING, code(user_code="WDJB\u202e-MJHT"), message="bad\x1b[2Jthing")
     layout = r.layout(screen, (1280, 720), "RGB", NOW)
     drawn = "".join(i.text for i in layout.texts())
@@ -369,13 +371,13 @@ def test_long_code_is_never_ellipsized_on_a_panel_that_can_hold_it():
     screen = HOSTILE["long_code"]
     for size, mode in SIZES:
         layout = r.layout(screen, size, mode, NOW)
-        assert r.ELLIPSIS not in layout.text("code"), size
+        assert ELLIPSIS not in layout.text("code"), size
         assert layout.text("code").replace(" ", "").replace("-", "") == "ABCDEFGHJKLMNPQRSTVWXZ234567"
 
 
 def test_text_is_ellipsized_rather_than_overflowing():
     layout = r.layout(HOSTILE["long_message"], (128, 32), "1", NOW)
-    assert layout.texts()[-1].text.endswith(r.ELLIPSIS)
+    assert layout.texts()[-1].text.endswith(ELLIPSIS)
 
 
 # -- the screens' content ----------------------------------------------------------------
@@ -434,7 +436,7 @@ def test_render_is_pure_and_repeatable():
 
 def test_the_font_ships_with_the_package():
     fonts = Path(r.__file__).with_name("fonts")
-    assert (fonts / r.REGULAR).is_file() and (fonts / r.BOLD).is_file()
+    assert (fonts / REGULAR).is_file() and (fonts / BOLD).is_file()
     assert "Bitstream Vera" in (fonts / "LICENSE").read_text()
     assert Path(r.font(11).path).parent == fonts
     assert r.font(11) is r.font(11)  # cached per size

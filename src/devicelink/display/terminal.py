@@ -43,6 +43,7 @@ from typing import TextIO
 
 from devicelink.display.base import Screen
 from devicelink.display.qr import qr_matrix
+from devicelink.display.text import countdown_text
 from devicelink.lifecycle import PairingCode, State
 
 QUIET_ZONE = 4  # modules; ISO/IEC 18004 minimum for QR
@@ -86,12 +87,6 @@ def printable(text: str) -> str:
         repr(ch)[1:-1] if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} else ch
         for ch in text
     )
-
-
-def countdown(seconds: int) -> str:
-    if seconds <= 0:
-        return "Code expired"
-    return f"Code expires in {seconds // 60}:{seconds % 60:02d}"
 
 
 def status_lines(screen: Screen) -> tuple[str, ...]:
@@ -140,11 +135,11 @@ class TerminalDisplay:
         page = (code.user_code, code.verification_uri, code.qr_payload, message)
         if page != self._page:
             self._page, self._tick, self._status = page, tick, None
-            return self._draw_page(code, message) + countdown(seconds) + "\n"
+            return self._draw_page(code, message) + countdown_text(seconds, long=True) + "\n"
         if tick == self._tick:
             return ""
         self._tick = tick
-        return (REWRITE_LAST_LINE if self._tty else "") + countdown(seconds) + "\n"
+        return (REWRITE_LAST_LINE if self._tty else "") + countdown_text(seconds, long=True) + "\n"
 
     def _draw_page(self, code: PairingCode, message: str | None) -> str:
         qr = qr_lines(code.qr_payload)
