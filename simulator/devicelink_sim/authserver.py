@@ -72,19 +72,19 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import pages
-from .faults import Faults, parse_spec, revoke_all
-from .state import (
+from .faults import Faults, parse_spec
+from .records import (
     Client,
     DeviceCode,
     Grant,
     Login,
     RefreshToken,
-    State,
     Stats,
     TokenEvent,
     User,
     normalize_user_code,
 )
+from .state import State
 
 __all__ = [
     "ACR_MFA", "ACR_PWD", "ACR_VALUES_SUPPORTED", "DEFAULT_RESOURCES", "DEVICE_CODE_GRANT_TYPE",
@@ -197,7 +197,7 @@ class DevServer:
         self._app = self._build_app()
         # Fault injection on every endpoint a device uses (faults.py): latency, 5xx,
         # 429, resets, timeouts, malformed or oversized answers, revoked grants.
-        self.faults = Faults(clock, revoke_grants=lambda: revoke_all(self._state))
+        self.faults = Faults(clock, revoke_grants=self._state.revoke_all)
         self._app.wsgi_app = self.faults.wrap(
             self._app.wsgi_app,
             lambda grant_type, outcome, at: self._state.record_token_request(

@@ -508,11 +508,3 @@ def _value(text: str) -> Any:
             pass
     return text
 
-
-def revoke_all(state: Any) -> int:
-    """Mark every grant of a ``state.State`` revoked (the admin console's "sign out everywhere")."""
-    with state.lock:
-        grants = {id(t.grant): t.grant for t in (*state.refresh_tokens.values(), *state.access_tokens.values())}
-        for grant in grants.values():
-            grant.revoked = True
-    return len(grants)
