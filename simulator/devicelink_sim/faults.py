@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qs
 
+from .settings import DEVICE_CODE_GRANT_TYPE
+
 __all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "parse_spec"]
 
 ENDPOINTS = ("token", "device", "revocation", "discovery")
@@ -58,7 +60,6 @@ _SHORTHANDS: dict[str, dict[str, Any]] = {
     "rate_limit": {"status": 429},
     "error_body": {"status": 200, "error": "server_error"},  # GitHub answers errors with 200
 }
-_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @dataclass
@@ -367,7 +368,7 @@ def _endpoint_of(environ: dict[str, Any]) -> str | None:
 def _request_name(endpoint: str, grant_type: str) -> str:
     if endpoint != "token":
         return endpoint
-    if grant_type == _DEVICE_CODE:
+    if grant_type == DEVICE_CODE_GRANT_TYPE:
         return "token"
     if grant_type == "refresh_token":
         return "refresh"
@@ -417,16 +418,19 @@ def _call(app: Callable, environ: dict[str, Any]) -> tuple[str, list[tuple[str, 
     return answer["status"], answer["headers"], content
 
 
+def outcome_of(status: int, body: Any) -> str:
+    """How the logs name an answer: the OAuth error of its JSON ``body``, else ok or http_NNN."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return "ok" if status == 200 else f"http_{status}"
+
+
 def _outcome(status: str, content: bytes) -> str:
-    """Like the server's token log: the OAuth error, else ok or http_NNN."""
     try:
         data = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
-    code = int(status.split()[0])
-    return "ok" if code == 200 else f"http_{code}"
+    return outcome_of(int(status.split()[0]), data)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests",

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
-from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE, DeviceCredentialMixin
+from authlib.oauth2.rfc8628 import DeviceCredentialMixin
+
+from .settings import DEVICE_CODE_GRANT_TYPE
 
 Clock = Callable[[], float]
 
