@@ -29,6 +29,7 @@ from flask import Response
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from .app import build_app
+from . import fault_layer
 from .faults import Faults
 from .records import Client, Login, Stats, TokenEvent, User
 from .settings import (
@@ -113,8 +114,8 @@ class DevServer:
         # Fault injection on every endpoint a device uses (faults.py): latency, 5xx,
         # 429, resets, timeouts, malformed or oversized answers, revoked grants.
         self.faults = Faults(clock, revoke_grants=self._state.revoke_all)
-        self._app.wsgi_app = self.faults.wrap(
-            self._app.wsgi_app,
+        self._app.wsgi_app = fault_layer.wrap(
+            self.faults, self._app.wsgi_app,
             lambda grant_type, outcome, at: self._state.record_token_request(
                 TokenEvent(at, grant_type, outcome)))
 
