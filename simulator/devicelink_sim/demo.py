@@ -33,6 +33,7 @@ from pathlib import Path
 from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
 
 from .authserver import DevServer
+from .devconfig import write_config
 
 SCOPE = "openid profile offline_access"
 READY_TIMEOUT = 30.0  # s for `devicelink run` to log "devicelink ready on"
@@ -242,27 +243,8 @@ class Demo:
             raise DemoFailed(f"cannot start the development server on 127.0.0.1: {exc.strerror}") from None
 
     def _write_config(self) -> None:
-        self.config.write_text(f"""\
-# Written by `devicelink-sim demo`.
-[provider]
-issuer = "{self.server.issuer}"
-client_id = "{self.server.client_id}"
-scope = "{SCOPE}"
-allow_insecure_http = true   # a loopback development server only
-
-[pairing]
-restart_on_expiry = 0        # one code; the demo ends if it expires
-
-[storage]
-state_dir = "{self.dir / 'state'}"
-key = "file"
-
-[socket]
-path = "{self.socket}"
-
-[display]
-driver = "terminal"
-""")
+        write_config(self.dir, self.server.issuer, self.server.client_id, scope=SCOPE, display="terminal",
+                     extra="\n[pairing]\nrestart_on_expiry = 0   # one code; the demo ends if it expires\n")
 
     @staticmethod
     def _paired(status: dict) -> bool:
