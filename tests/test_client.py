@@ -453,7 +453,7 @@ def test_sync_client_against_the_daemon(short_tmp: Path, dev_server, daemons) ->
         assert "openid" in dl.token(scope="openid").scope.split()
         assert dl.status()["account"] == {"sub": "alice", "name": "Alice Example"}
 
-        from devicelink_sim.authserver import ACR_MFA
+        from devicelink_sim.settings import ACR_MFA
 
         pending = dl.step_up(ACR_MFA)
         assert pending.status == 202 and pending.data["user_code"]

@@ -17,13 +17,8 @@ import httpx
 import jwt
 import pytest
 
-from devicelink_sim.authserver import (
-    ACR_MFA,
-    ACR_PWD,
-    DEFAULT_RESOURCES,
-    DEVICE_CODE_GRANT_TYPE,
-    DevServer,
-)
+from devicelink_sim.authserver import DevServer
+from devicelink_sim.settings import ACR_MFA, ACR_PWD, DEFAULT_RESOURCES, DEVICE_CODE_GRANT_TYPE
 
 USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
 API, MEDIA = DEFAULT_RESOURCES

@@ -3,14 +3,20 @@
     devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
 
-The simulator's web stack (Flask, Authlib) comes with the ``sim`` extra, so it
-is imported only when a command needs it.
+``python -m devicelink_sim.authserver`` is ``devicelink-sim server`` too. The
+simulator's web stack (Flask, Authlib) comes with the ``sim`` extra, so it is
+imported only when a command needs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+
+from devicelink_sim.faults import parse_spec
+from devicelink_sim.settings import CONFIDENTIAL_CLIENT_ID, DEFAULT_RESOURCES
 
 EXIT_USAGE = 2
 
@@ -42,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
-        try:
-            from devicelink_sim import authserver
-        except ImportError as exc:
-            return _missing_extra(exc)
-        return authserver.main(rest, prog="devicelink-sim server")
+        return serve(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.approve_after < 0:
@@ -56,6 +58,82 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         return _missing_extra(exc)
     return demo.run(human=args.human, approve_after=args.approve_after, keep=args.keep)
+
+
+def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") -> int:
+    """The development server alone, on 127.0.0.1 until SIGINT or SIGTERM; `--fault` as in docs/faults.md."""
+    try:
+        from devicelink_sim.authserver import DevServer
+    except ImportError as exc:
+        return _missing_extra(exc)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Development OAuth 2.0 device-flow authorization server on 127.0.0.1.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--access-token-lifetime", type=int, default=3600, metavar="S")
+    parser.add_argument("--refresh-token-lifetime", type=int, default=None, metavar="S",
+                        help="default: refresh tokens never expire")
+    parser.add_argument("--device-code-lifetime", type=int, default=600, metavar="S")
+    parser.add_argument("--interval", type=int, default=5, metavar="S",
+                        help="the polling interval given to devices")
+    parser.add_argument("--no-rotate-refresh-tokens", dest="rotate_refresh_tokens",
+                        action="store_false", help="keep one refresh token for the grant's life")
+    parser.add_argument("--resource", dest="resources", action="append", default=None, metavar="URI",
+                        help="a resource (RFC 8707) tokens may be issued for; repeatable, replaces the "
+                             f"default {' '.join(DEFAULT_RESOURCES)}")
+    parser.add_argument("--no-step-up", dest="honour_step_up", action="store_false",
+                        help="ignore acr_values and max_age (RFC 9470), as a server without step-up does")
+    parser.add_argument("--client-secret", default=None,
+                        help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
+    parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[,FIELD=VALUE...]",
+                        help="inject a fault (repeatable, applied in order), e.g. token:status,status=503,times=3 "
+                             "or token:reset,probability=0.2,times=none; see docs/faults.md")
+    parser.add_argument("--fault-seed", type=int, default=None, metavar="N",
+                        help="seed of the RNG behind fault probabilities")
+    args = parser.parse_args(argv)
+    try:
+        faults = [parse_spec(spec) for spec in args.fault]
+    except ValueError as exc:
+        parser.error(f"--fault: {exc}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger = logging.getLogger("devicelink_sim.authserver")
+
+    # Block the signals in every thread and take them here, in sigwait.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        server = DevServer(
+            port=args.port,
+            access_token_lifetime=args.access_token_lifetime,
+            refresh_token_lifetime=args.refresh_token_lifetime,
+            device_code_lifetime=args.device_code_lifetime,
+            interval=args.interval,
+            rotate_refresh_tokens=args.rotate_refresh_tokens,
+            resources=DEFAULT_RESOURCES if args.resources is None else tuple(args.resources),
+            honour_step_up=args.honour_step_up,
+            client_secret=args.client_secret,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    server.faults.seed(args.fault_seed)
+    for endpoint, fault in faults:
+        server.faults.endpoint(endpoint).add(fault)
+    try:
+        server.start()
+    except OSError as exc:
+        parser.exit(1, f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}\n")
+    try:
+        print(f"issuer {server.issuer}", flush=True)
+        logger.info(
+            "clients: %s (public), %s (confidential)",
+            server.client_id,
+            server.confidential_client_id,
+        )
+        signal.sigwait(stop_signals)
+    finally:
+        server.stop()
+    return 0
 
 
 def _missing_extra(exc: ImportError) -> int:

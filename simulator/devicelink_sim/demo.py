@@ -33,6 +33,7 @@ from pathlib import Path
 from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
 
 from .authserver import DevServer
+from .devconfig import write_config
 
 SCOPE = "openid profile offline_access"
 READY_TIMEOUT = 30.0  # s for `devicelink run` to log "devicelink ready on"
@@ -242,27 +243,8 @@ class Demo:
             raise DemoFailed(f"cannot start the development server on 127.0.0.1: {exc.strerror}") from None
 
     def _write_config(self) -> None:
-        self.config.write_text(f"""\
-# Written by `devicelink-sim demo`.
-[provider]
-issuer = "{self.server.issuer}"
-client_id = "{self.server.client_id}"
-scope = "{SCOPE}"
-allow_insecure_http = true   # a loopback development server only
-
-[pairing]
-restart_on_expiry = 0        # one code; the demo ends if it expires
-
-[storage]
-state_dir = "{self.dir / 'state'}"
-key = "file"
-
-[socket]
-path = "{self.socket}"
-
-[display]
-driver = "terminal"
-""")
+        write_config(self.dir, self.server.issuer, self.server.client_id, scope=SCOPE, display="terminal",
+                     extra="\n[pairing]\nrestart_on_expiry = 0   # one code; the demo ends if it expires\n")
 
     @staticmethod
     def _paired(status: dict) -> bool:
@@ -317,26 +299,26 @@ driver = "terminal"
                       f"expires in {body.get('expires_in')} s): {redact(token)}")
         return token
 
-    def _token_with_cli(self) -> str:
-        self.term.command(f"devicelink --config {self.config} token")
-        result = subprocess.run([*self.devicelink, "--config", str(self.config), "token"],
+    def _devicelink(self, command: str) -> str:
+        """Run ``devicelink --config CFG COMMAND`` as the person would; its stdout."""
+        self.term.command(f"devicelink --config {self.config} {command}")
+        result = subprocess.run([*self.devicelink, "--config", str(self.config), command],
                                 capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
-            raise DemoFailed(f"`devicelink token` failed (exit {result.returncode}): "
+            raise DemoFailed(f"`devicelink {command}` failed (exit {result.returncode}): "
                              f"{result.stderr.strip() or 'no message'}")
-        token = result.stdout.strip()
-        if not token or len(result.stdout.splitlines()) != 1:
+        return result.stdout
+
+    def _token_with_cli(self) -> str:
+        out = self._devicelink("token")
+        token = out.strip()
+        if not token or len(out.splitlines()) != 1:
             raise DemoFailed("`devicelink token` did not print one token on one line")
         self.term.say(f"  devicelink token printed a token ({len(token)} chars): {redact(token)}")
         return token
 
     def _show_status(self) -> None:
-        self.term.command(f"devicelink --config {self.config} status")
-        result = subprocess.run([*self.devicelink, "--config", str(self.config), "status"],
-                                capture_output=True, text=True, timeout=30)
-        if result.returncode != 0:
-            raise DemoFailed(f"`devicelink status` failed (exit {result.returncode}): {result.stderr.strip()}")
-        for line in result.stdout.splitlines():
+        for line in self._devicelink("status").splitlines():
             self.term.say(f"  {line}")
 
     # -- the end -------------------------------------------------------------------

@@ -23,42 +23,40 @@ Kinds (:data:`KINDS`): ``ok`` (the real answer, after ``delay``: latency),
 (closed with a FIN, no answer), ``timeout`` (held for ``hold`` seconds, longer
 than a client's deadline, or until ``release()``, then closed without an
 answer), ``malformed`` (truncated JSON), ``oversized`` (a token-shaped 200 of
-more than 1 MiB), ``revoke`` (every grant is revoked, then the real answer). ``slow_down``, ``rate_limit`` and ``error_body`` are
-shorthands for ``status`` rules. ``after=True`` runs the real endpoint first
-and loses its answer (a refresh token rotated at the server, never delivered).
+more than 1 MiB), ``revoke`` (every grant is revoked, then the real answer).
+``slow_down``, ``rate_limit`` and ``error_body`` are shorthands for ``status``
+rules. ``after=True`` runs the real endpoint first and loses its answer (a
+refresh token rotated at the server, never delivered).
 
 The same rules arrive over HTTP (``POST /sim/faults``, see :meth:`Faults.configure`)
 and from ``devicelink-sim server --fault token:status,status=503,times=3``
 (see :func:`parse_spec`). Every request to the four endpoints lands in
 :attr:`Faults.log`, and token requests also in ``srv.stats``.
+
+The rules and the log are here; fault_layer.py applies them to the server's requests.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import random
-import socket
-import struct
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-from urllib.parse import parse_qs
 
-__all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "parse_spec"]
+from .settings import DEVICE_CODE_GRANT_TYPE
+
+__all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "outcome_of", "parse_spec"]
 
 ENDPOINTS = ("token", "device", "revocation", "discovery")
 KINDS = ("ok", "status", "reset", "close", "timeout", "malformed", "oversized", "revoke")
-OVERSIZED = (1 << 20) + 4096  # past the daemon's 1 MiB cap on answers
 _SHORTHANDS: dict[str, dict[str, Any]] = {
     "slow_down": {"status": 400, "error": "slow_down"},
     "rate_limit": {"status": 429},
     "error_body": {"status": 200, "error": "server_error"},  # GitHub answers errors with 200
 }
-_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @dataclass
@@ -194,7 +192,7 @@ class EndpointFaults:
 
 
 class Faults:
-    """The fault rules of one development server, its request log, and the WSGI layer that applies them."""
+    """The fault rules of one development server and its request log; fault_layer.py applies them."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, seed: int | None = None,
                  revoke_grants: Callable[[], int] | None = None, log_size: int = 100_000) -> None:
@@ -295,184 +293,35 @@ class Faults:
             rules = {name: [r.to_dict() for r in self.endpoint(name).rules if not r.spent] for name in ENDPOINTS}
         return {**rules, **self.counts()}
 
-    # -- the WSGI layer --------------------------------------------------------------
+    # -- requests ------------------------------------------------------------------
 
-    def wrap(self, app: Callable, record_token: Callable[[str, str, float], None] | None = None) -> Callable:
-        """Wrap a WSGI app. ``record_token(grant_type, outcome, arrived)`` is told about every
-        token request that a fault answered (the real endpoint records the others itself)."""
-
-        def middleware(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-            endpoint = _endpoint_of(environ)
-            if endpoint is None:
-                return app(environ, start_response)
-            arrived = self.clock()
-            body = _take_body(environ)
-            grant_type = _form_value(body, "grant_type") if endpoint == "token" else ""
-            with self.lock:
-                rule = self.endpoint(endpoint)._pick(self.rng)
-                released = self._released
-                hit = Hit(arrived, endpoint, _request_name(endpoint, grant_type), rule and rule.kind)
-                self.log.append(hit)
-            if rule is None or rule.kind in ("ok", "revoke"):
-                if rule is not None:
-                    released.wait(rule.delay)
-                    if rule.kind == "revoke":
-                        self.revoke_grants()
-                status, headers, content = _call(app, environ)
-                hit.outcome = _outcome(status, content)
-                start_response(status, headers)
-                return [content]
-            released.wait(rule.delay)
-            if rule.after:
-                _call(app, _fresh(environ, body))  # the server acts; the device never hears of it
-            if rule.kind == "timeout":
-                hit.outcome = "timeout"
-                self._record(record_token, endpoint, grant_type, "timeout", arrived, rule)
-                released.wait(rule.hold)
-                _drop(environ, rst=False)
-            if rule.kind in ("reset", "close"):
-                hit.outcome = rule.kind
-                self._record(record_token, endpoint, grant_type, rule.kind, arrived, rule)
-                _drop(environ, rst=rule.kind == "reset")
-            status, headers, content = _fault_answer(rule)
-            hit.outcome = rule.kind if rule.kind != "status" else _outcome(status, content)
-            self._record(record_token, endpoint, grant_type, hit.outcome, arrived, rule)
-            start_response(status, headers)
-            return [content]
-
-        return middleware
-
-    @staticmethod
-    def _record(record_token, endpoint, grant_type, outcome, arrived, rule) -> None:
-        if record_token is not None and endpoint == "token" and not rule.after:
-            record_token(grant_type, outcome, arrived)
-
-
-# -- helpers ------------------------------------------------------------------------
-
-
-def _endpoint_of(environ: dict[str, Any]) -> str | None:
-    path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
-    if path == "/token" and method == "POST":
-        return "token"
-    if path == "/device_authorization" and method == "POST":
-        return "device"
-    if path == "/revoke" and method == "POST":
-        return "revocation"
-    if path.startswith("/.well-known/") and method == "GET":
-        return "discovery"
-    return None
+    def arrive(self, endpoint: str, grant_type: str, at: float) -> tuple[Fault | None, Hit, threading.Event]:
+        """A request to ``endpoint`` (a token request's ``grant_type``) arrived at ``at``: log it and
+        pick its rule (None: the real answer). The event is set when ``release()`` is called."""
+        with self.lock:
+            rule = self.endpoint(endpoint)._pick(self.rng)
+            hit = Hit(at, endpoint, _request_name(endpoint, grant_type), rule and rule.kind)
+            self.log.append(hit)
+            return rule, hit, self._released
 
 
 def _request_name(endpoint: str, grant_type: str) -> str:
     if endpoint != "token":
         return endpoint
-    if grant_type == _DEVICE_CODE:
+    if grant_type == DEVICE_CODE_GRANT_TYPE:
         return "token"
     if grant_type == "refresh_token":
         return "refresh"
     return f"token:{grant_type or '-'}"
 
 
-def _take_body(environ: dict[str, Any]) -> bytes:
-    """Read the request body and put it back, so the real endpoint can read it again."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    stream = environ["wsgi.input"]
-    body = stream.read(length) if length > 0 else (stream.read() if environ.get("wsgi.input_terminated") else b"")
-    environ["wsgi.input"] = io.BytesIO(body)
-    environ["CONTENT_LENGTH"] = str(len(body))
-    return body
+def outcome_of(status: int, body: Any) -> str:
+    """How the logs name an answer: the OAuth error of its JSON ``body``, else ok or http_NNN."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return "ok" if status == 200 else f"http_{status}"
 
 
-def _fresh(environ: dict[str, Any], body: bytes) -> dict[str, Any]:
-    again = dict(environ)
-    again["wsgi.input"] = io.BytesIO(body)
-    return again
-
-
-def _form_value(body: bytes, name: str) -> str:
-    try:
-        return parse_qs(body.decode("utf-8", "replace")).get(name, [""])[0]
-    except ValueError:
-        return ""
-
-
-def _call(app: Callable, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Run the real app to completion and keep its answer."""
-    answer: dict[str, Any] = {}
-
-    def start_response(status, headers, exc_info=None):
-        answer["status"], answer["headers"] = status, headers
-        return lambda data: None
-
-    chunks = app(environ, start_response)
-    try:
-        content = b"".join(chunks)
-    finally:
-        if hasattr(chunks, "close"):
-            chunks.close()
-    return answer["status"], answer["headers"], content
-
-
-def _outcome(status: str, content: bytes) -> str:
-    """Like the server's token log: the OAuth error, else ok or http_NNN."""
-    try:
-        data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
-    code = int(status.split()[0])
-    return "ok" if code == 200 else f"http_{code}"
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-            504: "Gateway Timeout"}
-
-
-def _fault_answer(rule: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
-    status = rule.status or 503
-    headers = [("Cache-Control", "no-store")]
-    if rule.kind == "status":
-        if rule.error is not None:
-            content = json.dumps({"error": rule.error, "error_description": "injected fault"}).encode()
-            headers.append(("Content-Type", "application/json"))
-        else:  # what a proxy or a load balancer answers
-            content = f"<html><body><h1>{status} {_REASONS.get(status, 'Error')}</h1></body></html>".encode()
-            headers.append(("Content-Type", "text/html; charset=utf-8"))
-        if rule.retry_after is not None:
-            headers.append(("Retry-After", str(rule.retry_after)))
-    elif rule.kind == "malformed":
-        content = b'{"access_token": "abc", "token_type": "Bearer", "expires_in": 36'  # cut short
-        headers.append(("Content-Type", "application/json"))
-    else:  # oversized: a token answer a client without a size cap would accept
-        pad = OVERSIZED - 80
-        content = b'{"access_token": "' + b"A" * pad + b'", "token_type": "Bearer", "expires_in": 3600}'
-        headers.append(("Content-Type", "application/json"))
-        status = 200
-    headers.append(("Content-Length", str(len(content))))
-    return f"{status} {_REASONS.get(status, 'Fault')}", headers, content
-
-
-def _drop(environ: dict[str, Any], rst: bool = True) -> None:
-    """Close the connection without an answer, and tell werkzeug the peer went away, so it
-    neither answers nor logs a traceback. ``rst``: abort with a TCP reset (SO_LINGER 0, the
-    descriptor closed before werkzeug's own shutdown(SHUT_WR) could send a FIN); else a FIN."""
-    sock = environ.get("werkzeug.socket")
-    if sock is not None:
-        try:
-            if rst:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.shutdown(socket.SHUT_RD if rst else socket.SHUT_RDWR)  # the keep-alive loop reads EOF
-            if rst:
-                sock.close()  # really closed (RST) when the handler closes its files, before any FIN
-        except OSError:
-            pass
-    raise ConnectionResetError("fault injection: connection closed without an answer")
 
 
 def parse_spec(spec: str) -> tuple[str, Fault]:
@@ -507,12 +356,3 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def revoke_all(state: Any) -> int:
-    """Mark every grant of a ``state.State`` revoked (the admin console's "sign out everywhere")."""
-    with state.lock:
-        grants = {id(t.grant): t.grant for t in (*state.refresh_tokens.values(), *state.access_tokens.values())}
-        for grant in grants.values():
-            grant.revoked = True
-    return len(grants)

@@ -1,0 +1,173 @@
+"""The development server's Flask app: its routes and the verification page.
+
+- discovery (RFC 8414 and OIDC) and the JWKS;
+- the OAuth endpoints, answered by grants.py: /device_authorization, /token,
+  /revoke, /userinfo;
+- the verification page a person opens on their phone, /device (pages.py);
+- the simulator's own controls: /sim/approve, /sim/deny, /sim/faults.
+
+Every OAuth request holds `State.lock` from start to end.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Flask, jsonify, request
+
+from . import pages
+from .faults import outcome_of
+from .grants import DevAuthorizationServer, userinfo_protector
+from .records import TokenEvent
+from .settings import ACR_PWD, ACR_VALUES_SUPPORTED, AUTH_METHODS_SUPPORTED, DEVICE_CODE_GRANT_TYPE, asked_acr
+from .signing import CLAIMS, SigningKey
+from .state import State
+
+if TYPE_CHECKING:
+    from .authserver import DevServer
+
+
+def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
+    """The app of `server`, whose issuer, settings, approve, deny, around_token and
+    faults it uses; it reads `around_token` and `faults` anew for each request."""
+    app = Flask(__name__)
+    settings = server.settings
+    authz = DevAuthorizationServer(app, state, settings, keys, lambda: server.issuer)
+    protector = userinfo_protector(state)
+
+    def metadata():
+        iss = server.issuer
+        step_up = {}
+        if settings.honour_step_up:
+            step_up["acr_values_supported"] = list(ACR_VALUES_SUPPORTED)
+        return jsonify(
+            **step_up,
+            issuer=iss,
+            device_authorization_endpoint=f"{iss}/device_authorization",
+            token_endpoint=f"{iss}/token",
+            revocation_endpoint=f"{iss}/revoke",
+            userinfo_endpoint=f"{iss}/userinfo",
+            jwks_uri=f"{iss}/jwks",
+            grant_types_supported=[DEVICE_CODE_GRANT_TYPE, "refresh_token"],
+            token_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
+            revocation_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
+            # No authorization endpoint, so no response types (RFC 8414 §2).
+            response_types_supported=[],
+            scopes_supported=list(settings.scopes),
+            subject_types_supported=["public"],
+            id_token_signing_alg_values_supported=["RS256"],
+            claims_supported=list(CLAIMS),
+        )
+
+    app.add_url_rule("/.well-known/oauth-authorization-server", "rfc8414", metadata)
+    app.add_url_rule("/.well-known/openid-configuration", "oidc", metadata)
+
+    @app.get("/jwks")
+    def jwks():
+        return jsonify(keys.jwks)
+
+    @app.post("/device_authorization")
+    def device_authorization():
+        with state.lock:
+            return authz.create_endpoint_response("device_authorization")
+
+    def token_response():
+        with state.lock:
+            return authz.create_token_response()
+
+    @app.post("/token")
+    def token():
+        arrived = state.clock()
+        grant_type = request.form.get("grant_type", "")
+        scope = request.values.get("scope") or None  # Authlib's reading: empty is absent
+        resource = tuple(request.values.getlist("resource"))
+        response = app.make_response(server.around_token(token_response))
+        outcome = outcome_of(response.status_code, response.get_json(silent=True))
+        state.record_token_request(TokenEvent(arrived, grant_type, outcome, scope, resource))
+        return response
+
+    @app.post("/revoke")
+    def revoke():
+        with state.lock:
+            return authz.create_endpoint_response("revocation")
+
+    @app.route("/userinfo", methods=["GET", "POST"])
+    def userinfo():
+        # 401 invalid_token for unknown, expired and revoked tokens.
+        with state.lock, protector.acquire() as access_token:
+            user = access_token.grant.user
+        return jsonify(sub=user.subject, name=user.name)
+
+    @app.get("/device")
+    def device_page():
+        user_code = request.args.get("user_code", "").strip()
+        if not user_code:
+            return pages.enter_code()
+        with state.lock:
+            try:
+                credential = state.pending(user_code)
+            except KeyError:
+                credential = None
+        if credential is None:
+            return pages.enter_code(user_code, "That code is not valid or has expired."), 404
+        honoured = settings.honour_step_up
+        # The acr that approving on this page achieves (approve() with no acr).
+        acr = asked_acr(credential.acr_values) if honoured else None
+        return pages.confirm(
+            credential.user_code, credential.client_id, credential.scope,
+            resources=credential.resources,
+            stronger_sign_in=None if acr in (None, ACR_PWD) else acr,
+            max_age=credential.max_age if honoured else None,
+        )
+
+    @app.post("/device")
+    def device_decision():
+        user_code = request.form.get("user_code", "")
+        subject = request.form.get("subject", "").strip() or "alice"
+        action = request.form.get("action")
+        if action not in ("approve", "deny"):
+            return pages.enter_code(user_code, "Choose Approve or Deny."), 400
+        approved = action == "approve"
+        try:
+            if approved:
+                server.approve(user_code, subject, request.form.get("name", "").strip() or None)
+            else:
+                server.deny(user_code)
+        except KeyError:
+            return pages.enter_code(user_code, "That code is not valid or has expired."), 404
+        return pages.done(approved, subject)
+
+    def sim_decision(approve: bool):
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("user_code"), str):
+            return jsonify(error="invalid_request"), 400
+        try:
+            if approve:
+                subject = body.get("subject") or "alice"
+                server.approve(body["user_code"], subject, body.get("name"), body.get("acr"),
+                               session_age=body.get("session_age") or 0)
+            else:
+                server.deny(body["user_code"])
+        except KeyError:
+            return jsonify(error="unknown_user_code"), 404
+        except (ValueError, TypeError) as exc:
+            return jsonify(error="invalid_request", error_description=str(exc)), 400
+        return jsonify(ok=True)
+
+    app.post("/sim/approve", endpoint="sim_approve")(lambda: sim_decision(True))
+    app.post("/sim/deny", endpoint="sim_deny")(lambda: sim_decision(False))
+
+    @app.route("/sim/faults", methods=["GET", "POST", "DELETE"])
+    def sim_faults():
+        # faults.py, Faults.configure: {"clear", "seed", "release", "revoke_grants", "token": [...], ...}
+        faults = server.faults
+        if request.method == "DELETE":
+            faults.clear()
+        elif request.method == "POST":
+            try:
+                faults.configure(request.get_json(silent=True))
+            except (ValueError, RuntimeError) as exc:
+                return jsonify(error="invalid_request", error_description=str(exc)), 400
+        return jsonify(faults.snapshot())
+
+    return app

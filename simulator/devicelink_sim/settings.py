@@ -1,0 +1,68 @@
+"""What a development server is set up with: its clients, scopes, resources and acr values.
+
+Plain Python, no Flask or Authlib, so the command line can read the defaults cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
+PUBLIC_CLIENT_ID = "devicelink-sim"
+CONFIDENTIAL_CLIENT_ID = "devicelink-sim-confidential"
+DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
+#: RFC 8707 resources the server issues tokens for unless told otherwise.
+DEFAULT_RESOURCES = ("https://api.example.com", "https://media.example.com")
+#: Authentication context classes (RFC 9470, OIDC `acr`), weakest first. ACR_PWD is
+#: what an approval achieves unless something stronger is asked for.
+ACR_PWD = "urn:devicelink:acr:pwd"
+ACR_MFA = "urn:devicelink:acr:mfa"
+ACR_VALUES_SUPPORTED = (ACR_PWD, ACR_MFA)
+AUTH_METHODS_SUPPORTED = ["none", "client_secret_basic", "client_secret_post"]
+# Authlib's grants and endpoints try methods in this order.
+ALL_CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "none"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    access_token_lifetime: int
+    refresh_token_lifetime: int | None
+    device_code_lifetime: int
+    interval: int
+    rotate_refresh_tokens: bool
+    scopes: tuple[str, ...]
+    #: RFC 8707: the resources (absolute URIs) tokens may be issued for.
+    resources: tuple[str, ...] = DEFAULT_RESOURCES
+    #: RFC 9470: act on acr_values and max_age and advertise acr_values_supported.
+    #: False plays a server that ignores them: every login is ACR_PWD.
+    honour_step_up: bool = True
+
+    def __post_init__(self) -> None:
+        if self.access_token_lifetime < 1 or self.device_code_lifetime < 1:
+            raise ValueError("token and device code lifetimes must be at least 1 second")
+        if self.refresh_token_lifetime is not None and self.refresh_token_lifetime < 1:
+            raise ValueError("refresh_token_lifetime must be None or at least 1 second")
+        if self.interval < 0:
+            raise ValueError("interval must not be negative")
+        if isinstance(self.resources, str):
+            raise ValueError("resources must be a sequence of URIs, not one string")
+        for resource in self.resources:
+            if not is_resource_uri(resource):
+                raise ValueError(f"resource {resource!r} is not an absolute URI without a fragment (RFC 8707)")
+        object.__setattr__(self, "scopes", tuple(self.scopes))
+        object.__setattr__(self, "resources", tuple(self.resources))
+
+
+def is_resource_uri(value: str) -> bool:
+    # RFC 8707 §2: an absolute URI (RFC 3986 §4.3) with no fragment.
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return bool(parts.scheme) and "#" not in value and value.isascii() and value == value.strip()
+
+
+def asked_acr(acr_values: tuple[str, ...]) -> str | None:
+    """The first of a request's acr_values that the server supports."""
+    return next((v for v in acr_values if v in ACR_VALUES_SUPPORTED), None)
