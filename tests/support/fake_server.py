@@ -13,7 +13,8 @@ to end against it as gpiozero tests against its MockFactory:
   refresh token presented again revokes its whole family (RFC 9700 §4.14.2, as
   oidc-provider does); narrowing by ``scope`` (a subset, else ``invalid_scope``)
   and by RFC 8707 ``resource`` (one the grant named, else ``invalid_target``);
-- an HS256-signed ID token, with ``acr`` and ``auth_time`` when the device
+- an ID token signed HS256 with :attr:`id_token_key` (standard library only, so the
+  engine tests also run on Bookworm's packages), with ``acr`` and ``auth_time`` when the device
   authorization asked ``acr_values`` or ``max_age`` (RFC 9470 §4);
 - RFC 7009 revocation: 200, also for a token it does not know (§2.2);
 - client authentication ``none``, ``client_secret_basic`` (id and secret
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -36,7 +39,6 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 import httpx
-import jwt
 
 ISSUER = "https://id.example.com"
 CLIENT_ID = "devicelink-test"
@@ -56,6 +58,7 @@ class Seen:
     headers: httpx.Headers
     at: float  # the injected clock
     status: int = 0
+    error: str | None = None  # the OAuth error code it was answered, if any
 
     def value(self, name: str) -> str | None:
         values = self.form.get(name)
@@ -147,7 +150,7 @@ class FakeAuthServer:
         self._refresh_tokens: dict[str, Grant] = {}  # every refresh token issued -> its family
         self._access_tokens: dict[str, AccessToken] = {}
         self._faults: list[Fault] = []
-        self._key = secrets.token_bytes(32)
+        self.id_token_key = secrets.token_bytes(32)
         path = urlsplit(issuer).path.rstrip("/")
         self._endpoints = {f"{path}/device": "device_authorization", f"{path}/token": "token",
                            f"{path}/revoke": "revocation"}
@@ -240,7 +243,7 @@ class FakeAuthServer:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         form = parse_qs(request.content.decode(), keep_blank_values=True) if request.method == "POST" else {}
-        endpoint = "discovery" if path in self._metadata_paths else self._endpoints.get(path, path)
+        endpoint = "discovery" if path.startswith("/.well-known/") else self._endpoints.get(path, path)
         kind = endpoint
         if endpoint == "token":
             grant_type = (form.get("grant_type") or [""])[0]
@@ -248,9 +251,9 @@ class FakeAuthServer:
         seen = Seen(kind, form, request.headers, self.clock())
         self.seen.append(seen)
         try:
-            response = self._fault(endpoint, kind) or self._route(request, endpoint, seen)
+            response = self._fault(endpoint, kind) or self._route(request, path, endpoint, seen)
         except Refused as refused:
-            response = refused.response()
+            response, seen.error = refused.response(), refused.error
         seen.status = response.status_code
         return response
 
@@ -261,14 +264,14 @@ class FakeAuthServer:
                 return httpx.Response(fault.status, content=fault.body, headers=fault.headers)
         return None
 
-    def _route(self, request: httpx.Request, endpoint: str, seen: Seen) -> httpx.Response:
-        if endpoint == "discovery" and request.method == "GET":
+    def _route(self, request: httpx.Request, path: str, endpoint: str, seen: Seen) -> httpx.Response:
+        if path in self._metadata_paths and request.method == "GET":
             return _json(200, self.metadata())
         handler = {"device_authorization": self._device_authorization, "token": self._token,
                    "revocation": self._revoke}.get(endpoint)
         if handler is None or request.method != "POST":
             return httpx.Response(404 if handler is None else 405)
-        if request.headers.get("content-type") != "application/x-www-form-urlencoded":
+        if request.content and request.headers.get("content-type") != "application/x-www-form-urlencoded":
             raise Refused("invalid_request")
         if any(len(values) > 1 for name, values in seen.form.items() if name != "resource"):
             raise Refused("invalid_request")  # RFC 6749 §3.1: no parameter more than once
@@ -373,7 +376,10 @@ class FakeAuthServer:
         now = int(self.wall())
         claims = {"iss": self.issuer, "aud": self.client_id, "sub": grant.sub, "iat": now,
                   "exp": now + self.lifetime, "name": grant.name, "acr": grant.acr, "auth_time": grant.auth_time}
-        return jwt.encode({k: v for k, v in claims.items() if v is not None}, self._key, algorithm="HS256")
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        payload = _b64url(json.dumps({k: v for k, v in claims.items() if v is not None}).encode())
+        signature = hmac.new(self.id_token_key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(signature)}"
 
     def _revoke(self, seen: Seen) -> httpx.Response:
         token = seen.value("token")
@@ -403,6 +409,10 @@ class FakeAuthServer:
 
 def _json(status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.Response(status, json=data, headers=headers)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _is_resource(value: str) -> bool:
