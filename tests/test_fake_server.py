@@ -68,14 +68,14 @@ def test_polls_sooner_than_the_interval_are_told_to_slow_down():
     assert errors == ["slow_down", "slow_down", "authorization_pending", "expired_token"]
 
 
-@pytest.mark.parametrize(("refusal", "body"), [("invalid_grant", b'{"error":"invalid_grant"}'), ("empty", b"")])
-def test_a_replayed_refresh_token_revokes_its_family(refusal, body):
+@pytest.mark.parametrize(("refusal", "answer"), [("invalid_grant", {"error": "invalid_grant"}), ("empty", None)])
+def test_a_replayed_refresh_token_revokes_its_family(refusal, answer):
     fake = FakeAuthServer(FakeClock(), refusal=refusal)
     with httpx.Client(transport=fake.transport) as client:
         first = pair(fake, client)
         second = refresh(client, first["refresh_token"]).json()
         replay = refresh(client, first["refresh_token"])
-        assert (replay.status_code, replay.content) == (400, body)
+        assert replay.status_code == 400 and (replay.json() if replay.content else None) == answer
         assert refresh(client, second["refresh_token"]).status_code == 400  # the family is gone
     assert fake.reuse_detections == 1 and not fake.access_token_info(second["access_token"])["active"]
 
