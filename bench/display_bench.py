@@ -192,7 +192,7 @@ def rss_kb():
     with open("/proc/self/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 import asyncio, logging, httpx
-import devicelink.daemon, devicelink.device, devicelink.systemd
+import devicelink.daemon, devicelink.engine, devicelink.systemd
 import devicelink.ipc.server, devicelink.oauth.http, devicelink.tokens.keys, devicelink.tokens.store
 base = rss_kb()
 sys.stderr.write("--- display stack ---\n"); sys.stderr.flush()

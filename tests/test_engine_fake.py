@@ -19,14 +19,14 @@ import httpx
 import pytest
 
 from devicelink.config import Config, ProviderConfig, StorageConfig
-from devicelink.device import Device
+from devicelink.engine import Device
 from devicelink.errors import DeviceLinkError
 from devicelink.ipc.routes import TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth.http import ClientAuth, OAuthHttp
 from devicelink.policy import App
 from devicelink.tokens.store import EncryptedFileStore
-from tests.helpers import FakeClock, StateLog
+from tests.helpers import FakeClock, StateLog, shaped
 from tests.support.fake_server import CLIENT_ID, ISSUER, FakeAuthServer
 
 FULL = "openid profile email offline_access"
@@ -164,7 +164,7 @@ def test_pairing_discovers_polls_and_keeps_the_grant_encrypted(tmp_path, auth, s
     async def main():
         bench = Bench(tmp_path, auth=auth, secret=secret)
         device, code = await bench.showing_a_code()
-        assert device.state is State.PAIRING and device.status()["pairing"]["user_code"] == code
+        assert device.state is State.PAIRING and shaped(device.status())["pairing"]["user_code"] == code
         discovery, authorization = bench.fake.seen
         assert discovery.kind == "discovery" and discovery.status == 200
         assert authorization.kind == "device_authorization" and authorization.value("scope") == FULL
@@ -181,8 +181,8 @@ def test_pairing_discovers_polls_and_keeps_the_grant_encrypted(tmp_path, auth, s
         assert polls[0].at - authorization.at == 5  # §3.5: one interval before the first poll too
         assert all(s.status != 401 for s in bench.fake.seen)  # every request authenticated as configured
         rt = bench.fake.live_refresh_token()
-        assert device.tokens.refresh_token == rt and device.status()["account"] == {"sub": "alice", "name": "Alice"}
-        answer = await device.token(TokenQuery())
+        assert device.tokens.refresh_token == rt and shaped(device.status())["account"] == {"sub": "alice", "name": "Alice"}
+        answer = shaped(await device.token(TokenQuery()))
         info = bench.fake.access_token_info(answer["access_token"])
         assert info["active"] and info["sub"] == "alice"
 
@@ -194,7 +194,7 @@ def test_pairing_discovers_polls_and_keeps_the_grant_encrypted(tmp_path, auth, s
         again = bench.device()  # a restart serves the grant from disk, with nothing asked upstream
         await again.start()
         assert again.state is State.PAIRED
-        assert (await again.token(TokenQuery()))["access_token"] == answer["access_token"]
+        assert (shaped(await again.token(TokenQuery())))["access_token"] == answer["access_token"]
         assert len(bench.fake.requests("device_authorization")) == 1 and bench.refreshes() == []
         await bench.close(again)
 
@@ -207,7 +207,7 @@ def test_a_wrong_client_secret_ends_the_pairing_at_once(tmp_path):
         device = bench.device(secret="wrong")
         await device.start()
         await bench.states.wait(State.UNPAIRED)
-        assert "invalid_client" in device.status()["last_error"]
+        assert "invalid_client" in shaped(device.status())["last_error"]
         assert await bench.waits_for_the_user()
         assert [s.status for s in bench.fake.requests("device_authorization")] == [401]  # no retry loop
         await bench.close(device)
@@ -220,7 +220,7 @@ def test_discovery_falls_back_to_openid_configuration(tmp_path):
         bench = Bench(tmp_path, discovery=("openid",))
         device = await bench.paired()
         assert [s.status for s in bench.fake.requests("discovery")] == [404, 200]  # RFC 8414, then OIDC
-        assert device.status()["account"]["sub"] == "alice"
+        assert shaped(device.status())["account"]["sub"] == "alice"
         await bench.close(device)
 
     run(main())
@@ -253,7 +253,7 @@ def test_a_denied_code_stops_polling(tmp_path):
         bench.fake.deny(code)
         await bench.next_poll()
         await bench.states.wait(State.REAUTH_REQUIRED)
-        assert "declined" in device.status()["last_error"]
+        assert "declined" in shaped(device.status())["last_error"]
         assert await bench.waits_for_the_user()
         assert len(bench.fake.requests("device_token")) == 1  # §3.5: access_denied ends polling
         assert device.tokens is None and bench.on_disk() is None
@@ -269,7 +269,7 @@ def test_an_expired_code_is_replaced_by_a_new_one(tmp_path):
         bench.fake.expire(first)  # the server ends it before its expires_in (Entra, RFC-CHECKLIST F)
         await bench.next_poll()
         second = await bench.code_shown()
-        assert second != first and device.status()["pairing"]["user_code"] == second
+        assert second != first and shaped(device.status())["pairing"]["user_code"] == second
         assert bench.fake.requests("device_token")[-1].error == "expired_token"
         bench.fake.approve(second)
         await bench.next_poll()
@@ -288,7 +288,7 @@ def test_silent_refresh_puts_the_rotated_refresh_token_on_disk_before_serving_th
         bench = Bench(tmp_path, lifetime=100)
         store = HeldStore(tmp_path, bench.key)
         device = await bench.paired(store=store)
-        old = await device.token(TokenQuery())
+        old = shaped(await device.token(TokenQuery()))
         first_rt = device.tokens.refresh_token
 
         store.saving.clear()
@@ -300,12 +300,12 @@ def test_silent_refresh_puts_the_rotated_refresh_token_on_disk_before_serving_th
         new_rt = bench.fake.live_refresh_token()
         assert new_rt != first_rt
         # The server has rotated; the disk still holds the old refresh token: apps get the old access token.
-        assert (await device.token(TokenQuery(min_ttl=1)))["access_token"] == old["access_token"]
+        assert (shaped(await device.token(TokenQuery(min_ttl=1))))["access_token"] == old["access_token"]
 
         store.go.set()
         await bench.states.wait(State.PAIRED)
         assert bench.on_disk()["tokens"]["refresh_token"] == new_rt == device.tokens.refresh_token
-        new = await device.token(TokenQuery())
+        new = shaped(await device.token(TokenQuery()))
         assert new["access_token"] != old["access_token"]
         assert bench.fake.access_token_info(new["access_token"])["active"]
 
@@ -323,7 +323,7 @@ def test_one_refresh_however_many_ask_at_once(tmp_path):
         bench = Bench(tmp_path)
         device = await bench.paired()
         bench.clock.now += 1850  # less than half the lifetime left, the proactive refresh not yet due
-        answers = await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(40)))
+        answers = [shaped(a) for a in await asyncio.gather(*(device.token(TokenQuery(min_ttl=3600)) for _ in range(40)))]
         assert len(bench.refreshes()) == 1  # two at once would present a rotated-away token
         assert len({a["access_token"] for a in answers}) == 1 and answers[0]["expires_in"] > 3500
         assert bench.fake.reuse_detections == 0
@@ -371,7 +371,7 @@ def test_an_empty_400_on_refresh_is_a_refusal_not_a_network_fault(tmp_path):
         bench.clock.now += 60  # past half the lifetime, before the proactive refresh fires
         assert await refused(device.token(TokenQuery(min_ttl=60))) == "reauth_required"
         assert device.state is State.REAUTH_REQUIRED and bench.on_disk() is None
-        assert "cannot reach" not in device.status()["last_error"]
+        assert "cannot reach" not in shaped(device.status())["last_error"]
         assert await bench.waits_for_the_user()
         assert len(bench.refreshes()) == 1  # not retried as if the network had failed
         await bench.close(device)
@@ -389,15 +389,15 @@ def test_server_trouble_keeps_the_grant_and_serves_the_cached_token(tmp_path, st
     async def main():
         bench = Bench(tmp_path, lifetime=100)
         device = await bench.paired()
-        cached = (await device.token(TokenQuery()))["access_token"]
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
         rt = device.tokens.refresh_token
         bench.fake.fail_next(1, status, at="refresh", body=body, retry_after=retry_after)
         await bench.next_timer()
         await bench.states.wait(State.OFFLINE)
-        assert str(status) in device.status()["last_error"]
+        assert str(status) in shaped(device.status())["last_error"]
         assert bench.on_disk()["tokens"]["refresh_token"] == rt  # nothing deleted (RFC-CHECKLIST B5)
         for _ in range(10):  # served from the cache, without asking upstream again
-            assert (await device.token(TokenQuery(min_ttl=1)))["access_token"] == cached
+            assert (shaped(await device.token(TokenQuery(min_ttl=1))))["access_token"] == cached
         assert len(bench.refreshes()) == 1
 
         retry = await bench.clock.next_timer() - bench.clock.now
@@ -405,8 +405,8 @@ def test_server_trouble_keeps_the_grant_and_serves_the_cached_token(tmp_path, st
         await bench.next_timer()
         await bench.states.wait(State.PAIRED)
         assert [r.value("refresh_token") for r in bench.refreshes()] == [rt, rt]
-        assert (await device.token(TokenQuery()))["access_token"] != cached
-        assert device.status()["last_error"] is None
+        assert (shaped(await device.token(TokenQuery())))["access_token"] != cached
+        assert shaped(device.status())["last_error"] is None
         await bench.close(device)
 
     run(main())
@@ -423,7 +423,7 @@ def test_narrowed_tokens_cost_one_upstream_request_per_key_and_keep_the_rotated_
         mailer = App("mailer", scope=frozenset({"email"}), resources=None)
         asks = [(PLAYER, TokenQuery()), (api_app, TokenQuery()), (mailer, TokenQuery()),
                 (PLAYER, TokenQuery(scope="email"))]
-        answers = await asyncio.gather(*(device.token(query, app) for app, query in asks * 15))
+        answers = [shaped(a) for a in await asyncio.gather(*(device.token(query, app) for app, query in asks * 15))]
 
         keys = {(r.value("scope"), r.value("resource")) for r in bench.refreshes()}
         assert len(bench.refreshes()) == 3 and keys == {("email", None), ("email openid", None), ("email openid", API)}
@@ -462,7 +462,7 @@ def test_a_narrowing_the_server_refuses_is_forbidden_and_keeps_the_grant(tmp_pat
         assert bench.refreshes()[-1].error == "invalid_scope"
         assert device.state is State.PAIRED and device.tokens.refresh_token == bench.fake.live_refresh_token()
         bench.clock.now += 1850
-        assert (await device.token(TokenQuery(min_ttl=3600)))["expires_in"] > 3500  # the grant refreshes fine
+        assert (shaped(await device.token(TokenQuery(min_ttl=3600))))["expires_in"] > 3500  # the grant refreshes fine
         assert [r.error for r in bench.refreshes()] == ["invalid_scope", None]
         assert bench.fake.reuse_detections == 0
         await bench.close(device)
@@ -477,9 +477,9 @@ def test_unpair_revokes_the_grant_at_the_server(tmp_path):
     async def main():
         bench = Bench(tmp_path, auth="client_secret_post", secret="s")
         device = await bench.paired()
-        narrowed = (await device.token(TokenQuery(), PLAYER))["access_token"]
+        narrowed = (shaped(await device.token(TokenQuery(), PLAYER)))["access_token"]
         live = bench.fake.live_refresh_token()
-        answer = await device.unpair()
+        answer = shaped(await device.unpair())
         assert answer["revoked"] is True and device.state is State.UNPAIRED
         (revocation,) = bench.fake.requests("revocation")
         assert revocation.status == 200 and revocation.value("token") == live
@@ -497,8 +497,8 @@ def test_unpair_of_a_grant_the_server_already_dropped_is_done(tmp_path):
         bench = Bench(tmp_path)
         device = await bench.paired()
         bench.fake.revoke(bench.fake.live_refresh_token())  # the user removed the device on their account page
-        answer = await device.unpair()
-        assert answer["revoked"] is True and device.status()["pending_revocations"] == 0
+        answer = shaped(await device.unpair())
+        assert answer["revoked"] is True and shaped(device.status())["pending_revocations"] == 0
         await bench.close(device)
 
     run(main())
@@ -510,14 +510,14 @@ def test_a_revocation_the_server_cannot_take_now_is_retried_after_its_retry_afte
         device = await bench.paired()
         live = bench.fake.live_refresh_token()
         bench.fake.fail_next(1, 503, at="revocation", retry_after=30)
-        answer = await device.unpair()
-        assert answer["revoked"] is False and device.status()["pending_revocations"] == 1
+        answer = shaped(await device.unpair())
+        assert answer["revoked"] is False and shaped(device.status())["pending_revocations"] == 1
         assert await refused(device.token(TokenQuery())) == "not_paired"  # served no more meanwhile
         assert not bench.fake.is_revoked(live)
         assert await bench.clock.next_timer() - bench.clock.now >= 30
         await bench.next_timer()
         await device.revocations_settled()
-        assert bench.fake.is_revoked(live) and device.status()["pending_revocations"] == 0
+        assert bench.fake.is_revoked(live) and shaped(device.status())["pending_revocations"] == 0
         assert [r.value("token") for r in bench.fake.requests("revocation")] == [live, live]
         await bench.close(device)
 
@@ -539,15 +539,15 @@ def test_step_up_asks_for_acr_values_and_gives_that_app_the_stronger_token(tmp_p
         bench = Bench(tmp_path)
         device = await bench.paired()
         standing = device.tokens
-        status, pending = await device.step_up(PLAYER, MFA, 300)
+        status, pending = shaped(await device.step_up(PLAYER, MFA, 300))
         assert status == 202 and pending["user_code"]
         asked = bench.fake.requests("device_authorization")[-1]
         assert (asked.value("acr_values"), asked.value("max_age"), asked.value("scope")) == (MFA, "300", "email openid")
-        assert (await device.token(TokenQuery()))["access_token"] == standing.access_token  # others still served
+        assert (shaped(await device.token(TokenQuery())))["access_token"] == standing.access_token  # others still served
 
         signed_in = int(bench.wall())
         await confirm_step_up(bench, device, pending["user_code"])
-        status, answer = await device.step_up(PLAYER, MFA, 300)
+        status, answer = shaped(await device.step_up(PLAYER, MFA, 300))
         assert status == 200 and answer["acr"] == MFA and answer["auth_time"] == signed_in
         info = bench.fake.access_token_info(answer["access_token"])
         assert info["acr"] == MFA and info["scope"] == "email openid"
@@ -566,7 +566,7 @@ def test_a_step_up_the_server_did_not_honour_is_named_plainly(tmp_path, max_age,
     async def main():
         bench = Bench(tmp_path)
         device = await bench.paired()
-        _, pending = await device.step_up(PLAYER, MFA, max_age)
+        _, pending = shaped(await device.step_up(PLAYER, MFA, max_age))
         await confirm_step_up(bench, device, pending["user_code"], **how)
         assert await refused(device.step_up(PLAYER, MFA, max_age), match=why) == "step_up_unsupported"
         assert device.state is State.PAIRED

@@ -6,8 +6,8 @@ that keep asking) is the engine's schedule, which spans attempts. What an
 answer means is decided here, once, through :func:`messages.classify`:
 
 - tokens: a :class:`TokenSet` (a refresh token the server did not rotate is kept);
-- ``invalid_grant``: :class:`RefreshRejected`, the grant is gone (revoked, expired,
-  or under rotation replayed, RFC 9700 §4.14.2);
+- ``invalid_grant``, or a 400 with an empty body: :class:`RefreshRejected`, the grant
+  is gone (revoked, expired, or under rotation replayed, RFC 9700 §4.14.2);
 - ``invalid_scope`` / ``invalid_target`` on a narrowed refresh: :class:`TargetRefused`;
 - anything else: :class:`GrantFailed` with the server's code (if any) and ``Retry-After``.
   The grant is kept; a refusal is told apart from a network fault in its message.
@@ -36,6 +36,11 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
     if verdict.error == "invalid_grant":
         raise RefreshRejected("the authorization server rejected the refresh token (invalid_grant); pair again",
                               "invalid_grant")
+    if verdict.outcome == "refused" and _bare_400(reply):
+        # RFC 6749 §5.2 makes 400 the status of a refused grant; a server that says nothing
+        # more (glewlwyd, for a reused or disabled refresh token) will say the same on every retry.
+        raise RefreshRejected("the authorization server refused the refresh token (HTTP 400 with no body); "
+                              "pair again", "invalid_grant")
     if verdict.error in ("invalid_scope", "invalid_target") and (scope or resource):
         what = f"scope {scope!r}" if verdict.error == "invalid_scope" else f"resource {resource!r}"
         raise TargetRefused(f"the authorization server refused {what} ({verdict.error})", verdict.error)
@@ -44,6 +49,10 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
     raise GrantFailed(f"refresh failed: the server refused it ({verdict.reason})", verdict.error,
                       retry_after=verdict.retry_after)
+
+
+def _bare_400(reply: m.Reply) -> bool:
+    return isinstance(reply, m.Response) and reply.status == 400 and not reply.body.strip()
 
 
 def narrowed(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: str, *,
