@@ -39,14 +39,6 @@ class DeviceLinkError(Exception):
 
     code = "server_error"
 
-    @property
-    def description(self) -> str:
-        return str(self)
-
-    @description.setter
-    def description(self, text: str) -> None:  # subclasses whose message adds to the description
-        self.__dict__["description"] = text
-
 
 class ConfigError(DeviceLinkError, ValueError):
     """The configuration file (or an option) is invalid. Exit status 78."""

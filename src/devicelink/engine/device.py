@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from devicelink import __version__
 from devicelink.budget import RequestBudget
@@ -38,10 +38,8 @@ from devicelink.display.port import ScreenPort
 from devicelink.engine import narrowing, record
 from devicelink.engine.answers import Issued, Status, StepUpDone, StepUpPending, TokenQuery, Unpaired
 from devicelink.engine.narrowed import Narrowed
-from devicelink.engine.pairing import Pairing
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
-from devicelink.engine.stepup import StepUps
 from devicelink.errors import Refused, StoreError, StoreUnreadable
 from devicelink.events import Hub
 from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_state
@@ -51,6 +49,10 @@ from devicelink.oauth.http import OAuthHttp
 from devicelink.policy import ROOT, App
 from devicelink.tokens.model import TokenSet
 from devicelink.tokens.store import EncryptedFileStore
+
+if TYPE_CHECKING:
+    from devicelink.engine.pairing import Pairing
+    from devicelink.engine.stepup import StepUps
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +99,29 @@ class Device:
         # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
         self.exchange_lock = asyncio.Lock()
 
-        self.pairer = Pairing(self)
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
-        self.step_ups = StepUps(self)
         self.revocations = Revocations(self)
+        # Pairing and step-up are made on first use: a paired device that restarts may never
+        # need them, and their modules (the device flow, discovery) are not even imported.
+        self._pairer: Pairing | None = None
+        self._step_ups: StepUps | None = None
+
+    @property
+    def pairer(self) -> Pairing:
+        if self._pairer is None:
+            from devicelink.engine.pairing import Pairing
+
+            self._pairer = Pairing(self)
+        return self._pairer
+
+    @property
+    def step_ups(self) -> StepUps:
+        if self._step_ups is None:
+            from devicelink.engine.stepup import StepUps
+
+            self._step_ups = StepUps(self)
+        return self._step_ups
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -113,7 +133,8 @@ class Device:
             self.pairing = None
         if self.state not in HOLDS_GRANT:
             self.narrowed.forget()
-            self.step_ups.discard_all()  # stronger tokens of an account no longer the device's
+            if self._step_ups is not None:
+                self._step_ups.discard_all()  # stronger tokens of an account no longer the device's
         self.redraw()
         if old is not self.state:
             self.events.publish("state", self.state_event())
@@ -133,7 +154,7 @@ class Device:
             return
         account = self.tokens.account if self.tokens else None
         name = account and (account.name or account.sub)
-        shown = self.step_ups.shown() if self.state in HOLDS_GRANT else None
+        shown = self._step_ups.shown() if self._step_ups and self.state in HOLDS_GRANT else None
         if shown is not None:  # the standing grant stays in use; the screen asks for the stronger sign-in
             screen = Screen(State.PAIRING, shown.code, name,
                             f"Confirm on your phone: {shown.app} asks for a stronger sign-in.",
@@ -147,7 +168,7 @@ class Device:
         """Keep the countdown on screen moving while a code is shown."""
         while True:
             await self.sleep(1.0)
-            if self.pairing is not None or self.step_ups.shown() is not None:
+            if self.pairing is not None or (self._step_ups and self._step_ups.shown() is not None):
                 self.redraw()
 
     async def start(self) -> None:
@@ -376,7 +397,8 @@ class Device:
 
     async def step_ups_settled(self) -> None:
         """Until no step-up is under way (for tests)."""
-        await self.step_ups.settled()
+        if self._step_ups is not None:
+            await self._step_ups.settled()
 
     # -- storage ----------------------------------------------------------------
 
@@ -439,11 +461,14 @@ class Device:
             await asyncio.wait([pending], timeout=STOP_GRACE)
 
     async def _cancel_tasks(self) -> None:
-        self.step_ups.discard_all()
-        for task in (self.pairer.task, self.refresher.task, self.refresher.inflight):
+        if self._step_ups is not None:
+            self._step_ups.discard_all()
+        for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight):
             await cancel(task)
         await self.revocations.cancel()
-        self.pairer.task = self.refresher.task = self.refresher.inflight = None
+        if self._pairer is not None:
+            self._pairer.task = None
+        self.refresher.task = self.refresher.inflight = None
 
     def _account_suffix(self) -> str:
         account = self.tokens.account if self.tokens else None

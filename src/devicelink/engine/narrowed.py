@@ -21,7 +21,7 @@ from devicelink.engine.narrowing import NarrowKey
 from devicelink.errors import GrantFailed, ProtocolViolation, Refused, RefreshRejected, ScopeIgnored, TargetRefused
 from devicelink.lifecycle import HOLDS_GRANT, Event, State
 from devicelink.oauth import refresh as flows
-from devicelink.oauth.grant import Backoff, backoff_delay
+from devicelink.oauth.steps import Backoff, backoff_delay
 from devicelink.tokens.model import TokenSet
 
 if TYPE_CHECKING:

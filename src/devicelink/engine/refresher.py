@@ -22,7 +22,7 @@ from devicelink.clock import explain_failure
 from devicelink.errors import GrantFailed, ProtocolViolation, RefreshRejected
 from devicelink.lifecycle import HOLDS_GRANT, Event, State
 from devicelink.oauth import refresh as flows
-from devicelink.oauth.grant import Backoff, backoff_delay
+from devicelink.oauth.steps import Backoff, backoff_delay
 from devicelink.tokens.model import TokenSet
 
 if TYPE_CHECKING:

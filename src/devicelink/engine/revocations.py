@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from devicelink.errors import GrantFailed
 from devicelink.oauth import refresh as flows
-from devicelink.oauth.grant import Backoff, backoff_delay
+from devicelink.oauth.steps import Backoff, backoff_delay
 from devicelink.engine.record import Revocation
 
 if TYPE_CHECKING:

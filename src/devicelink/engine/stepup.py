@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from devicelink.engine import narrowing
 from devicelink.engine.answers import StepUpDone, StepUpPending
-from devicelink.errors import (AuthorizationDenied, DeviceCodeExpired, DeviceLinkError, GrantFailed,
+from devicelink.errors import (AuthorizationDenied, DeviceCodeExpired, GrantFailed,
                                ProtocolViolation, Refused)
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import grant
@@ -46,7 +46,7 @@ class Session:
     max_age: int | None
     code: PairingCode | None = None
     tokens: TokenSet | None = None
-    error: DeviceLinkError | None = None
+    error: Refused | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # a code is shown, or it ended
     task: asyncio.Task[None] | None = None
     finished: bool = False

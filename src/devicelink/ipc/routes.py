@@ -163,7 +163,8 @@ class ApiError(DeviceLinkError):
     def of(cls, err: DeviceLinkError) -> ApiError:
         if isinstance(err, ApiError):
             return err
-        return cls(err.code if err.code in STATUS_BY_CODE else "server_error", err.description)
+        description = err.description if isinstance(err, Refused) else str(err)
+        return cls(err.code if err.code in STATUS_BY_CODE else "server_error", description)
 
 
 class MethodNotAllowed(ApiError):

@@ -1,7 +1,7 @@
 """Drives the OAuth generators over HTTP: the only module that imports httpx.
 
 Every exchange with the authorization server is a generator in ``oauth/``
-(``grant.py``, ``refresh.py``) that yields :class:`~devicelink.oauth.grant.Send`
+(``grant.py``, ``refresh.py``) that yields :class:`~devicelink.oauth.steps.Send`
 and is sent the :class:`Response` or :class:`Failure`. :class:`OAuthHttp` sends
 them: it passes every request through the client-authentication hook
 (``oauth/auth``) just before it goes out, retries included, bounds every
@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Generator, TypeVar
 from urllib.parse import urlencode
 
 from devicelink import __version__
-from devicelink.oauth import grant
+from devicelink.oauth import steps
 from devicelink.oauth import messages as m
 from devicelink.oauth.auth import ClientAuth, Outgoing
 
@@ -114,8 +114,8 @@ class OAuthHttp:
         if self._owned:
             await self._close_idle()
 
-    async def run(self, flow: Generator[grant.Step, m.Reply, T],
-                  show: Callable[[grant.Show], None] | None = None,
+    async def run(self, flow: Generator[steps.Step, m.Reply, T],
+                  show: Callable[[steps.Show], None] | None = None,
                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                   observe: Callable[[m.Request, m.Reply], None] | None = None) -> T:
         """Drive a flow to its result: wait until each ``not_before``, send, hand back the
@@ -126,7 +126,7 @@ class OAuthHttp:
                 step = flow.send(reply)  # type: ignore[arg-type]
             except StopIteration as done:
                 return done.value
-            if isinstance(step, grant.Show):
+            if isinstance(step, steps.Show):
                 if show is not None:
                     show(step)
                 reply = None
@@ -138,7 +138,7 @@ class OAuthHttp:
                 observe(step.request, reply)
 
 
-def run_sync(flow: Generator[grant.Step, m.Reply, T], auth: ClientAuth, *, deadline: float = DEADLINE,
+def run_sync(flow: Generator[steps.Step, m.Reply, T], auth: ClientAuth, *, deadline: float = DEADLINE,
              clock: Callable[[], float] = time.monotonic) -> T:
     """Drive ``flow`` from synchronous code (``doctor``, ``provision``): the same sends,
     hook and bounds as the daemon's, on an event loop of its own for the duration."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import re
 from dataclasses import dataclass, field
@@ -197,6 +196,8 @@ def retry_after(resp: Response) -> float | None:
         return None
     if value.isascii() and value.isdigit():
         return float(min(int(value), MAX_SECONDS))
+    import email.utils  # only for the rare HTTP-date form
+
     try:
         then = email.utils.parsedate_to_datetime(value)
         now = email.utils.parsedate_to_datetime(resp.headers.get("date", ""))

@@ -20,7 +20,7 @@ from typing import Generator
 
 from devicelink.errors import GrantFailed, RefreshRejected, ScopeIgnored, TargetRefused
 from devicelink.oauth import messages as m
-from devicelink.oauth.grant import Send, Step
+from devicelink.oauth.steps import Send, Step
 from devicelink.tokens.model import TokenSet
 
 
