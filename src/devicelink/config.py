@@ -26,7 +26,8 @@ DEFAULT_PATH = "/etc/devicelink/config.toml"
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: +[\x21\x23-\x5b\x5d-\x7e]+)*")  # RFC 6749 §3.3
+#: RFC 6749 §3.3: scope = scope-token *( SP scope-token ); the socket's queries use it too.
+SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
 KEY_SOURCES = ("auto", "file", "credential")
@@ -251,7 +252,7 @@ class _Validator:
         return value
 
     def scope(self, key: str, value: Any) -> str:
-        if not isinstance(value, str) or not _SCOPE_RE.fullmatch(value.strip()):
+        if not isinstance(value, str) or not SCOPE_RE.fullmatch(re.sub(" +", " ", value.strip())):
             self.fail(key, f"expected space-separated scope tokens (RFC 6749 §3.3), got {_show(value)}")
         return " ".join(value.split())
 

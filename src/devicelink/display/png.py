@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from devicelink.config import DisplayConfig
 from devicelink.display.panel import PanelDisplay
 from devicelink.errors import ConfigError, HardwareUnavailable
+from devicelink.files import write_atomic
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -79,8 +80,8 @@ class PngFolder:
         image.save(buf, format="PNG")
         data = buf.getvalue()
         number = self.count + 1
-        _write_atomic(self.directory / f"frame-{number:06d}.png", data)
-        _write_atomic(self.latest, data)
+        write_atomic(self.directory / f"frame-{number:06d}.png", data, mode=0o644, durable=False)
+        write_atomic(self.latest, data, mode=0o644, durable=False)
         self.count = number
         self.written += 1
 
@@ -96,14 +97,3 @@ class PngFolder:
             self.push(Image.new(self.mode, self.size, 0))
         except OSError as exc:
             logger.warning("png: could not write the blank frame to %s: %s", self.directory, exc)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from devicelink.config import SCOPE_RE
 from devicelink.engine.answers import TokenQuery
 from devicelink.errors import DeviceLinkError, Refused
 from devicelink.policy import Peer
@@ -266,8 +267,6 @@ def resolve(method: bytes, target: bytes) -> tuple[str, bytes]:
 
 
 _DEFAULT_QUERY = TokenQuery()
-# RFC 6749 §3.3: scope = scope-token *( SP scope-token )
-SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 _MAX_PARAMS = 32
 
 

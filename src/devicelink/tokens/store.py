@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from devicelink.errors import StoreError, StoreUnreadable
+from devicelink.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -173,41 +174,11 @@ class EncryptedFileStore:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, previous: Path | None = None) -> None:
-    """temp -> fsync -> [rename path -> previous] -> rename temp -> path -> fsync(dir).
-    Raises :class:`StoreError`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """:func:`devicelink.files.write_atomic`, durable. Raises :class:`StoreError`."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is ignored if a stale temp file exists
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if previous is not None:
-            try:
-                os.replace(path, previous)
-            except FileNotFoundError:  # the first save; or the last one was cut off between its renames
-                pass
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        write_atomic(path, data, mode=mode, previous=previous)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise StoreError(f"{path}: cannot write: {exc.strerror}") from None
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink durable (POSIX leaves it in the directory's buffers until then)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_private_dir(directory: Path) -> None:
