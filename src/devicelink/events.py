@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["Event", "Hub", "Subscription"]
 
-Event = tuple[int, str, dict[str, Any]]  # (id, name, data)
+Event = tuple[int, str, Any]  # (id, name, data: one of engine/answers.py's events; ipc/ shapes it)
 
 
 class Subscription:
@@ -73,7 +73,7 @@ class Hub:
         self._subscribers.add(sub)
         return sub
 
-    def publish(self, name: str, data: dict[str, Any]) -> None:
+    def publish(self, name: str, data: Any) -> None:
         if not self._subscribers:
             return
         self._last_id += 1

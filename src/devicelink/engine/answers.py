@@ -70,3 +70,31 @@ class Unpaired:
     state: str
     revoked: bool
     revocation_error: str | None
+
+
+# -- events (``GET /v1/events``): what happened, never a token value ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: str
+    account: Account | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CodeShown:
+    code: PairingCode
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRotated:
+    expires_in: int
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepUpChanged:
+    app: str
+    status: str  # pending | done | failed

@@ -36,7 +36,8 @@ from devicelink.config import Config, ProviderConfig
 from devicelink.display.base import Display, Screen
 from devicelink.display.port import ScreenPort
 from devicelink.engine import narrowing, record
-from devicelink.engine.answers import Issued, Status, StepUpDone, StepUpPending, TokenQuery, Unpaired
+from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone, StepUpPending, TokenQuery,
+                                       Unpaired)
 from devicelink.engine.narrowed import Narrowed
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
@@ -141,12 +142,10 @@ class Device:
         for listener in self.listeners:
             listener(self.state)
 
-    def state_event(self) -> dict[str, object]:
+    def state_event(self) -> StateChanged:
         """The ``state`` event: what an app needs to know to wait for pairing (never a token)."""
         account = self.tokens.account if self.tokens and self.state in HOLDS_GRANT else None
-        return {"state": self.state.value,
-                "account": {"sub": account.sub, "name": account.name} if account else None,
-                "message": self.message}
+        return StateChanged(self.state.value, account, self.message)
 
     def redraw(self) -> None:
         """Hand the current screen to the display port."""

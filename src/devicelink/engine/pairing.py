@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from devicelink.config import transport_allowed
+from devicelink.engine.answers import CodeShown
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import Event
 from devicelink.oauth import grant
@@ -123,6 +124,4 @@ class Pairing:
         self.settled.set()
         device.redraw()
         device.metrics.inc("devicelink_codes_issued_total")
-        device.events.publish("pairing", {"user_code": code.user_code, "verification_uri": code.verification_uri,
-                                          "verification_uri_complete": code.verification_uri_complete,
-                                          "expires_in": code.expires_in(device.clock())})
+        device.events.publish("pairing", CodeShown(code, code.expires_in(device.clock())))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from devicelink.budget import RequestBudget
 from devicelink.clock import explain_failure
+from devicelink.engine.answers import TokenRotated
 from devicelink.errors import GrantFailed, ProtocolViolation, RefreshRejected
 from devicelink.lifecycle import HOLDS_GRANT, Event, State
 from devicelink.oauth import refresh as flows
@@ -125,8 +126,8 @@ class Refresher:
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="ok")
         device.move(Event.REFRESH_SUCCEEDED)
         self.changed.set()
-        device.events.publish("token_rotated", {"expires_in": int(fresh.expires_in(device.clock())),
-                                                "scope": fresh.scope or device.provider.scope or ""})
+        device.events.publish("token_rotated", TokenRotated(int(fresh.expires_in(device.clock())),
+                                                            fresh.scope or device.provider.scope or ""))
 
     def _explain(self, exc: GrantFailed) -> str:
         """A network failure gets the clock's hint (a TLS date error on a board without an RTC)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from devicelink.engine import narrowing
-from devicelink.engine.answers import StepUpDone, StepUpPending
+from devicelink.engine.answers import StepUpChanged, StepUpDone, StepUpPending
 from devicelink.errors import (AuthorizationDenied, DeviceCodeExpired, GrantFailed,
                                ProtocolViolation, Refused)
 from devicelink.lifecycle import PairingCode
@@ -111,7 +111,7 @@ class StepUps:
             session.settled.set()
             logger.info("step-up for %s: confirm code %s at %s", session.app, step.code.user_code,
                         step.code.verification_uri)
-            device.events.publish("step_up", {"app": session.app, "status": "pending"})
+            device.events.publish("step_up", StepUpChanged(session.app, "pending"))
             device.redraw()
 
         ticker = asyncio.create_task(device.tick())
@@ -150,7 +150,7 @@ class StepUps:
             outcome = (f"failed: {session.error.description}" if session.error
                        else "done" if session.tokens else "cancelled")
             logger.info("step-up for %s: %s", session.app, outcome)
-            device.events.publish("step_up", {"app": session.app, "status": "done" if session.tokens else "failed"})
+            device.events.publish("step_up", StepUpChanged(session.app, "done" if session.tokens else "failed"))
             device.redraw()
 
     async def _narrow(self, session: Session, tokens: TokenSet, endpoints: m.Endpoints, scope: str) -> TokenSet:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from devicelink.engine.answers import Issued, Status, StepUpDone, StepUpPending, Unpaired
+from devicelink.engine.answers import (CodeShown, Issued, StateChanged, Status, StepUpChanged, StepUpDone,
+                                       StepUpPending, TokenRotated, Unpaired)
 from devicelink.ipc.routes import Response, json_response
 from devicelink.lifecycle import PairingCode
 
@@ -53,6 +54,21 @@ def step_up_response(answer: StepUpPending | StepUpDone) -> Response:
                                "verification_uri": code and code.verification_uri,
                                "verification_uri_complete": code and code.verification_uri_complete,
                                "expires_in": answer.expires_in})
+
+
+def event(data: Any) -> Any:
+    """An event's ``data`` line (no token values: the engine's events hold none)."""
+    if isinstance(data, StateChanged):
+        account = data.account
+        return {"state": data.state, "account": {"sub": account.sub, "name": account.name} if account else None,
+                "message": data.message}
+    if isinstance(data, CodeShown):
+        return pairing(data.code, data.expires_in)
+    if isinstance(data, TokenRotated):
+        return {"expires_in": data.expires_in, "scope": data.scope}
+    if isinstance(data, StepUpChanged):
+        return {"app": data.app, "status": data.status}
+    return data
 
 
 def unpaired(u: Unpaired) -> dict[str, Any]:

@@ -169,7 +169,7 @@ class SocketApi:
         self._streams[subscription] = peer
         try:
             yield b"retry: 2000\n\n"  # reconnect after 2 s (WHATWG HTML §9.2.4)
-            yield routes.sse_event("state", device.state_event())
+            yield routes.sse_event("state", answers.event(device.state_event()))
             status = device.status()
             if status.pairing is not None:
                 yield routes.sse_event("pairing", answers.pairing(status.pairing, status.pairing_expires_in))
@@ -177,7 +177,7 @@ class SocketApi:
                 event = await subscription.next(self.keepalive)
                 if event is not None:
                     event_id, name, data = event
-                    yield routes.sse_event(name, data, event_id)
+                    yield routes.sse_event(name, answers.event(data), event_id)
                 elif subscription.closed:
                     if subscription.overflowed:
                         logger.warning("an event subscriber fell behind; its stream was ended")
