@@ -13,7 +13,7 @@ Its rooms, each in a module of its own:
 - ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
 - ``stepup.py``: RFC 9470 step-up sessions;
 - ``revocations.py``: revocations owed to the server;
-- ``record.py``: what the state file holds.
+- ``statefile.py`` and ``record.py`` (pure): what the state file holds, and when it is written.
 
 Every exchange with the server is a generator in ``oauth/``; ``self.http`` sends it.
 Nothing here reads the wall clock except to write it to the state file.
@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from devicelink import __version__
 from devicelink.budget import RequestBudget
 from devicelink.clock import clock_synced as probe_clock_synced
-from devicelink.clock import explain_failure
 from devicelink.config import Config, ProviderConfig
 from devicelink.display.base import Display, Screen
 from devicelink.display.port import ScreenPort
-from devicelink.engine import narrowing, record
+from devicelink.engine import narrowing
 from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone, StepUpPending, TokenQuery,
                                        Unpaired)
 from devicelink.engine.narrowed import Narrowed
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
-from devicelink.errors import Refused, StoreError, StoreUnreadable
+from devicelink.engine.statefile import StateFile
+from devicelink.errors import Refused, StoreError
 from devicelink.events import Hub
 from devicelink.lifecycle import HOLDS_GRANT, Event, PairingCode, State, next_state
 from devicelink.metrics import Metrics
@@ -95,14 +95,13 @@ class Device:
         self.last_refresh_at: float | None = None  # monotonic, for the metrics' age of the last good refresh
         self.reset_in: int | None = None  # factory-reset countdown while the button is held
         self.unpairing = False
-        self._unsaved = False
-        self._saving: asyncio.Future[None] | None = None
         # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
         self.exchange_lock = asyncio.Lock()
 
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
         self.revocations = Revocations(self)
+        self.state_file = StateFile(self)
         # Pairing and step-up are made on first use: a paired device that restarts may never
         # need them, and their modules (the device flow, discovery) are not even imported.
         self._pairer: Pairing | None = None
@@ -172,7 +171,7 @@ class Device:
 
     async def start(self) -> None:
         """Restore a stored grant, or show a code (a device that boots unpaired pairs, RFC-CHECKLIST A3)."""
-        tokens = await self._load()
+        tokens = await self.state_file.load()
         if tokens is not None:
             self.tokens = tokens
             self.move(Event.RESTORED)
@@ -188,11 +187,10 @@ class Device:
         await self._settle_refresh()
         owed = len(self.revocations)
         await self._cancel_tasks()  # step-ups' own grants become owed revocations, kept for the next start
-        if self._saving is not None:
-            await asyncio.wait([self._saving])
+        await self.state_file.settled()
         await self.screen.settled()
-        if (self._unsaved and self.tokens is not None) or len(self.revocations) != owed:
-            await self.save(self.tokens)
+        if (self.state_file.unsaved and self.tokens is not None) or len(self.revocations) != owed:
+            await self.state_file.save(self.tokens)
         await self.http.aclose()
 
     async def paired(self, tokens: TokenSet) -> None:
@@ -200,7 +198,7 @@ class Device:
         self.last_error = None
         self.message = None
         self.tokens = tokens
-        await self.save(tokens)
+        await self.state_file.save(tokens)
         self.metrics.inc("devicelink_pairings_total")
         self.move(Event.PAIRED)
         logger.info("paired%s", self._account_suffix())
@@ -329,7 +327,7 @@ class Device:
                                            else (tokens.access_token, "access_token")))
                 elif tokens is not None:
                     logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
-                await self.save(None)  # the grant is gone from disk; owed revocations stay
+                await self.state_file.save(None)  # the grant is gone from disk; owed revocations stay
                 self.move(Event.UNPAIRED)
         finally:
             self.unpairing = False
@@ -364,18 +362,6 @@ class Device:
 
     # -- what the rooms share --------------------------------------------------------
 
-    def observe(self, request: m.Request, reply: m.Reply) -> None:
-        """Every pairing request and its reply: metrics, and ``last_error`` for the owner."""
-        verdict = m.classify(reply)
-        if request.kind == "device_token":
-            self.metrics.inc("devicelink_polls_total")
-            if isinstance(reply, m.Response) and (verdict.error == "slow_down" or reply.status == 429):
-                self.metrics.inc("devicelink_slow_downs_total")
-        if isinstance(reply, m.Failure):
-            self.last_error = f"cannot reach the authorization server: {explain_failure(reply.reason, self.clock_synced())}"
-        elif verdict.transient:
-            self.last_error = f"the authorization server answered {m.describe(reply)}"
-
     def require_grant(self) -> None:
         if self.state in HOLDS_GRANT and self.tokens is not None and not self.unpairing:
             return
@@ -398,59 +384,6 @@ class Device:
         """Until no step-up is under way (for tests)."""
         if self._step_ups is not None:
             await self._step_ups.settled()
-
-    # -- storage ----------------------------------------------------------------
-
-    async def _load(self) -> TokenSet | None:
-        try:
-            stored = await asyncio.to_thread(self.store.load)
-        except StoreUnreadable as exc:
-            logger.error("%s; starting unpaired", exc)
-            self.last_error = str(exc)
-            return None
-        if stored is None:
-            return None
-        try:
-            found = record.restore(stored, self.provider.issuer, self.provider.client_id, self.configured,
-                                   self.clock(), self.wall_clock(), self.clock_synced())
-        except (KeyError, TypeError, ValueError):
-            logger.error("%s: the state record is incomplete; starting unpaired", self.store.path)
-            return None
-        if found is None:
-            return None
-        self.revocations.owed = found.revocations
-        self.endpoints = found.endpoints or self.endpoints
-        if found.tokens is not None and not found.trusted_clock:
-            logger.info("the wall clock is not known to be synchronised: the stored access token "
-                        "counts as expired and is refreshed before it is served")
-        return found.tokens
-
-    async def save_current(self) -> None:
-        """Write the grant as it is now, from outside the refresh path: under the exchange
-        lock, so it cannot land after (and undo) the save of a refresh token just rotated."""
-        async with self.exchange_lock:
-            await self.save(self.tokens)
-
-    async def save(self, tokens: TokenSet | None) -> None:
-        """Write the grant (or, with ``tokens`` None, only the revocations still owed)."""
-        if tokens is None and not self.revocations.owed:
-            self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.clear))
-            await asyncio.shield(self._saving)
-            return
-        data = record.build(self.provider.issuer, self.provider.client_id, self.endpoints, tokens,
-                            self.revocations.owed, self.clock(), self.wall_clock(), self.clock_synced() is True)
-        # Shielded: a cancelled caller must not leave a write running that nobody waits for
-        # (unpair's clear would race it and the grant could come back).
-        self._saving = asyncio.ensure_future(asyncio.to_thread(self.store.save, data))
-        try:
-            await asyncio.shield(self._saving)
-            self._unsaved = False
-        except StoreError as exc:
-            # Keep serving from memory (the old refresh token may already be dead at the
-            # server); the next refresh tries to save again.
-            self._unsaved = True
-            self.last_error = str(exc)
-            logger.error("%s; the grant is held in memory only", exc)
 
     # -- tasks --------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class Narrowed:
                 # Rotation (RFC 9700 §4.14.2): the old refresh token is spent. Save the new one
                 # as the grant's (its scope is the grant's, RFC 6749 §6) before serving anything.
                 fresh = replace(tokens, refresh_token=parsed.refresh_token)
-                await device.save(fresh)
+                await device.state_file.save(fresh)
                 device.tokens = fresh
             self._count("ok")
             narrowed = replace(parsed, refresh_token=None, account=None)

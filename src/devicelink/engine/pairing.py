@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from devicelink.clock import explain_failure
 from devicelink.config import transport_allowed
 from devicelink.engine.answers import CodeShown
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
@@ -62,7 +63,7 @@ class Pairing:
                 endpoints = await self.resolve_endpoints()
                 flow = grant.device_flow(endpoints, device.provider.scope, device.provider.resource,
                                          device.provider.issuer, device.provider.client_id, device.rng)
-                tokens = await device.http.run(flow, show=self._show, sleep=device.sleep, observe=device.observe)
+                tokens = await device.http.run(flow, show=self._show, sleep=device.sleep, observe=self.observe)
             except asyncio.CancelledError:
                 raise
             except DeviceCodeExpired:
@@ -107,7 +108,7 @@ class Pairing:
         if m.Endpoints.complete(device.configured):  # no discovery needed (GitHub has none)
             return m.Endpoints(**device.configured)
         flow = grant.discover(device.provider.issuer, grant.Backoff(device.rng))
-        metadata = await device.http.run(flow, sleep=device.sleep, observe=device.observe)
+        metadata = await device.http.run(flow, sleep=device.sleep, observe=self.observe)
         endpoints = grant.resolve_endpoints(metadata, device.configured)
         for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
             url = getattr(endpoints, name)
@@ -125,3 +126,16 @@ class Pairing:
         device.redraw()
         device.metrics.inc("devicelink_codes_issued_total")
         device.events.publish("pairing", CodeShown(code, code.expires_in(device.clock())))
+
+    def observe(self, request: m.Request, reply: m.Reply) -> None:
+        """Every pairing request and its reply: metrics, and ``last_error`` for the owner."""
+        device, verdict = self.device, m.classify(reply)
+        if request.kind == "device_token":
+            device.metrics.inc("devicelink_polls_total")
+            if isinstance(reply, m.Response) and (verdict.error == "slow_down" or reply.status == 429):
+                device.metrics.inc("devicelink_slow_downs_total")
+        if isinstance(reply, m.Failure):
+            reason = explain_failure(reply.reason, device.clock_synced())
+            device.last_error = f"cannot reach the authorization server: {reason}"
+        elif verdict.transient:
+            device.last_error = f"the authorization server answered {verdict.reason}"

@@ -118,7 +118,7 @@ class Refresher:
         # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
         # token is served, or a crash now would leave only a dead refresh token behind.
         device.last_error = None  # the save sets it again if the disk fails
-        await device.save(fresh)
+        await device.state_file.save(fresh)
         device.tokens = fresh
         device.refreshed()
         self.backoff.reset()

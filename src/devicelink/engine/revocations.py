@@ -63,7 +63,7 @@ class Revocations:
                 error = device.last_error = refused
                 logger.warning("%s; not retrying", error)
             self.owed.remove((token, hint))
-            await device.save_current()
+            await device.state_file.save_current()
         return error
 
     def start(self, first_delay: float) -> None:
