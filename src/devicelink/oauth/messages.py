@@ -9,8 +9,6 @@ whose message names the field but never echoes a secret.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from devicelink.errors import ProtocolViolation
+from devicelink.oauth.id_token import account_from_id_token
 from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -308,31 +307,6 @@ def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool 
         scope=scope.replace(",", " ") if scope else None,  # GitHub separates with commas
         account=account_from_id_token(id_token, issuer, client_id) if isinstance(id_token, str) else None,
     )
-
-
-def account_from_id_token(id_token: str, issuer: str, client_id: str) -> Account | None:
-    """The signed-in account, for the screen and status only (RFC 8628 §5.1: let the owner
-    notice a wrong account). The ID token came straight from the token endpoint over TLS, so
-    its signature need not be checked (OIDC Core §3.1.3.7 item 6), but iss and aud must match."""
-    try:
-        payload = id_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    if not isinstance(claims, dict) or claims.get("iss") != issuer:
-        return None
-    aud = claims.get("aud")
-    if client_id not in (aud if isinstance(aud, list) else [aud]):
-        return None
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        return None
-    name = _field(claims, "name", "preferred_username", "email")
-    acr, auth_time = claims.get("acr"), claims.get("auth_time")
-    return Account(sub=sub, name=name if isinstance(name, str) else None,
-                   acr=acr if isinstance(acr, str) else None,
-                   auth_time=int(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool)
-                   and 0 <= auth_time < 2**40 else None)
 
 
 def describe(resp: Response) -> str:
