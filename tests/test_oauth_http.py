@@ -212,3 +212,24 @@ def test_repeated_parameters_are_all_sent():
     form = parse_qs(seen["body"])
     assert form["resource"] == ["https://a.example", "https://b.example"] and form["client_id"] == ["tv"]
     assert seen["type"] == "application/x-www-form-urlencoded"
+
+
+def test_the_client_is_made_when_a_request_is_due_and_closed_when_idle(dev_server):
+    """A paired daemon holds no HTTP client (CA bundle, SSL context, pool) between refreshes."""
+    async def main():
+        http = OAuthHttp(None, ClientAuth("tv"), idle_close=0.0)
+        assert not http.connected  # nothing made at start
+        reply = await http.send(m.metadata_requests(dev_server.issuer)[0])
+        assert reply.status == 200
+        assert http.connected  # the close is only scheduled (after idle_close)
+        for _ in range(20):  # let the loop run the idle timer and the close it schedules
+            if not http.connected:
+                break
+            await asyncio.sleep(0)
+        assert not http.connected
+        again = await http.send(m.metadata_requests(dev_server.issuer)[0])  # made again when due
+        assert again.status == 200
+        await http.aclose()
+        assert not http.connected
+
+    run(main())
