@@ -18,17 +18,19 @@ else 1 (key, state directory, display, GPIO: what stops ``run`` with 1).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import socket
 import ssl
 import stat
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 from urllib.parse import urlsplit
 
 from devicelink import __version__
@@ -47,6 +49,8 @@ AS_ROOT = "run doctor as root or as the daemon's user (sudo devicelink doctor) t
 
 #: The exit code of a failed check (docs/cli.md); any other check's failure is 1.
 EXIT_FOR_CHECK = {"config": 78, "policy": 78, "socket": 5, "daemon": 5, "server": 6}
+#: The endpoints [provider] may set; a config with the first two needs no discovery.
+ENDPOINTS = ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
 
 
 class Finding(NamedTuple):
@@ -370,74 +374,83 @@ def _judge_status(status: dict) -> list[Finding]:
 
 def check_server(cfg: Config) -> list[Finding]:
     """Discovery (RFC 8414, then OpenID Connect) as the daemon does it, or the configured
-    endpoints when both are set; TLS verified, http:// only as the config allows it."""
-    import httpx
-
+    endpoints when both are set; TLS verified, http:// only as the config allows it.
+    The daemon's own flows and HTTP adapter, each request tried once."""
+    from devicelink.errors import GrantFailed, ProtocolViolation
     from devicelink.oauth import grant
     from devicelink.oauth import messages as m
-    from devicelink.errors import ProtocolViolation
+    from devicelink.oauth.http import ClientAuth, run_sync
 
     p = cfg.provider
-    configured = {k: v for k in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
-                  if (v := getattr(p, k))}
-    headers = {"accept": "application/json", "user-agent": f"devicelink-doctor/{__version__}"}
-    with httpx.Client(timeout=SERVER_TIMEOUT, follow_redirects=False, headers=headers) as http:
-        if "device_authorization_endpoint" in configured and "token_endpoint" in configured:
-            findings = []
-            for name in ("device_authorization_endpoint", "token_endpoint"):
-                resp, failure = _get(http, configured[name])
-                if failure is not None:
-                    return [failure]
-                fine = resp.status_code < 500
-                findings.append(Finding(OK if fine else WARN, "server", f"{name} {configured[name]} answers "
-                                        f"(HTTP {resp.status_code} to a GET)",
-                                        "" if fine else "the server has trouble; try again later"))
-            return findings + _skew(resp)
-        answers = []
-        for request in m.metadata_requests(p.issuer):
-            resp, failure = _get(http, request.url)
-            if failure is not None:
-                return [failure]
-            if resp.status_code != 200:
-                answers.append(f"{request.url} answered {resp.status_code}")
-                continue
-            try:
-                metadata = m.parse_metadata(m.Response(200, resp.content, 0.0,
-                                                             {k.lower(): v for k, v in resp.headers.items()}), p.issuer)
-                endpoints = grant.resolve_endpoints(metadata, configured)
-            except ProtocolViolation as exc:
-                return [Finding(FAIL, "server", str(exc), "check [provider] issuer against the server's issuer "
-                                "(exactly, trailing slash included), or set the endpoints in [provider]")]
-            for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
-                url = getattr(endpoints, name)
-                if url and not transport_allowed(url, p.allow_insecure_http):
-                    return [Finding(FAIL, "server", f"the discovery document's {name} {url} is not https",
-                                    "the server must publish https:// endpoints")]
-            return [Finding(OK, "server", f"{request.url}: issuer matches, device authorization at "
-                            f"{endpoints.device_authorization_endpoint}")] + _skew(resp)
-    return [Finding(FAIL, "server", "no discovery document: " + "; ".join(answers),
-                    "check [provider] issuer, or set device_authorization_endpoint and token_endpoint")]
+    configured = {k: v for k in ENDPOINTS if (v := getattr(p, k))}
+    seen: list[tuple[m.Request, m.Reply]] = []
 
-
-def _get(http: Any, url: str) -> tuple[Any, Finding | None]:
-    import httpx
+    def drive(flow: Any) -> Any:  # discovery and probes take no client authentication
+        with _quiet("asyncio", "devicelink.oauth.http"):  # what goes wrong is a finding, not a log line
+            return run_sync(flow, ClientAuth(p.client_id), deadline=SERVER_TIMEOUT,
+                            observe=lambda request, reply: seen.append((request, reply)))
 
     try:
-        return http.get(url), None
-    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:  # httpcore < 0.17 lets ssl errors through
-        what, fix = describe_network_failure(exc, url)
-        return None, Finding(FAIL, "server", what, fix)
+        if m.Endpoints.complete(configured):
+            answers = drive(grant.probe(configured[name] for name in ENDPOINTS[:2]))
+            return [_answers(name, url, resp) for name, (url, resp) in zip(ENDPOINTS, answers)] \
+                + _skew(answers[-1][1])
+        metadata = drive(grant.discover(p.issuer, None))
+        endpoints = grant.resolve_endpoints(metadata, configured)
+    except GrantFailed:
+        request, failure = seen[-1]
+        return [Finding(FAIL, "server", *_unanswered(failure, request.url))]
+    except ProtocolViolation as exc:
+        if not any(isinstance(reply, m.Response) and reply.status == 200 for _, reply in seen):
+            return [Finding(FAIL, "server", str(exc), "check [provider] issuer")]
+        return [Finding(FAIL, "server", str(exc), "check [provider] issuer against the server's issuer "
+                        "(exactly, trailing slash included), or set the endpoints in [provider]")]
+    for name in ENDPOINTS:
+        url = getattr(endpoints, name)
+        if url and not transport_allowed(url, p.allow_insecure_http):
+            return [Finding(FAIL, "server", f"the discovery document's {name} {url} is not https",
+                            "the server must publish https:// endpoints")]
+    request, resp = seen[-1]
+    return [Finding(OK, "server", f"{request.url}: issuer matches, device authorization at "
+                    f"{endpoints.device_authorization_endpoint}")] + _skew(resp)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _answers(name: str, url: str, resp: Any) -> Finding:
+    fine = resp.status < 500
+    return Finding(OK if fine else WARN, "server", f"{name} {url} answers (HTTP {resp.status} to a GET)",
+                   "" if fine else "the server has trouble; try again later")
+
+
+def _unanswered(failure: Any, url: str) -> tuple[str, str]:
+    if failure.exc is not None:
+        return describe_network_failure(failure.exc, url)
+    return f"no usable answer from {_where(url)}: {failure.reason}", "check the network, a firewall or a proxy"
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    return f"{host}:{parts.port}" if parts.port else host
 
 
 def describe_network_failure(exc: BaseException, url: str) -> tuple[str, str]:
     """What went wrong reaching ``url``, and what to do, from the exception's causes."""
-    import httpx
-
     from devicelink import clock
 
-    parts = urlsplit(url)
-    host = parts.hostname or url
-    where = f"{host}:{parts.port}" if parts.port else host
+    host, where = urlsplit(url).hostname or url, _where(url)
     chain = _causes(exc)
     cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
     if cert is not None or "CERTIFICATE_VERIFY_FAILED" in str(exc):
@@ -450,7 +463,7 @@ def describe_network_failure(exc: BaseException, url: str) -> tuple[str, str]:
     if any(isinstance(e, socket.gaierror) for e in chain) or "name resolution" in str(exc).lower() \
             or "name or service not known" in str(exc).lower():
         return f"cannot resolve {host} (DNS)", "check the network and DNS (resolvectl status, /etc/resolv.conf)"
-    if isinstance(exc, httpx.TimeoutException):
+    if any(isinstance(e, TimeoutError) for e in chain):  # httpx's timeouts are raised from one
         return f"no answer from {where} within {SERVER_TIMEOUT:g} s", "check the network, a firewall or a proxy"
     err = next((e for e in chain if isinstance(e, OSError) and e.errno), None)
     if err is not None and err.errno == errno.ECONNREFUSED:
@@ -461,10 +474,17 @@ def describe_network_failure(exc: BaseException, url: str) -> tuple[str, str]:
 
 
 def _causes(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and its causes, and the members of any exception group among them
+    (a connection to a name with several addresses can fail on each)."""
     chain: list[BaseException] = []
-    while exc is not None and len(chain) < 10:
+    todo = [exc] if exc is not None else []
+    while todo and len(chain) < 20:
+        exc = todo.pop(0)
         chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        if (cause := exc.__cause__ or exc.__context__) is not None:
+            todo.append(cause)
     return chain
 
 
