@@ -59,10 +59,7 @@ class Response:
 @dataclass(frozen=True)
 class Failure:
     """No usable HTTP answer: DNS, connect, TLS, timeout, reset, or a body over the size cap.
-
-    ``exc`` is the exception behind it, when there was one, for a caller that explains
-    network trouble from its causes (``doctor``). The flows judge ``reason`` alone; ``exc``
-    is left out of repr and comparison, and is never logged."""
+    ``exc``, the exception behind it, is for ``doctor`` to explain: never judged, compared or logged."""
 
     reason: str
     at: float  # monotonic
