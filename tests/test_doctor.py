@@ -288,3 +288,53 @@ def test_without_root_permission_errors_are_findings(short_tmp: Path, dev_server
     [fail] = failed(out)
     assert fail.startswith(f"FAIL  daemon: permission denied on {short_tmp / 'agent.sock'}")
     assert "add this user to group" in fail
+
+
+def test_server_check_asks_once_and_stays_quiet(short_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon's discovery, each document asked for once: a server in trouble is reported
+    at once, not retried with backoff; what went wrong is a finding, not a log line."""
+    import http.server
+    import logging
+
+    paths = []
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    issuer = f"http://127.0.0.1:{server.server_port}/realm"
+    try:
+        with caplog.at_level(logging.DEBUG):
+            [finding] = doctor.check_server(config.load(write_config(short_tmp, issuer, "tv")))
+    finally:
+        server.shutdown()
+    assert paths == ["/.well-known/oauth-authorization-server/realm", "/realm/.well-known/openid-configuration"]
+    assert finding.level == doctor.FAIL and finding.what.startswith("no discovery document: ")
+    assert finding.what.count("answered 503") == 2 and "check [provider] issuer" in finding.fix
+    assert not [r for r in caplog.records if r.name in ("asyncio", "devicelink.oauth.http")]
+
+
+def test_timeouts_and_grouped_causes_are_explained() -> None:
+    """httpx's timeouts are raised from a TimeoutError; anyio raises a refused connection
+    to a name with several addresses from a group of them."""
+    def raised(exc: BaseException, cause: BaseException) -> BaseException:
+        try:
+            raise exc from cause
+        except BaseException as caught:  # noqa: BLE001
+            return caught
+
+    url = "https://id.example.com:8443/realm"
+    what, fix = doctor.describe_network_failure(raised(RuntimeError("ReadTimeout"), TimeoutError()), url)
+    assert what == "no answer from id.example.com:8443 within 10 s" and "firewall" in fix
+    group = ExceptionGroup("attempts", [OSError(101, "Network is unreachable"),
+                                        ConnectionRefusedError(111, "Connection refused")])
+    what, _ = doctor.describe_network_failure(raised(OSError("All connection attempts failed"), group), url)
+    assert what == "id.example.com:8443 is not reachable: Network is unreachable"

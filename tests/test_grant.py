@@ -311,6 +311,64 @@ def test_discovery_falls_back_to_oidc_and_checks_issuer():
         gen.send(answer(200, {"issuer": ISSUER + "/", "token_endpoint": "x"}, 1))
 
 
+def test_discovery_retries_a_5xx_on_the_same_document():
+    """The daemon's discovery: a server that is down now is asked again later, not skipped."""
+    gen = grant.discover(ISSUER, grant.Backoff(random.Random(0)))
+    first = next(gen)
+    step = gen.send(answer(503, b"", 10.0, {"retry-after": "30"}))
+    assert step.request.url == first.request.url and step.not_before == pytest.approx(40.0)
+    step = gen.send(m.Failure("ConnectError: refused", 41.0))
+    assert step.request.url == first.request.url and step.not_before > 41.0
+
+
+def test_discovery_once_asks_each_document_once_and_reports():
+    """doctor's discovery: no retries, no waits; an answer that is not 200 moves on."""
+    gen = grant.discover(ISSUER, None)
+    first = next(gen)
+    assert first.not_before is None and first.request.method == "GET" and not first.request.authenticate
+    second = gen.send(answer(503, b"", 1.0, {"retry-after": "30"}))
+    assert second.request.url.endswith("/.well-known/openid-configuration") and second.not_before is None
+    with pytest.raises(ProtocolViolation, match=r"no discovery document: .*answered 503; .*answered 404"):
+        gen.send(answer(404, b"<html>", 2.0))
+
+    gen = grant.discover(ISSUER, None)
+    next(gen)
+    with pytest.raises(GrantFailed, match="no answer from https://id.example/.well-known/") as failed:
+        gen.send(m.Failure("ConnectError: refused", 1.0, ConnectionRefusedError(111, "refused")))
+    assert failed.value.unanswered == "ConnectError: refused" and failed.value.oauth_error is None
+
+    gen = grant.discover(ISSUER, None)
+    next(gen)
+    with pytest.raises(ProtocolViolation, match="answered 200 without a JSON object"):
+        gen.send(answer(200, b"<html>captive portal</html>", 1.0))  # transient to the daemon, a finding here
+
+
+def test_probe_gets_each_endpoint_once_without_client_authentication():
+    urls = ["https://id.example/device", "https://id.example/token"]
+    gen = grant.probe(urls)
+    step = next(gen)
+    assert step.request == m.probe_request(urls[0])
+    assert (step.request.kind, step.request.method, step.request.form, step.request.authenticate) == \
+        ("probe", "GET", (), False)
+    step = gen.send(answer(405, b"", 1.0))
+    assert step.request.url == urls[1] and step.not_before is None
+    with pytest.raises(StopIteration) as done:
+        gen.send(answer(503, {"error": "temporarily_unavailable"}, 2.0))
+    assert [(url, r.status) for url, r in done.value.value] == [(urls[0], 405), (urls[1], 503)]
+
+    gen = grant.probe(urls)
+    next(gen)
+    with pytest.raises(GrantFailed, match="no answer from https://id.example/device: timeout"):
+        gen.send(m.Failure("timeout", 1.0))
+
+
+def test_a_failure_carries_its_exception_out_of_repr_and_comparison():
+    cause = OSError(111, "refused, with a secret=xyz in it")
+    failure = m.Failure("ConnectError: refused", 1.0, cause)
+    assert failure.exc is cause and failure == m.Failure("ConnectError: refused", 1.0)
+    assert "secret" not in repr(failure) and "exc" not in repr(failure)
+
+
 def test_configured_endpoints_win():
     meta = {"issuer": ISSUER, "token_endpoint": "https://id.example/t",
             "device_authorization_endpoint": "https://id.example/d"}

@@ -233,3 +233,30 @@ def test_the_client_is_made_when_a_request_is_due_and_closed_when_idle(dev_serve
         assert not http.connected
 
     run(main())
+
+
+def test_run_sync_drives_a_flow_once_and_the_failure_keeps_its_exception():
+    """doctor's way: discovery asked once, every exchange observed, the network's exception
+    kept on the Failure (for explaining it) but out of the flow's error and its repr."""
+    from devicelink.errors import GrantFailed
+    from devicelink.oauth import grant
+    from devicelink.oauth.http import run_sync
+
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))  # a port nothing listens on
+    issuer = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    seen = []
+    try:
+        with pytest.raises(GrantFailed, match=r"no answer from http://127\.0\.0\.1:\d+/\.well-known/") as failed:
+            run_sync(grant.discover(issuer, None), ClientAuth("tv"), deadline=10,
+                     observe=lambda request, reply: seen.append((request, reply)))
+    finally:
+        unused.close()
+    [(request, reply)] = seen  # once: no retry
+    assert request.kind == "discovery" and isinstance(reply, m.Failure)
+    causes, exc = [], reply.exc
+    while exc is not None:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert any(isinstance(e, ConnectionRefusedError) for e in causes), causes
+    assert failed.value.unanswered == reply.reason and "exc" not in repr(reply)

@@ -836,7 +836,7 @@ def test_standalone_prints_issuer_and_stops_on_sigterm():
     root = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": f"{root / 'src'}:{root / 'simulator'}", "PATH": "/usr/bin:/bin"}
     with subprocess.Popen(
-        [sys.executable, "-m", "devicelink_sim.authserver", "--port", "0", "--interval", "1",
+        [sys.executable, "-m", "devicelink_sim", "server", "--port", "0", "--interval", "1",
          "--resource", "https://printer.example.com", "--no-step-up"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

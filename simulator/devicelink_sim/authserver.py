@@ -10,8 +10,8 @@ tokens (signing.py). Fault injection for the daemon's tests (latency, 5xx, 429,
 resets, timeouts, malformed or oversized answers, revoked grants) is
 `srv.faults`, faults.py.
 
-Standalone, `python -m devicelink_sim.authserver [--port N] ...` (or
-`devicelink-sim server`, cli.py) prints `issuer http://127.0.0.1:PORT` and
+Standalone, `devicelink-sim server [--port N] ...` (or `python -m devicelink_sim
+server`, cli.py) prints `issuer http://127.0.0.1:PORT` and
 serves until SIGINT or SIGTERM.
 """
 
@@ -314,9 +314,3 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log(self, type, message, *args):
         logger.log(logging.WARNING if type == "error" else logging.DEBUG, message, *args)
-
-
-if __name__ == "__main__":
-    from devicelink_sim.cli import serve
-
-    raise SystemExit(serve(prog="python -m devicelink_sim.authserver"))

@@ -3,7 +3,7 @@
     devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
 
-``python -m devicelink_sim.authserver`` is ``devicelink-sim server`` too. The
+``python -m devicelink_sim server`` is ``devicelink-sim server`` too. The
 simulator's web stack (Flask, Authlib) comes with the ``sim`` extra, so it is
 imported only when a command needs it.
 """

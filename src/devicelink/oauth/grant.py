@@ -19,7 +19,7 @@ decided here, and tests step the grant by hand:
 from __future__ import annotations
 
 import random
-from typing import Generator
+from typing import Generator, Iterable
 
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import PairingCode
@@ -29,7 +29,7 @@ from devicelink.oauth.steps import (MAX_RETRY_AFTER, Backoff, Send, Show, Step, 
 from devicelink.tokens.model import TokenSet
 
 __all__ = ["Backoff", "Send", "Show", "Step", "backoff_delay", "device_flow", "discover", "exchange",
-           "reply_time", "resolve_endpoints", "transient_delay"]
+           "probe", "reply_time", "resolve_endpoints", "transient_delay"]
 
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
 
@@ -40,8 +40,12 @@ DENIED = frozenset({"access_denied", "authorization_declined"})
 EXPIRED = frozenset({"expired_token", "code_expired"})
 
 
-def discover(issuer: str, backoff: Backoff) -> Generator[Step, m.Reply, dict]:
-    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly."""
+def discover(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, dict]:
+    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly.
+
+    With a ``backoff``, no answer, a 5xx or a 429 is retried until the server answers (the
+    daemon). Without one, each document is asked for once (``doctor``): an answer that is
+    not 200 moves on to the next, and no answer at all raises :class:`GrantFailed`."""
     answers = []
     for request in m.metadata_requests(issuer):
         resp = yield from exchange(request, backoff)
@@ -50,6 +54,17 @@ def discover(issuer: str, backoff: Backoff) -> Generator[Step, m.Reply, dict]:
         answers.append(f"{request.url} answered {resp.status}")
     raise ProtocolViolation("no discovery document: " + "; ".join(answers)
                             + " (set the endpoints in [provider] for servers without discovery)")
+
+
+def probe(urls: Iterable[str]) -> Generator[Step, m.Reply, list[tuple[str, m.Response]]]:
+    """One GET to each of ``urls``, without client authentication, once: do the endpoints
+    set in the config answer at all (``doctor``, for servers without discovery)? Every
+    answer is returned, of any status, for the caller to judge; the first URL that gives
+    none raises :class:`GrantFailed`, as in :func:`exchange` without a backoff."""
+    answers = []
+    for url in urls:
+        answers.append((url, (yield from exchange(m.probe_request(url), None))))
+    return answers
 
 
 def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints:

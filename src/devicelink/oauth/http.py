@@ -70,12 +70,12 @@ class OAuthHttp:
             # deadline still ends in TimeoutError under anyio 3 (httpcore 0.16, Debian 12),
             # which leaves a task's cancelling() count raised after every TCP connect.
             return await asyncio.wait_for(self._exchange(out), self.deadline)
-        except TimeoutError:
-            return self._failed(out, f"no complete answer within {self.deadline:g} s")
+        except TimeoutError as exc:
+            return self._failed(out, f"no complete answer within {self.deadline:g} s", exc)
         # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return self._failed(out, describe_exception(exc))
+            return self._failed(out, describe_exception(exc), exc)
         finally:
             self._busy -= 1
             if self._owned and self._busy == 0 and self._client is not None:
@@ -97,9 +97,9 @@ class OAuthHttp:
             return m.Response(resp.status_code, bytes(body), self.clock(),
                               {k.lower(): v for k, v in resp.headers.items()})
 
-    def _failed(self, out: Outgoing, reason: str) -> m.Failure:
+    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
-        return m.Failure(reason, self.clock())
+        return m.Failure(reason, self.clock(), exc)
 
     async def _close_idle(self) -> None:
         client, self._idle_timer = self._client, None
@@ -139,13 +139,15 @@ class OAuthHttp:
 
 
 def run_sync(flow: Generator[steps.Step, m.Reply, T], auth: ClientAuth, *, deadline: float = DEADLINE,
-             clock: Callable[[], float] = time.monotonic) -> T:
+             clock: Callable[[], float] = time.monotonic,
+             observe: Callable[[m.Request, m.Reply], None] | None = None) -> T:
     """Drive ``flow`` from synchronous code (``doctor``, ``provision``): the same sends,
-    hook and bounds as the daemon's, on an event loop of its own for the duration."""
+    hook and bounds as the daemon's, on an event loop of its own for the duration.
+    ``observe`` sees every request and its reply, as in :meth:`OAuthHttp.run`."""
     async def drive() -> T:
         http = OAuthHttp(None, auth, clock=clock, deadline=deadline)
         try:
-            return await http.run(flow)
+            return await http.run(flow, observe=observe)
         finally:
             await http.aclose()
 

@@ -58,10 +58,12 @@ class Response:
 
 @dataclass(frozen=True)
 class Failure:
-    """No usable HTTP answer: DNS, connect, TLS, timeout, reset, or a body over the size cap."""
+    """No usable HTTP answer: DNS, connect, TLS, timeout, reset, or a body over the size cap.
+    ``exc``, the exception behind it, is for ``doctor`` to explain: never judged, compared or logged."""
 
     reason: str
     at: float  # monotonic
+    exc: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 Reply = Response | Failure
@@ -345,6 +347,11 @@ def refresh_request(endpoints: Endpoints, refresh_token: str, scope: str | None 
     if resource:
         form.append(("resource", resource))
     return Request("refresh", endpoints.token_endpoint, tuple(form))
+
+
+def probe_request(url: str) -> Request:
+    """A GET to an endpoint, without client authentication: does it answer at all?"""
+    return Request("probe", url, method="GET", authenticate=False)
 
 
 def revocation_request(endpoints: Endpoints, token: str, hint: str) -> Request:

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Generator
 
+from devicelink.errors import GrantFailed
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import messages as m
 
@@ -64,11 +65,18 @@ def transient_delay(reply: m.Reply, backoff: Backoff) -> float:
     return backoff_delay(backoff, m.retry_after(reply) if isinstance(reply, m.Response) else None)
 
 
-def exchange(request: m.Request, backoff: Backoff) -> Generator[Step, m.Reply, m.Response]:
-    """Send ``request`` until the server gives an answer that is not a transient failure."""
+def exchange(request: m.Request, backoff: Backoff | None) -> Generator[Step, m.Reply, m.Response]:
+    """Send ``request`` until the server gives an answer that is not a transient failure.
+
+    ``backoff`` None is one attempt, for a caller that tries once and reports (``doctor``):
+    an answer is returned whatever its status, and no answer raises :class:`GrantFailed`."""
     not_before = None
     while True:
         reply = yield Send(request, not_before)
+        if backoff is None:
+            if isinstance(reply, m.Failure):
+                raise GrantFailed(f"no answer from {request.url}: {reply.reason}", unanswered=reply.reason)
+            return reply
         if not m.is_transient(reply):
             backoff.reset()
             assert isinstance(reply, m.Response)

@@ -1,0 +1,173 @@
+"""The checks of this machine's own files: the config and the per-app policy, the
+state key and the state directory (by ``stat`` alone), and the clock."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from devicelink.config import Config, load
+from devicelink.doctor.findings import AS_ROOT, FAIL, OK, WARN, Finding, mode_of, user_name
+from devicelink.errors import ConfigError
+
+
+# -- config and per-app policy ---------------------------------------------------------
+
+
+def check_config(path: Path) -> tuple[list[Finding], Config | None]:
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        fix = (f"fix {path} (docs/config.md); the daemon will not start" if os.path.lexists(path) else
+               "write one (docs/config.md), or pass --config PATH / set DEVICELINK_CONFIG")
+        return [Finding(FAIL, "config", str(exc), fix)], None
+    findings = [Finding(OK, "config", f"{path} is valid")]
+    secret = cfg.provider.client_secret_file
+    if secret is not None:
+        findings.append(_secret_file(secret))
+    return findings, cfg
+
+
+def _secret_file(path: Path) -> Finding:
+    """The client secret's file by ``stat`` only: the secret itself is never read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Finding(FAIL, "config", f"[provider] client_secret_file {path} does not exist",
+                       "put the client secret there (mode 0600, owned by the daemon's user)")
+    except PermissionError:
+        return Finding(WARN, "config", f"[provider] client_secret_file {path}: permission denied", AS_ROOT)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return Finding(FAIL, "config", f"[provider] client_secret_file {path} is empty or not a file",
+                       "put the client secret there")
+    if st.st_mode & 0o077:
+        return Finding(WARN, "config", f"[provider] client_secret_file {path} is readable by other users "
+                       f"(mode {mode_of(st)})", f"chmod 600 {path}")
+    return Finding(OK, "config", f"client secret file {path} present, mode {mode_of(st)}")
+
+
+def check_policy(cfg: Config) -> list[Finding]:
+    """The entries and drop-ins the daemon would skip (``policy.load(cfg).problems``), one line each."""
+    from devicelink import policy
+
+    try:
+        loaded = policy.load(cfg)
+    except ConfigError as exc:
+        return [Finding(FAIL, "policy", str(exc), "fix it; the daemon will not start")]
+    fix = "fix or remove it; until then the daemon skips it (systemctl reload devicelink after)"
+    findings = [Finding(WARN, "policy", problem, fix) for problem in loaded.problems]
+    if not loaded.problems:
+        count = len(loaded)
+        what = (f"{count} app entr{'y' if count == 1 else 'ies'} ([[client]] and clients.d/)" if count else
+                "no [[client]] entries: only root and the daemon's own user may ask for tokens")
+        findings.append(Finding(OK, "policy", what))
+    return findings
+
+
+# -- the state key and the state directory ---------------------------------------------
+
+
+def check_key(cfg: Config, status: dict | None) -> list[Finding]:
+    from devicelink.tokens import keys
+
+    running = status.get("key_source") if status else None
+    source = running if running in ("file", "credential") else keys.key_source(cfg.storage.key)
+    said = " (the daemon says so)" if running else ""
+    if source == "credential":
+        return [_credential(keys, running is not None)]
+    path = Path(cfg.storage.state_dir) / keys.KEY_FILE
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if _state_files(cfg.storage.state_dir):
+            return [Finding(FAIL, "key", f"no key file {path}, but a state file exists: it was written with "
+                            "another key, so the next start makes a new key and the device starts unpaired",
+                            "restore state.key, or set [storage] key to the source that wrote it (docs/keys.md)")]
+        auto = (" (key = 'auto': the service uses the systemd credential instead when its unit loads one)"
+                if cfg.storage.key == "auto" and not running else "")
+        return [Finding(OK, "key", f"no key file yet: the daemon makes {path} at its first start{auto}")]
+    except PermissionError:
+        return [Finding(WARN, "key", f"cannot look at {path}: permission denied", AS_ROOT)]
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        return [Finding(FAIL, "key", f"{path} is not a regular file (the daemon refuses symlinks)",
+                        "put the 32-byte key file itself there")]
+    if st.st_mode & 0o077:
+        return [Finding(FAIL, "key", f"{path} has mode {mode_of(st)}: other users can read the state key",
+                        f"chmod 600 {path}; as it could be read, re-key: devicelink rekey (docs/keys.md)")]
+    if st.st_size != keys.KEY_BYTES:
+        return [Finding(FAIL, "key", f"{path} is {st.st_size} bytes, a key is exactly {keys.KEY_BYTES}",
+                        "restore the key file (removing it makes a new key: the device starts unpaired)")]
+    return [Finding(OK, "key", f"key file {path}{said}: {keys.KEY_BYTES} bytes, mode {mode_of(st)}, "
+                    f"owner {user_name(st.st_uid)}")]
+
+
+def _credential(keys: Any, running: bool) -> Finding:
+    given = keys.credential_path()  # set when doctor itself runs with the unit's credentials
+    if given is not None and os.path.lexists(given):
+        try:
+            size = os.stat(given).st_size
+        except OSError as exc:
+            return Finding(WARN, "key", f"cannot look at the credential {given}: {exc.strerror}", AS_ROOT)
+        if size != keys.KEY_BYTES:
+            return Finding(FAIL, "key", f"the credential {given} is {size} bytes, a key is exactly "
+                           f"{keys.KEY_BYTES}", "seal 32 raw bytes (docs/keys.md)")
+        return Finding(OK, "key", f"systemd credential {keys.CREDENTIAL_NAME}: {keys.KEY_BYTES} bytes")
+    if running:
+        return Finding(OK, "key", f"the daemon reads the systemd credential {keys.CREDENTIAL_NAME}")
+    unit = f"LoadCredentialEncrypted={keys.CREDENTIAL_NAME}:{keys.CREDSTORE_PATH}"
+    try:
+        present = keys.CREDSTORE_PATH.exists() and os.stat(keys.CREDSTORE_PATH).st_size > 0
+    except PermissionError:
+        return Finding(WARN, "key", f"cannot look for the sealed credential {keys.CREDSTORE_PATH}: permission "
+                       "denied", AS_ROOT)
+    if present:
+        return Finding(OK, "key", f"sealed credential {keys.CREDSTORE_PATH} present (the unit needs {unit})")
+    return Finding(WARN, "key", f"[storage] key is 'credential', but {keys.CREDSTORE_PATH} does not exist",
+                   f"seal one (head -c 32 /dev/urandom | systemd-creds encrypt --name={keys.CREDENTIAL_NAME} - "
+                   f"{keys.CREDSTORE_PATH}) and load it with {unit} (docs/keys.md)")
+
+
+def _state_files(state_dir: Path) -> bool:
+    try:
+        return any(n.startswith("state.") and n.endswith(".bin") for n in os.listdir(state_dir))
+    except OSError:
+        return False
+
+
+def check_state_dir(state_dir: Path, daemon_uid: int | None) -> list[Finding]:
+    try:
+        st = os.stat(state_dir)
+    except FileNotFoundError:
+        return [Finding(OK, "state", f"{state_dir} does not exist yet: the daemon makes it (0700) at start")]
+    except PermissionError:
+        return [Finding(WARN, "state", f"cannot look at {state_dir}: permission denied", AS_ROOT)]
+    if not stat.S_ISDIR(st.st_mode):
+        return [Finding(FAIL, "state", f"{state_dir} is not a directory", "move it away; the daemon makes the "
+                        "directory")]
+    findings = []
+    if st.st_mode & 0o077:
+        findings.append(Finding(WARN, "state", f"{state_dir} has mode {mode_of(st)}, expected 0700",
+                                f"chmod 700 {state_dir} (the daemon also tightens it at start)"))
+    if daemon_uid is not None and st.st_uid != daemon_uid:
+        findings.append(Finding(WARN, "state", f"{state_dir} is owned by {user_name(st.st_uid)}, but the daemon "
+                                f"runs as {user_name(daemon_uid)}", f"chown -R {user_name(daemon_uid)} {state_dir}"))
+    return findings or [Finding(OK, "state", f"{state_dir}: mode {mode_of(st)}, owner {user_name(st.st_uid)}")]
+
+
+# -- the clock ---------------------------------------------------------------------------
+
+
+def check_clock() -> list[Finding]:
+    from devicelink import clock
+
+    reading = clock.default_probe().check()
+    if reading.synced:
+        return [Finding(OK, "clock", f"the wall clock is synchronised (told by {reading.source})")]
+    if reading.synced is False:
+        return [Finding(WARN, "clock", f"the wall clock is not synchronised (told by {reading.source}): TLS "
+                        "can fail with 'certificate is not yet valid', stored tokens are refreshed before use",
+                        "enable NTP (timedatectl set-ntp true) and let the device reach an NTP server")]
+    return [Finding(WARN, "clock", "cannot tell whether the wall clock is synchronised",
+                    f"run systemd-timesyncd, or set {clock.OVERRIDE_ENV}=1 if the RTC is known to be right")]
