@@ -13,7 +13,7 @@ import ssl
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from devicelink.config import Config, transport_allowed
+from devicelink.config import Config
 from devicelink.doctor.findings import FAIL, OK, WARN, Finding
 from devicelink.errors import GrantFailed, ProtocolViolation
 from devicelink.oauth import grant
@@ -54,11 +54,9 @@ def check_server(cfg: Config) -> list[Finding]:
             return [Finding(FAIL, "server", str(exc), "check [provider] issuer")]
         return [Finding(FAIL, "server", str(exc), "check [provider] issuer against the server's issuer "
                         "(exactly, trailing slash included), or set the endpoints in [provider]")]
-    for name in ENDPOINTS:
-        url = getattr(endpoints, name)
-        if url and not transport_allowed(url, p.allow_insecure_http):
-            return [Finding(FAIL, "server", f"the discovery document's {name} {url} is not https",
-                            "the server must publish https:// endpoints")]
+    if (insecure := grant.insecure_endpoint(endpoints, p.allow_insecure_http)) is not None:
+        return [Finding(FAIL, "server", f"the discovery document's {insecure} is not https",
+                        "the server must publish https:// endpoints")]
     request, resp = seen[-1]
     return [Finding(OK, "server", f"{request.url}: issuer matches, device authorization at "
                     f"{endpoints.device_authorization_endpoint}")] + _skew(resp)

@@ -13,7 +13,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from devicelink.clock import explain_failure
-from devicelink.config import transport_allowed
 from devicelink.engine.answers import CodeShown
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import Event
@@ -110,10 +109,8 @@ class Pairing:
         flow = grant.discover(device.provider.issuer, grant.Backoff(device.rng))
         metadata = await device.http.run(flow, sleep=device.sleep, observe=self.observe)
         endpoints = grant.resolve_endpoints(metadata, device.configured)
-        for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
-            url = getattr(endpoints, name)
-            if url and not transport_allowed(url, device.provider.allow_insecure_http):
-                raise ProtocolViolation(f"the discovery document's {name} {url!r} is not https")
+        if (insecure := grant.insecure_endpoint(endpoints, device.provider.allow_insecure_http)) is not None:
+            raise ProtocolViolation(f"the discovery document's {insecure} is not https")
         device.endpoints = endpoints
         return endpoints
 

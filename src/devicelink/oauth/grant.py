@@ -82,6 +82,18 @@ def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints
                        revocation_endpoint=pick("revocation_endpoint"))
 
 
+def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str | None:
+    """The first discovered endpoint not reached over TLS (http:// only to loopback, when allowed),
+    as ``"name url"``; None when all are fine (RFC 8414 §2: endpoints MUST be https)."""
+    from devicelink.config import transport_allowed
+
+    for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+        url = getattr(endpoints, name)
+        if url and not transport_allowed(url, allow_insecure_http):
+            return f"{name} {url}"
+    return None
+
+
 def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, ...],
                 issuer: str, client_id: str, rng: random.Random,
                 extra: tuple[tuple[str, str], ...] = ()) -> Generator[Step, m.Reply, TokenSet]:
