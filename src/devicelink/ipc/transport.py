@@ -130,6 +130,12 @@ class _Idle:
                 return conn
             conn.close()
 
+    @staticmethod
+    def _again(conn: Any, exc: BaseException, retry: bool) -> bool:
+        """Close ``conn`` after ``exc``; whether to send the request once more, on a new one."""
+        conn.close()
+        return retry and conn.reused and isinstance(exc, _GONE)
+
     def _give_back(self, conn: Any, reusable: bool) -> None:
         if reusable and len(self._idle) < MAX_IDLE:
             self._idle.append(conn)
@@ -151,14 +157,10 @@ class Pool(_Idle):
             try:
                 conn.send(data, deadline)
                 response, reusable = conn.read_answer(deadline)
-            except _GONE:
-                conn.close()
-                if retry and conn.reused:
+            except BaseException as exc:
+                if self._again(conn, exc, retry):
                     retry = False
                     continue
-                raise
-            except BaseException:
-                conn.close()
                 raise
             self._give_back(conn, reusable)
             return response
@@ -232,14 +234,10 @@ class AsyncPool(_Idle):
             try:
                 await conn.send(data)
                 response, reusable = await conn.read_answer()
-            except _GONE:
-                conn.close()
-                if retry and conn.reused:
+            except BaseException as exc:
+                if self._again(conn, exc, retry):
                     retry = False
                     continue
-                raise
-            except BaseException:
-                conn.close()
                 raise
             self._give_back(conn, reusable)
             return response
