@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from devicelink.ipc import wire
 
@@ -58,11 +58,13 @@ def _stale(sock: socket.socket) -> bool:
 
 
 class Connection:
-    """One blocking connection; every call takes the deadline it must finish by."""
+    """One blocking connection; every call takes the deadline it must finish by, on
+    ``clock`` (tests pass one of their own)."""
 
-    def __init__(self, path: str, deadline: float | None) -> None:
+    def __init__(self, path: str, deadline: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.sock = _open_socket()
         self.reused = False
+        self.clock = clock
         try:
             self._timeout(deadline)
             self.sock.connect(path)
@@ -74,7 +76,7 @@ class Connection:
         if deadline is None:
             self.sock.settimeout(None)
             return
-        left = deadline - time.monotonic()
+        left = deadline - self.clock()
         if left <= 0:
             raise TimeoutError("timed out")
         self.sock.settimeout(left)
@@ -114,8 +116,9 @@ class _Idle:
     """The kept connections of a pool. ``list.pop`` and ``append`` are atomic, so
     threads may share a blocking pool without a lock."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.clock = clock
         self._idle: list[Any] = []
 
     def _take(self) -> Any:
@@ -151,9 +154,9 @@ class Pool(_Idle):
     """Blocking requests over a few reused connections."""
 
     def request(self, data: bytes, timeout: float, retry: bool) -> Response:
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         while True:
-            conn = self._take() or Connection(self.path, deadline)
+            conn = self._take() or Connection(self.path, deadline, self.clock)
             try:
                 conn.send(data, deadline)
                 response, reusable = conn.read_answer(deadline)

@@ -38,7 +38,7 @@ MAX_INTERIM = 8
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 _FIELD_VALUE_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"  # §5.5, with obs-text
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")  # §7.1, extensions ignored
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")  # §7.1, extensions ignored
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
@@ -214,7 +214,7 @@ class ResponseReader:
     def _frame(self, head: Head) -> None:
         """Choose how the body ends (RFC 9112 §6.3)."""
         connection = head.get("connection")
-        if connection is not None and "close" in _tokens(connection):
+        if connection is not None and "close" in (t.strip().lower() for t in connection.split(",")):
             self._keep_alive = False
         coding, length = head.get("transfer-encoding"), head.get("content-length")
         if head.status in (204, 304):
@@ -222,13 +222,13 @@ class ResponseReader:
         elif coding is not None:
             if length is not None:
                 raise ProtocolError("the answer has both transfer-encoding and content-length")
-            if _tokens(coding) != ["chunked"]:
+            if coding.lower() != "chunked":  # one field, one coding
                 raise ProtocolError(f"unsupported transfer-encoding: {_show(coding.encode('latin-1'))}")
             if self._version == 0:  # §6.1: faulty framing in an HTTP/1.0 message
                 raise ProtocolError("transfer-encoding in an HTTP/1.0 answer")
             self._state = _CHUNK_SIZE
         elif length is not None:
-            values = set(_tokens(length))
+            values = {v.strip() for v in length.split(",")}
             if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
                 raise ProtocolError(f"a malformed content-length: {_show(length.encode('latin-1'))}")
             self._remaining = int(value)
@@ -329,10 +329,6 @@ class ResponseReader:
         if self._eof:
             raise ProtocolError(f"the connection closed before {what}")
         return None
-
-
-def _tokens(value: str) -> list[str]:
-    return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
 def _show(data: bytes | bytearray, limit: int = 60) -> str:
