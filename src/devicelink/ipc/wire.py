@@ -25,7 +25,6 @@ needs more bytes.
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 MAX_HEAD = 64 * 1024
@@ -35,11 +34,13 @@ MAX_BODY = 1 << 20
 MAX_CHUNK_LINE = 1024
 MAX_INTERIM = 8
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
-_FIELD_VALUE_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"  # §5.5, with obs-text
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")  # §7.1, extensions ignored
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Byte classes, checked with bytes.translate(None, allowed): what is left is not allowed.
+# (No regular expressions: compiling them would be most of this module's import time.)
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_TOKEN = _ALNUM + b"!#$%&'*+-.^_`|~"  # RFC 9110 §5.6.2
+_TEXT = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))  # field values (§5.5), reasons: with obs-text
+_HEX = b"0123456789ABCDEFabcdef"
+_UNRESERVED = frozenset(_ALNUM + b"-._~")  # RFC 3986 §2.3
 
 
 class ProtocolError(Exception):
@@ -194,10 +195,10 @@ class ResponseReader:
             if b"\r" in line or b"\n" in line:
                 raise ProtocolError("a line of the answer's head does not end in CRLF")
             name, colon, value = line.partition(b":")
-            if not colon or _TOKEN.fullmatch(name) is None:
+            if not colon or not _is_token(name):
                 raise ProtocolError(f"a malformed header field: {_show(line)}")
             value = value.strip(b" \t")
-            if value.translate(None, _FIELD_VALUE_BYTES):
+            if value.translate(None, _TEXT):
                 raise ProtocolError(f"a header field with control characters: {_show(name)}")
             fields.append((name.decode("ascii").lower(), value.decode("latin-1")))
         self._version = version
@@ -206,10 +207,14 @@ class ResponseReader:
 
     @staticmethod
     def _status_line(line: bytes) -> tuple[int, int, str]:
-        match = _STATUS_LINE.fullmatch(line)
-        if match is None:
+        """``HTTP/1.x SP 3DIGIT [SP reason]`` (§4; h11 also takes a missing reason), the
+        status 100 to 599 (RFC 9110 §15)."""
+        version, status, reason = line[7:8], line[9:12], line[13:]
+        if (line[:7] != b"HTTP/1." or version not in (b"0", b"1") or line[8:9] != b" " or len(status) != 3
+                or not status.isdigit() or not b"100" <= status <= b"599" or line[12:13] not in (b"", b" ")
+                or reason.translate(None, _TEXT)):
             raise ProtocolError(f"a malformed status line: {_show(line)}")
-        return int(match[1]), int(match[2]), (match[3] or b"").decode("latin-1")
+        return int(version), int(status), reason.decode("latin-1")
 
     def _frame(self, head: Head) -> None:
         """Choose how the body ends (RFC 9112 §6.3)."""
@@ -268,11 +273,14 @@ class ResponseReader:
             if len(buf) > MAX_CHUNK_LINE or b"\n" in buf:
                 raise ProtocolError("a malformed chunk size line")
             return self._need("a chunk size")
-        match = _CHUNK_LINE.fullmatch(bytes(buf[:end]))
-        if match is None:
-            raise ProtocolError(f"a malformed chunk size line: {_show(buf[:end])}")
+        line = bytes(buf[:end])
+        size_hex, semicolon, extensions = line.partition(b";")  # §7.1.1: extensions are ignored
+        if not semicolon:
+            size_hex = size_hex.rstrip(b" \t")
+        if not 0 < len(size_hex) <= 16 or size_hex.translate(None, _HEX) or extensions.translate(None, _TEXT):
+            raise ProtocolError(f"a malformed chunk size line: {_show(line)}")
         del buf[:end + 2]
-        size = int(match[1], 16)
+        size = int(size_hex, 16)
         if size == 0:
             self._state = _TRAILERS
             return self._trailers()
@@ -306,7 +314,7 @@ class ResponseReader:
                 return self._need("the end of the answer")
             for line in bytes(buf[:end]).split(b"\r\n"):
                 name, colon, _ = line.partition(b":")
-                if not colon or _TOKEN.fullmatch(name) is None:
+                if not colon or not _is_token(name):
                     raise ProtocolError(f"a malformed trailer field: {_show(line)}")
         del buf[:end + 4]
         self._state = _DONE
@@ -329,6 +337,10 @@ class ResponseReader:
         if self._eof:
             raise ProtocolError(f"the connection closed before {what}")
         return None
+
+
+def _is_token(name: bytes) -> bool:
+    return bool(name) and not name.translate(None, _TOKEN)
 
 
 def _show(data: bytes | bytearray, limit: int = 60) -> str:
