@@ -1,6 +1,7 @@
 """How fast ``devicelink token`` answers, against ``python -c pass`` and curl (issue 9).
 
-    .venv/bin/python bench/cli_bench.py [--runs 30] [--src DIR] [--top 15] [--json]
+    .venv/bin/python bench/cli_bench.py [--runs 30] [--python PATH] [--src DIR] [--no-bytecode] [--top 15]
+                                        [--json]
 
 A real daemon, paired against the development server
 (``socket_bench.start_paired_daemon``), serves its token from memory. Then,
@@ -10,7 +11,7 @@ machine falls on all of them alike:
 - ``python -c pass``: the interpreter starting and stopping (site, the venv's
   ``.pth`` files), the floor under any Python command;
 - ``devicelink token``: what a user runs, the ``devicelink`` console script
-  beside this interpreter (``python -m devicelink`` if there is none), with
+  beside the interpreter (``python -m devicelink`` if there is none), with
   ``$DEVICELINK_SOCKET`` naming the daemon's socket and ``$DEVICELINK_CONFIG`` a
   path with no file; a device whose config file does not set ``[socket] path``
   takes the same path through the code;
@@ -19,7 +20,9 @@ machine falls on all of them alike:
 - ``curl --unix-socket SOCKET http://devicelink/v1/token``: a client in C.
 
 Each is a new process, timed from spawn to exit and its output checked. The
-Python ones run with ``PYTHONPATH=<src>`` (``--src`` to time another copy, e.g.
+Python ones run under ``--python`` (default: the venv's; e.g. the interpreter the
+venv was made from, to leave out the venv's ``.pth`` files, which import
+pathlib and more into every process) with ``PYTHONPATH=<src>`` (``--src`` to time another copy, e.g.
 an older checkout) and may write bytecode, and each command runs once untimed
 first, so ``src/`` has its ``__pycache__`` as an installed package does
 (``--no-bytecode`` and a copy of ``src/`` without one: a fresh checkout).
@@ -81,6 +84,9 @@ def importtime(python: str, cmd: list[str], env: dict[str, str], runs: int = 5) 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter of the timed commands (default: this one, the venv's); the daemon "
+                         "always runs in the venv")
     ap.add_argument("--src", type=Path, default=rss_startup.ROOT / "src",
                     help="PYTHONPATH of the timed commands (default: this checkout's src)")
     ap.add_argument("--top", type=int, default=15, help="modules to list from -X importtime")
@@ -89,7 +95,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="also print the raw times as JSON")
     args = ap.parse_args()
     curl = shutil.which("curl")
-    python = sys.executable
+    python = args.python
     script = Path(python).parent / "devicelink"
     devicelink = [str(script)] if script.exists() else [python, "-m", "devicelink"]
 
