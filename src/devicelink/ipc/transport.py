@@ -1,9 +1,9 @@
 """The client's connections to the daemon's Unix socket, blocking and asyncio.
 
 A request is sent and its answer read whole (:mod:`devicelink.ipc.wire` checks
-it) before a *deadline*, a ``time.monotonic()`` for the blocking pool and a
-``loop.time()`` for the async one, so a peer that answers a byte at a time
-cannot stretch a call past its timeout. A connection whose answer came whole
+it) within one timeout, connecting included: a deadline that every blocking
+socket call is given what is left of, or ``asyncio.wait_for`` around the whole
+exchange. A peer that answers a byte at a time cannot stretch a call past it. A connection whose answer came whole
 and did not say ``close`` is kept for the next request (at most
 :data:`MAX_IDLE`), unless it has become readable meanwhile: the daemon then
 closed it (it closes idle ones after 30 s) or sent what nobody asked for. A

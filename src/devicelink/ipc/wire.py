@@ -81,7 +81,9 @@ def target(path: str, params: dict[str, str] | None = None) -> str:
 
 
 def _quote(value: str) -> str:
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode())
+    # surrogatepass: even a command line argument that is not UTF-8 makes a request
+    # (the daemon then refuses its value), never an exception here.
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in value.encode("utf-8", "surrogatepass"))
 
 
 def request(method: str, target: str, body: bytes | None = None,
@@ -170,6 +172,8 @@ class ResponseReader:
     def _check_partial_head(self) -> None:
         """Refuse a head that can never be valid as soon as it shows, rather than at the bound."""
         buf = self._buf
+        if len(buf) > MAX_HEAD:
+            raise ProtocolError(f"the answer's head is over {MAX_HEAD} bytes")
         if not self._status_checked:
             line_end = buf.find(b"\r\n")
             if line_end >= 0:
@@ -179,8 +183,6 @@ class ResponseReader:
                 raise ProtocolError(f"not an HTTP answer: {_show(buf)}")
         if buf.count(b"\n") != buf.count(b"\r\n") or buf.count(b"\r") != buf.count(b"\r\n") + buf.endswith(b"\r"):
             raise ProtocolError("a line of the answer's head does not end in CRLF")
-        if len(buf) > MAX_HEAD:
-            raise ProtocolError(f"the answer's head is over {MAX_HEAD} bytes")
         if self._eof:
             if not buf and not self._interim:
                 raise NoAnswer("the connection closed without an answer")
@@ -188,22 +190,9 @@ class ResponseReader:
 
     def _parse_head(self, lines: list[bytes]) -> Head:
         version, status, reason = self._status_line(lines[0])
-        if len(lines) - 1 > MAX_FIELDS:
-            raise ProtocolError(f"the answer has more than {MAX_FIELDS} header fields")
-        fields = []
-        for line in lines[1:]:
-            if b"\r" in line or b"\n" in line:
-                raise ProtocolError("a line of the answer's head does not end in CRLF")
-            name, colon, value = line.partition(b":")
-            if not colon or not _is_token(name):
-                raise ProtocolError(f"a malformed header field: {_show(line)}")
-            value = value.strip(b" \t")
-            if value.translate(None, _TEXT):
-                raise ProtocolError(f"a header field with control characters: {_show(name)}")
-            fields.append((name.decode("ascii").lower(), value.decode("latin-1")))
         self._version = version
         self._keep_alive = version == 1  # HTTP/1.0: one answer per connection
-        return Head(status, reason, tuple(fields))
+        return Head(status, reason, _fields(lines[1:]))
 
     @staticmethod
     def _status_line(line: bytes) -> tuple[int, int, str]:
@@ -234,7 +223,7 @@ class ResponseReader:
             self._state = _CHUNK_SIZE
         elif length is not None:
             values = {v.strip() for v in length.split(",")}
-            if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
+            if len(values) != 1 or not (value := values.pop()).isascii() or not value.isdigit() or len(value) > 18:
                 raise ProtocolError(f"a malformed content-length: {_show(length.encode('latin-1'))}")
             self._remaining = int(value)
             self._check_size(self._remaining)
@@ -312,10 +301,7 @@ class ResponseReader:
                 if len(buf) > MAX_HEAD:
                     raise ProtocolError(f"trailer fields over {MAX_HEAD} bytes")
                 return self._need("the end of the answer")
-            for line in bytes(buf[:end]).split(b"\r\n"):
-                name, colon, _ = line.partition(b":")
-                if not colon or not _is_token(name):
-                    raise ProtocolError(f"a malformed trailer field: {_show(line)}")
+            _fields(bytes(buf[:end]).split(b"\r\n"))
         del buf[:end + 4]
         self._state = _DONE
         return END
@@ -339,8 +325,22 @@ class ResponseReader:
         return None
 
 
-def _is_token(name: bytes) -> bool:
-    return bool(name) and not name.translate(None, _TOKEN)
+def _fields(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Header (or trailer) field lines, checked: ``(name, value)``, the name lower-case."""
+    if len(lines) > MAX_FIELDS:
+        raise ProtocolError(f"the answer has more than {MAX_FIELDS} header fields")
+    fields = []
+    for line in lines:
+        if b"\r" in line or b"\n" in line:
+            raise ProtocolError("a line of the answer's head does not end in CRLF")
+        name, colon, value = line.partition(b":")
+        if not colon or name.translate(None, _TOKEN) or not name:
+            raise ProtocolError(f"a malformed header field: {_show(line)}")
+        value = value.strip(b" \t")
+        if value.translate(None, _TEXT):
+            raise ProtocolError(f"a header field with control characters: {_show(name)}")
+        fields.append((name.decode("ascii").lower(), value.decode("latin-1")))
+    return tuple(fields)
 
 
 def _show(data: bytes | bytearray, limit: int = 60) -> str:
