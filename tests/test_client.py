@@ -12,17 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devicelink import client as client_module
 from devicelink.client import (
     AsyncClient, Client, DaemonError, DaemonUnreachable, Event, StepUp, Token, default_socket_path,
 )
+from devicelink.ipc import wire
 from devicelink.ipc.client import MAX_EVENT_BYTES, SseParser
 from tests.conftest import write_config
 
@@ -388,6 +394,305 @@ def test_an_error_without_an_error_object(canned: CannedDaemon) -> None:
     assert (err.value.code, err.value.status) == ("invalid_response", 500)
 
 
+# -- a hostile daemon: the strict reader against real sockets ---------------------------------
+
+
+class RawDaemon:
+    """A Unix-socket server, one thread per connection, that reads each request's head
+    (and body) and answers with the next of ``answers``: bytes sent as they are, then
+    what happens to the connection: ``keep`` (read the next request), ``close``,
+    ``reset`` (closed with the request unread, which a Unix socket reports to the
+    client as ECONNRESET) or ``hold`` (silent until the test ends).
+    Only for tests: it sends whatever it is told, as a broken daemon might."""
+
+    def __init__(self, path: str, *answers: tuple[bytes, str]) -> None:
+        self.path = path
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def __enter__(self) -> RawDaemon:
+        self._listener.bind(self.path)
+        self._listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while self.answers:
+                if self.answers[0][1] == "reset":
+                    conn.recv(1)
+                    conn.sendall(self.answers.pop(0)[0])
+                    return
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", head)
+                while length and len(buf) < int(length[1]):
+                    buf += conn.recv(65536)
+                buf = buf[int(length[1]) if length else 0:]
+                self.requests.append(head)
+                data, then = self.answers.pop(0)
+                conn.sendall(data)
+                if then == "hold":
+                    self._stop.wait()
+                if then != "keep":
+                    return
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+STATUS_BODY = b'{"state": "paired"}'
+GOOD = OK_HEAD + b"content-length: %d\r\n\r\n%s" % (len(STATUS_BODY), STATUS_BODY)
+
+
+def ask_sync(path: str, timeout: float = 5.0) -> object:
+    with Client(path, timeout=timeout) as dl:
+        return dl.status()
+
+
+def ask_async(path: str, timeout: float = 5.0) -> object:
+    async def main() -> object:
+        async with AsyncClient(path, timeout=timeout) as dl:
+            return await dl.status()
+
+    return asyncio.run(main())
+
+
+HOSTILE = {
+    "not http": (b"SSH-2.0-OpenSSH_9.2", "hold", "not an HTTP answer"),
+    "not http, a line": (b"SSH-2.0-OpenSSH_9.2\r\n", "hold", "malformed status line"),
+    "garbled status line": (b"HTTP/1.1 2000 OK\r\n\r\n", "close", "malformed status line"),
+    "HTTP/2 status line": (b"HTTP/2 200\r\n\r\n", "hold", "malformed status line"),
+    "bare LF": (b"HTTP/1.1 200 OK\ncontent-length: 2\n\n{}", "hold", "does not end in CRLF"),
+    "folded field": (OK_HEAD + b"x-a: b\r\n c\r\ncontent-length: 2\r\n\r\n{}", "close", "malformed header field"),
+    "control character": (OK_HEAD + b"x-a: b\x01c\r\ncontent-length: 2\r\n\r\n{}", "close", "control characters"),
+    "oversize head": (OK_HEAD + b"x-pad: " + b"a" * (wire.MAX_HEAD + 10), "hold", "head is over 65536 bytes"),
+    "too many fields": (OK_HEAD + b"x-a: b\r\n" * 100 + b"content-length: 2\r\n\r\n{}", "close",
+                        "more than 100 header fields"),
+    "oversize body": (OK_HEAD + b"content-length: 2000000\r\n\r\n{", "hold", "over 1048576 bytes"),
+    "oversize chunk": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\nfffff0\r\n{", "hold", "over 1048576 bytes"),
+    "oversize close-delimited body": (OK_HEAD + b"\r\n" + b" " * (wire.MAX_BODY + 1), "hold", "over 1048576 bytes"),
+    "truncated body": (OK_HEAD + b"content-length: 10\r\n\r\n{\"a\"", "close", "closed 6 bytes before the end"),
+    "truncated head": (OK_HEAD + b"content-le", "close", "in the middle of the answer's head"),
+    "truncated chunk": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\n5\r\n{\"", "close", "closed 3 bytes before"),
+    "no last chunk": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n", "close", "before a chunk size"),
+    "bad chunk size": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\nzz\r\n", "hold", "malformed chunk size line"),
+    "chunk longer than its size": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n", "hold",
+                                   "chunk longer than its size"),
+    "both framings": (OK_HEAD + b"transfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n", "hold",
+                      "both transfer-encoding and content-length"),
+    "gzip": (OK_HEAD + b"transfer-encoding: gzip, chunked\r\n\r\n", "hold", "unsupported transfer-encoding"),
+    "conflicting lengths": (OK_HEAD + b"content-length: 2\r\ncontent-length: 3\r\n\r\n{}", "hold",
+                            "malformed content-length"),
+    "a length in other digits": (OK_HEAD + b"content-length: \xb2\r\n\r\n{}", "hold", "malformed content-length"),
+    "bad trailer": (OK_HEAD + b"transfer-encoding: chunked\r\n\r\n0\r\nx y: 1\r\n\r\n", "hold",
+                    "malformed header field"),
+    "switching protocols": (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n", "hold",
+                            "unexpected interim answer 101"),
+    "no answer": (b"", "close", "closed the connection without answering"),
+    "reset": (b"", "reset", "closed the connection mid-request"),
+    "reset mid-answer": (OK_HEAD + b"content-length: 10\r\n\r\n{", "reset", "closed the connection mid-request"),
+}
+
+
+@pytest.mark.parametrize("ask", [ask_sync, ask_async], ids=["sync", "async"])
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_a_hostile_answer_is_one_clear_line(short_tmp: Path, case: str, ask) -> None:
+    data, then, why = HOSTILE[case]
+    path = str(short_tmp / "raw.sock")
+    with RawDaemon(path, (data, then)):
+        started = time.monotonic()
+        with pytest.raises(DaemonUnreachable) as err:
+            ask(path)
+    message = str(err.value)
+    assert why in message and path in message and "\n" not in message and len(message) < 300, message
+    assert time.monotonic() - started < 4  # refused as soon as it shows, never at the timeout
+
+
+@pytest.mark.parametrize("ask", [ask_sync, ask_async], ids=["sync", "async"])
+def test_a_daemon_that_stops_mid_answer_is_a_timeout(short_tmp: Path, ask) -> None:
+    path = str(short_tmp / "raw.sock")
+    with RawDaemon(path, (OK_HEAD + b"content-length: 10\r\n\r\n{", "hold")):
+        started = time.monotonic()
+        with pytest.raises(DaemonUnreachable, match=f"daemon on {path} did not answer within 0.2s"):
+            ask(path, timeout=0.2)
+        assert time.monotonic() - started < 2
+
+
+def test_a_trickle_cannot_stretch_the_deadline(short_tmp: Path) -> None:
+    """A daemon sending one byte whenever the client looks at the clock, which here moves
+    1 s per look: every read gets a byte, yet the request ends at its 10 s deadline."""
+    from devicelink.ipc import transport
+
+    path = str(short_tmp / "raw.sock")
+    tick = threading.Semaphore(0)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        tick.release()
+        return now[0]
+
+    def trickle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client hangs up at its deadline
+            conn.recv(65536)
+            for byte in GOOD:
+                if not tick.acquire(timeout=10):
+                    return
+                conn.send(bytes([byte]))
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        threading.Thread(target=lambda: trickle(listener.accept()[0]), daemon=True).start()
+        pool = transport.Pool(path, clock=clock)
+        with pytest.raises(TimeoutError):
+            pool.request(wire.request("GET", "/v1/status"), 10.0, retry=False)
+    assert 10 <= now[0] <= 14
+
+
+@pytest.mark.parametrize("ask", [ask_sync, ask_async], ids=["sync", "async"])
+def test_answers_the_reader_takes(short_tmp: Path, ask) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nx-a: b\r\n\r\n"
+    chunked = OK_HEAD + b"transfer-encoding: Chunked\r\n\r\n3;ext=1\r\n{\"s\r\n10\r\ntate\": \"paired\"}\r\n0\r\nx-t: 1\r\n\r\n"
+    for data in (GOOD, interim + GOOD, chunked, b"HTTP/1.0 200 \r\n\r\n" + STATUS_BODY,
+                 b"HTTP/1.1 200\r\ncontent-length: 19, 19\r\n\r\n" + STATUS_BODY):
+        path = str(short_tmp / "raw.sock")
+        with RawDaemon(path, (data, "close")):
+            assert ask(path) == {"state": "paired"}, data
+        os.unlink(path)
+
+
+def test_keep_alive_reuse_and_a_stale_connection(short_tmp: Path) -> None:
+    path = str(short_tmp / "raw.sock")
+    # Two answers on one connection, then one that closes it after answering (no
+    # "connection: close": the client sees the close while the connection is idle).
+    with RawDaemon(path, (GOOD, "keep"), (GOOD, "close"), (GOOD, "close")) as raw, Client(path) as dl:
+        assert [dl.status() for _ in range(2)] == [{"state": "paired"}] * 2
+        assert raw.connections == 1
+        time.sleep(0.05)  # the daemon's close must arrive before the next request
+        assert dl.status() == {"state": "paired"}
+        assert raw.connections == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_kept_connection_closed_unanswered(short_tmp: Path, method: str) -> None:
+    """The daemon closes a kept connection just as the next request arrives: a GET is
+    sent again on a new connection, a POST is not (it may have been done)."""
+    path = str(short_tmp / "raw.sock")
+    with RawDaemon(path, (GOOD, "keep"), (b"", "close"), (GOOD, "close")) as raw, Client(path) as dl:
+        assert dl.status() == {"state": "paired"}
+        if method == "GET":
+            assert dl.status() == {"state": "paired"}
+            assert raw.connections == 2
+        else:
+            with pytest.raises(DaemonUnreachable, match="closed the connection without answering"):
+                dl.pair()
+            assert raw.connections == 1
+
+
+def test_a_broken_event_stream_is_unreachable(short_tmp: Path) -> None:
+    stream = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+              b"10\r\ndata: {\"n\": 1}\n\n\r\n" + b"zz\r\n")
+    path = str(short_tmp / "raw.sock")
+    with RawDaemon(path, (stream, "hold")), Client(path) as dl:
+        events = dl.events()
+        assert next(events) == Event("message", {"n": 1})
+        with pytest.raises(DaemonUnreachable, match="event stream from .* ended .*malformed chunk size"):
+            next(events)
+
+
+def h11_read(pieces: list[bytes]) -> tuple[int, bytes]:
+    """The same answer as h11 reads it (the daemon's own HTTP library)."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=wire.MAX_HEAD)
+    conn.send(h11.Request(method="GET", target="/v1/status", headers=[("host", "devicelink")]))
+    conn.send(h11.EndOfMessage())
+    for piece in [p for p in pieces if p]:
+        conn.receive_data(piece)
+    conn.receive_data(b"")  # the end of the connection
+    status, body = 0, b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, body
+        elif not isinstance(event, h11.InformationalResponse):
+            raise ValueError(event)
+
+
+def wire_read(pieces: list[bytes]) -> tuple[int, bytes]:
+    reader = wire.ResponseReader()
+    for piece in pieces:
+        reader.feed(piece)
+    reader.feed_eof()
+    head, body = reader.next_event(), b""
+    while (event := reader.next_event()) is not wire.END:
+        body += event
+    return head.status, body
+
+
+SAMPLES = [GOOD, b"HTTP/1.1 503 \r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+                 b"content-length: 2\r\n\r\n{}",
+           OK_HEAD + b"transfer-encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n",
+           b"HTTP/1.1 100 Continue\r\n\r\n" + GOOD, OK_HEAD + b"\r\n" + STATUS_BODY]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(SAMPLES), st.data())
+def test_what_the_reader_takes_h11_reads_the_same(sample: bytes, data) -> None:
+    """Mutate a good answer (a byte changed, inserted or dropped) and cut it anywhere:
+    whatever the strict reader accepts, h11 accepts too, with the same status and body."""
+    position = data.draw(st.integers(0, len(sample)))
+    byte = data.draw(st.sampled_from(b"\r\n \t:;,0123456789abcfxHTP/\x00\x7f\xff"))
+    kind = data.draw(st.sampled_from(["replace", "insert", "drop", "none"]))
+    if kind == "replace":
+        sample = sample[:position] + bytes([byte]) + sample[position + 1:]
+    elif kind == "insert":
+        sample = sample[:position] + bytes([byte]) + sample[position:]
+    elif kind == "drop":
+        sample = sample[:position] + sample[position + 1:]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(sample)), max_size=4)))
+    pieces = [sample[a:b] for a, b in zip([0, *cuts], [*cuts, len(sample)])]
+    try:
+        ours = wire_read(pieces)
+    except wire.ProtocolError:
+        return
+    assert h11_read(pieces) == ours
+
+
+def test_requests_are_what_the_fast_path_takes() -> None:
+    from devicelink.ipc import server
+
+    request = wire.request("GET", wire.target("/v1/token", {"scope": "openid media.read", "min_ttl": "60",
+                                                            "resource": "https://api.example.com/ä"}))
+    assert server._simple_get(request) == (b"/v1/token?scope=openid%20media.read&min_ttl=60"
+                                           b"&resource=https%3A%2F%2Fapi.example.com%2F%C3%A4")
+
+
 # -- small things --------------------------------------------------------------------
 
 
@@ -419,15 +724,50 @@ def test_unreachable_async(short_tmp: Path) -> None:
         asyncio.run(main())
 
 
+HEAVY = ("httpx", "httpcore", "h11", "ssl", "tomllib", "asyncio", "argparse", "logging", "devicelink.config")
+WHICH = f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+
+
 def test_import_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, devicelink.client; "
-            "print(sorted(m for m in ('httpx', 'asyncio', 'httpcore') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", "import sys, devicelink.client; " + WHICH],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert set(client_module.__all__) >= {"Client", "AsyncClient", "Event", "Token", "DaemonError"}
+
+
+TOKEN_ANSWER = b'{"access_token": "at-1", "token_type": "Bearer", "expires_in": 300, "scope": "openid"}'
+
+
+@pytest.mark.parametrize("config", ["none", "without socket", "with socket"])
+def test_the_token_command_imports_no_http_library_tls_or_toml(short_tmp: Path, config: str) -> None:
+    """``devicelink token``, run to the end against a daemon, loads no httpx, no ssl and
+    no argparse or logging; the TOML config only when the file sets ``[socket] path``."""
+    import subprocess
+    import sys
+
+    sock = short_tmp / "agent.sock"
+    path = short_tmp / "config.toml"
+    if config == "with socket":
+        write_config(short_tmp, "https://id.example.com", "tv")  # [socket] path = "agent.sock"
+    elif config == "without socket":
+        path.write_text('[provider]\nissuer = "https://id.example.com"\nclient_id = "tv"\n')
+    # $DEVICELINK_SOCKET counts only without a config file (docs/cli.md).
+    env = {**os.environ, "DEVICELINK_SOCKET": str(sock) if config == "none" else "/nowhere.sock",
+           "DEVICELINK_CONFIG": str(path)}
+    answer = b"HTTP/1.1 200 \r\ncontent-length: %d\r\n\r\n%s" % (len(TOKEN_ANSWER), TOKEN_ANSWER)
+    code = "import sys; from devicelink import cli; code = cli.main(['token']); " + WHICH + "; print(code)"
+    with RawDaemon(str(sock), (answer, "close")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    lines = out.stdout.splitlines()
+    if config == "without socket":  # the file cannot move the socket: the default one, not $DEVICELINK_SOCKET
+        assert lines == ["[]", "5"] and "no devicelink socket at /run/devicelink/agent.sock" in out.stderr
+    elif config == "with socket":
+        assert lines == ["at-1", "['devicelink.config', 'tomllib']", "0"], out
+    else:
+        assert lines == ["at-1", "[]", "0"], out
 
 
 # -- against the real daemon ---------------------------------------------------------

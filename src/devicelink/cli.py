@@ -4,18 +4,27 @@ Exit codes (docs/cli.md): 0 done; 2 usage; 3 not paired (or pairing in
 progress); 4 refused by policy; 5 daemon not reachable; 6 the authorization
 server failed or refused; 78 configuration error. Errors are one line on
 stderr, never a traceback.
+
+``devicelink token`` is what scripts run before each request, so it is kept
+fast: its plain forms are read without argparse (:func:`_quick_token`), it
+sets up no logging, and it reads the config file only when that file may set
+``[socket] path`` (:func:`_socket_path`). Everything else is imported where a
+command needs it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from devicelink import __version__, config
+from devicelink import paths
 from devicelink.errors import ConfigError, DeviceLinkError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from devicelink import config
 
 CLIENT_TIMEOUT = 45.0
 EXIT_USAGE, EXIT_NOT_PAIRED, EXIT_FORBIDDEN, EXIT_UNREACHABLE, EXIT_UPSTREAM, EXIT_CONFIG = 2, 3, 4, 5, 6, 78
@@ -33,10 +42,15 @@ EXIT_FOR_ERROR = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
+    from devicelink import __version__
+
     parser = argparse.ArgumentParser(prog="devicelink", description="Pair this device with OAuth 2.0 "
                                      "(RFC 8628) and serve its access tokens to local apps.")
     parser.add_argument("--config", metavar="PATH", type=Path,
-                        help=f"config file (default $DEVICELINK_CONFIG or {config.DEFAULT_PATH})")
+                        help=f"config file (default ${paths.CONFIG_ENV} or {paths.CONFIG_PATH})")
     parser.add_argument("--version", action="version", version=f"devicelink {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
@@ -64,22 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # httpx/__init__.py imports its own command-line client (click, rich, pygments) when
-    # they are installed, as Debian's python3-httpx always does: ~7 MiB and ~80 ms in every
-    # process. Marking it absent makes httpx fall back to its stub. Only the daemon and
-    # the CLI do this; apps importing devicelink.ipc.client keep httpx as it is.
-    sys.modules.setdefault("httpx._main", None)
-    args = build_parser().parse_args(argv)
-    from devicelink import logs
+    argv = sys.argv[1:] if argv is None else argv
+    args = _quick_token(argv)
+    if args is None:
+        # httpx/__init__.py imports its own command-line client (click, rich, pygments) when
+        # they are installed, as Debian's python3-httpx always does: ~7 MiB and ~80 ms in every
+        # process. Marking it absent makes httpx fall back to its stub. The daemon and doctor
+        # still use httpx; the commands that only ask the daemon never import it.
+        sys.modules.setdefault("httpx._main", None)
+        args = build_parser().parse_args(argv)
+        from devicelink import logs
 
-    logs.setup()
+        logs.setup()
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "rekey":
             return _rekey(args)
         if args.command == "doctor":
-            from devicelink import doctor
+            from devicelink import config, doctor
 
             return doctor.main(args.config or config.default_path(), as_json=args.json)
         return _ask_daemon(args)
@@ -89,23 +106,107 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load_config(args: argparse.Namespace) -> config.Config | None:
-    path = args.config or config.default_path()
-    if args.config is None and args.command not in ("run", "rekey") and not path.exists():
-        return None  # clients may run without a config: the default socket path applies
-    return config.load(path)
+class _TokenArgs:
+    """What argparse would make of a plain ``token`` command line."""
+
+    command = "token"
+
+    def __init__(self, config: str | None, scope: str | None, resource: str | None, min_ttl: int | None) -> None:
+        self.config, self.scope, self.resource, self.min_ttl = config, scope, resource, min_ttl
+
+
+_GLOBAL_OPTIONS = {"--config": "config"}
+_TOKEN_OPTIONS = {"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl"}
+
+
+def _quick_token(argv: list[str]) -> _TokenArgs | None:
+    """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N]`` read without
+    argparse, when every word is in a form argparse reads the same way: the options' full
+    names, each value after a space or ``=`` and not starting with ``-``, a decimal
+    ``--min-ttl``; a repeated option's last value wins, as in argparse. None for anything
+    else (abbreviations, ``--help``, mistakes), which argparse then reads and judges."""
+    values: dict[str, str] = {}
+    options = _GLOBAL_OPTIONS
+    words = iter(argv)
+    for word in words:
+        if options is _GLOBAL_OPTIONS and word == "token":
+            options = _TOKEN_OPTIONS
+            continue
+        name, equals, value = word.partition("=")
+        if name not in options:
+            return None
+        if not equals:
+            value = next(words, None)
+            if value is None:
+                return None
+        if value.startswith("-"):
+            return None
+        values[options[name]] = value
+    min_ttl = values.get("min_ttl")
+    if options is not _TOKEN_OPTIONS or min_ttl is not None and not (min_ttl.isascii() and min_ttl.isdigit()):
+        return None
+    return _TokenArgs(values.get("config"), values.get("scope"), values.get("resource"),
+                      None if min_ttl is None else int(min_ttl))
+
+
+def _load_config(args: argparse.Namespace) -> config.Config:
+    from devicelink import config
+
+    return config.load(args.config or config.default_path())
+
+
+def _socket_path(args: argparse.Namespace | _TokenArgs) -> str | None:
+    """The socket the client commands ask (docs/cli.md): the config file's ``[socket] path``
+    (or its default) when there is a config file, else None: ``$DEVICELINK_SOCKET``, else
+    the default. ``--config`` is always loaded, and so is the default file, except that
+    ``token`` skips one that cannot set ``[socket] path``: it then needs nothing from it."""
+    path = args.config
+    if path is None:
+        path = os.environ.get(paths.CONFIG_ENV) or paths.CONFIG_PATH
+        if not _exists(path):
+            return None  # clients may run without a config
+        if args.command == "token" and not _may_set_socket(path):
+            return paths.SOCKET_PATH
+    from devicelink import config
+
+    return str(config.load(path).socket.path)
+
+
+def _exists(path: str) -> bool:
+    """As ``Path.exists``, except that a file we may not look at counts as there (and
+    config.load then says why it cannot be read)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _may_set_socket(path: str) -> bool:
+    """Whether the TOML file at ``path`` could set ``[socket] path``. Every way TOML has of
+    writing that key (a ``[socket]`` table, a dotted key, an inline table, quoted or not)
+    spells out ``socket``, unless a quoted key escapes a letter, which takes a backslash."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return True  # config.load says what is wrong with it
+    return b"socket" in data or b"\\" in data
 
 
 def _run(args: argparse.Namespace) -> int:
     from devicelink import daemon
 
     cfg = _load_config(args)
-    assert cfg is not None
     try:
         return daemon.run(cfg)
     except ConfigError:
         raise
     except (DeviceLinkError, OSError) as exc:
+        import logging
+
         logging.getLogger("devicelink").error("cannot start: %s", exc)
         return 1
 
@@ -115,7 +216,6 @@ def _rekey(args: argparse.Namespace) -> int:
     from devicelink.tokens import keys
 
     cfg = _load_config(args)
-    assert cfg is not None
     try:
         print(rekey(cfg, args.to, credential=args.credential or keys.CREDSTORE_PATH,
                     new_credential=args.new_credential, seal_with=args.seal))
@@ -126,11 +226,10 @@ def _rekey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_daemon(args: argparse.Namespace) -> int:
+def _ask_daemon(args: argparse.Namespace | _TokenArgs) -> int:
     from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
 
-    cfg = _load_config(args)
-    socket_path = str(cfg.socket.path) if cfg else None  # None: $DEVICELINK_SOCKET, else the default
+    socket_path = _socket_path(args)  # None: $DEVICELINK_SOCKET, else the default
     try:
         # Longer than the daemon's own budgets (a 30 s exchange deadline, 30 s waiting for a
         # code), so a slow server is reported as the server's fault, not a missing daemon.
@@ -154,6 +253,8 @@ def _ask_daemon(args: argparse.Namespace) -> int:
 
 def _status(status: dict, as_json: bool) -> int:
     if as_json:
+        import json
+
         print(json.dumps(status, indent=2))
         return 0
     lines = [f"state: {status['state']}"]

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from devicelink import paths
 from devicelink.errors import ConfigError
 
-DEFAULT_PATH = "/etc/devicelink/config.toml"
+DEFAULT_PATH = paths.CONFIG_PATH
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -62,7 +63,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class SocketConfig:
-    path: Path = Path("/run/devicelink/agent.sock")
+    path: Path = Path(paths.SOCKET_PATH)
     max_connections: int = 512
     max_connections_per_uid: int = 64
 
@@ -115,7 +116,7 @@ class Config:
 
 
 def default_path() -> Path:
-    return Path(os.environ.get("DEVICELINK_CONFIG") or DEFAULT_PATH)
+    return Path(os.environ.get(paths.CONFIG_ENV) or DEFAULT_PATH)
 
 
 def load(path: str | os.PathLike[str]) -> Config:

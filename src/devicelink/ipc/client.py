@@ -8,38 +8,43 @@ Blocking::
         headers = {"Authorization": f"Bearer {dl.token(min_ttl=120).access_token}"}
 
 and the same with ``async with AsyncClient() as dl: await dl.token(...)``. Both
-speak the socket API (docs/socket-api.md) through httpx's Unix-socket
-transport; the socket is ``path``, else ``$DEVICELINK_SOCKET``, else
+speak the socket API (docs/socket-api.md) in HTTP/1.1 straight over the
+socket; the socket is ``path``, else ``$DEVICELINK_SOCKET``, else
 ``/run/devicelink/agent.sock``.
 
 Two errors, so callers can tell "no daemon" from "the daemon said no":
 
 - :class:`DaemonUnreachable`: the socket is missing, refuses us, is not ours
-  to open, nobody answered in time, or the event stream broke off. The message
-  names the socket path.
+  to open, nobody answered in time, the answer was not HTTP as the daemon
+  writes it, or the event stream broke off. The message names the socket path.
 - :class:`DaemonError`: the daemon answered with an error. ``code`` is the
   socket API's error code (``not_paired``, ``forbidden``, ...), ``status`` the
   HTTP status and ``description`` the daemon's explanation.
 
-Importing this module is cheap: httpx (tens of milliseconds, more on a small
-board) is imported when the first client is made, asyncio only by the async
-calls that need it, so an app can import the error classes anywhere.
+Where things are: this module holds the public names, what each call sends and
+how its answer is read, and the blocking :class:`Client`;
+:mod:`~devicelink.ipc.transport` the connections and their deadlines;
+:mod:`~devicelink.ipc.wire` the strict HTTP/1.1 reader;
+:mod:`~devicelink.ipc.async_client` and :mod:`~devicelink.ipc.sse` are loaded
+on first use (``AsyncClient``, ``SseParser``; PEP 562), so importing this
+module costs the socket and json modules and no more: no asyncio, no TLS.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import re
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
+from devicelink import paths
 from devicelink.errors import DeviceLinkError
+from devicelink.ipc import transport, wire
 
 if TYPE_CHECKING:
-    import httpx
+    from devicelink.ipc.async_client import AsyncClient
+    from devicelink.ipc.sse import SseParser
 
 __all__ = [
     "DEFAULT_SOCKET_PATH", "SOCKET_ENV", "PAIRED_STATES",
@@ -47,13 +52,14 @@ __all__ = [
     "DaemonError", "DaemonUnreachable", "default_socket_path",
 ]
 
-DEFAULT_SOCKET_PATH = "/run/devicelink/agent.sock"
-SOCKET_ENV = "DEVICELINK_SOCKET"
+DEFAULT_SOCKET_PATH = paths.SOCKET_PATH
+SOCKET_ENV = paths.SOCKET_ENV
 #: States in which the daemon holds a grant (``offline`` serves the cached token).
 PAIRED_STATES = frozenset({"paired", "refreshing", "offline"})
-#: Seconds per request. Longer than the daemon's own 30 s budgets for the authorization
-#: server (a refresh before a token, a new code for pair, a step-up), so a slow server is
-#: reported by the daemon (``upstream_unavailable``), not mistaken for a missing daemon.
+#: Seconds per request, from connecting to the answer's last byte. Longer than the daemon's
+#: own 30 s budgets for the authorization server (a refresh before a token, a new code for
+#: pair, a step-up), so a slow server is reported by the daemon (``upstream_unavailable``),
+#: not mistaken for a missing daemon.
 DEFAULT_TIMEOUT = 45.0
 #: One event (or one unterminated line) larger than this is not from a devicelink daemon.
 MAX_EVENT_BYTES = 1 << 20
@@ -125,127 +131,60 @@ class StepUp(NamedTuple):
         return self.status == 200
 
 
-# -- the server-sent events parser (WHATWG HTML, "Parsing an event stream") --------------
+def __getattr__(name: str) -> Any:
+    if name == "AsyncClient":
+        from devicelink.ipc.async_client import AsyncClient
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+        return AsyncClient
+    if name == "SseParser":
+        from devicelink.ipc.sse import SseParser
 
-
-class SseParser:
-    """Turns the bytes of an event stream into :class:`Event` s, however they are chunked.
-
-    Lines end in CRLF, LF or CR; ``:`` starts a comment (the daemon's keep-alives);
-    ``event:``, ``data:`` (several are joined with newlines) and ``id:`` fill the
-    event and a blank line dispatches it. An event without data is dropped, and so
-    is one whose data is not a JSON object: the daemon sends only those, and a
-    newer daemon's other kinds must not break an older app. Bytes after the last
-    blank line are an unfinished event, dropped if the stream ends there.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._skip_lf = False  # the previous chunk ended in CR: a LF now is its CRLF
-        self._first_line = True
-        self._name = ""
-        self._data: list[str] = []
-        self._size = 0
-        self.last_id: str | None = None
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        if not chunk:
-            return []
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        self._skip_lf = False
-        buffer = self._buffer + chunk if self._buffer else chunk
-        events: list[Event] = []
-        start = 0
-        for match in _LINE_END.finditer(buffer):
-            self._line(buffer[start:match.start()], events)
-            start = match.end()
-        self._buffer = buffer[start:]
-        if buffer.endswith(b"\r") and start == len(buffer):
-            self._skip_lf = True  # a CR at the very end: the line is done, but a LF may follow
-        if len(self._buffer) + self._size > MAX_EVENT_BYTES:
-            raise DaemonError("invalid_response", f"an event larger than {MAX_EVENT_BYTES} bytes", 200)
-        return events
-
-    def _line(self, raw: bytes, events: list[Event]) -> None:
-        line = raw.decode("utf-8", "replace")
-        if self._first_line:
-            line = line.removeprefix("\ufeff")
-            self._first_line = False
-        if not line:
-            self._dispatch(events)
-            return
-        if line.startswith(":"):
-            return
-        field, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if field == "event":
-            self._name = value
-        elif field == "data":
-            self._data.append(value)
-            self._size += len(raw)
-        elif field == "id" and "\0" not in value:
-            self.last_id = value or None
-        # "retry" and unknown fields: ignored (we never reconnect on our own)
-
-    def _dispatch(self, events: list[Event]) -> None:
-        name, data = self._name or "message", self._data
-        self._name, self._data, self._size = "", [], 0
-        if not data:
-            return
-        try:
-            obj = json.loads("\n".join(data))
-        except ValueError:
-            return
-        if isinstance(obj, dict):
-            events.append(Event(name, obj, self.last_id))
+        return SseParser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- one description of each call, shared by the blocking and the async client ----------
 
 
-def _json(response: httpx.Response) -> Any:
-    if not response.is_success:
+def _json(response: transport.Response) -> Any:
+    if not 200 <= response.status < 300:
         raise _error(response)
     try:
-        return response.json()
+        return json.loads(response.body)
     except ValueError:
-        raise DaemonError("invalid_response", "the daemon's answer is not JSON", response.status_code) from None
+        raise DaemonError("invalid_response", "the daemon's answer is not JSON", response.status) from None
 
 
-def _token(response: httpx.Response) -> Token:
+def _token(response: transport.Response) -> Token:
     return Token(_json(response))
 
 
-def _health(response: httpx.Response) -> bool:
-    if response.status_code in (200, 503):
-        return response.status_code == 200
+def _health(response: transport.Response) -> bool:
+    if response.status in (200, 503):
+        return response.status == 200
     raise _error(response)
 
 
-def _step_up(response: httpx.Response) -> StepUp:
+def _step_up(response: transport.Response) -> StepUp:
     data = _json(response)
-    if response.status_code == 200 and isinstance(data, dict) and "access_token" in data:
+    if response.status == 200 and isinstance(data, dict) and "access_token" in data:
         data = Token(data)
-    return StepUp(response.status_code, data)
+    return StepUp(response.status, data)
 
 
-def _error(response: httpx.Response) -> DaemonError:
+def _error(response: transport.Response) -> DaemonError:
     try:
-        body = response.json()
+        body = json.loads(response.body)
         code, description = body["error"], body.get("error_description", "")
         if not isinstance(code, str) or not isinstance(description, str):
             raise TypeError
     except (ValueError, TypeError, KeyError, AttributeError):
         return DaemonError(
             "invalid_response",
-            f"the daemon answered HTTP {response.status_code} without an error object",
-            response.status_code,
+            f"the daemon answered HTTP {response.status} without an error object",
+            response.status,
         )
-    return DaemonError(code, description, response.status_code)
+    return DaemonError(code, description, response.status)
 
 
 class _Call(NamedTuple):
@@ -254,6 +193,10 @@ class _Call(NamedTuple):
     parse: Callable[[Any], Any] = _json
     params: dict[str, str] | None = None
     body: dict[str, Any] | None = None
+
+    def encode(self) -> bytes:
+        body = None if self.method == "GET" else json.dumps(self.body).encode() if self.body is not None else b""
+        return wire.request(self.method, wire.target(self.path, self.params), body)
 
 
 def _token_call(scope: str | None, resource: str | None, min_ttl: int | None) -> _Call:
@@ -283,7 +226,9 @@ _STATUS = _Call("GET", "/v1/status")
 _PAIR = _Call("POST", "/v1/pair")
 _UNPAIR = _Call("POST", "/v1/unpair")
 _HEALTH = _Call("GET", "/v1/health", _health)
-_EVENT_HEADERS = {"accept": "text/event-stream", "cache-control": "no-store"}
+_EVENTS = wire.request("GET", "/v1/events", fields=(("accept", "text/event-stream"), ("cache-control", "no-store")))
+#: What ends a request or a subscription with DaemonUnreachable (TimeoutError is an OSError).
+_TRANSPORT_ERRORS = (OSError, wire.ProtocolError)
 
 
 def _is_paired_event(event: Event | None) -> bool:
@@ -296,17 +241,18 @@ class _Base:
         self.timeout = timeout
 
     def _unreachable(self, exc: Exception) -> DaemonUnreachable:
-        import httpx
-
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             why = f"the devicelink daemon on {self.path} did not answer within {self.timeout:g}s"
+        elif isinstance(exc, wire.NoAnswer):
+            why = f"the devicelink daemon on {self.path} closed the connection without answering"
+        elif isinstance(exc, wire.ProtocolError):
+            why = f"the devicelink daemon on {self.path} sent a malformed answer: {exc}"
         else:
             why = self._why_unreachable(exc)
         return DaemonUnreachable(why)
 
     def _why_unreachable(self, exc: BaseException) -> str:
-        err = _os_error(exc)
-        code = err.errno if err is not None else None
+        code = exc.errno if isinstance(exc, OSError) else None
         if code == errno.ENOENT:
             return f"no devicelink socket at {self.path}: is the daemon running?"
         if code == errno.ECONNREFUSED:
@@ -316,34 +262,26 @@ class _Base:
                 f"permission denied on {self.path}: "
                 "is this user in the socket's group (devicelink)?"
             )
-        return f"cannot talk to the devicelink daemon on {self.path}: {err or exc}"
+        if code in (errno.ECONNRESET, errno.EPIPE):
+            return f"the devicelink daemon on {self.path} closed the connection mid-request"
+        if code == errno.EAGAIN:
+            return f"the devicelink daemon on {self.path} is not accepting connections (its queue is full)"
+        return f"cannot talk to the devicelink daemon on {self.path}: {exc}"
 
     def _stream_broke(self, exc: BaseException | None) -> DaemonUnreachable:
         why = f": {exc}" if exc is not None and str(exc) else ""
         return DaemonUnreachable(f"the event stream from {self.path} ended (the daemon stopped or restarted, "
                                  f"or this app fell too far behind){why}: subscribe again")
 
-    def _stream_timeout(self, read: float | None) -> httpx.Timeout:
-        import httpx
-
-        # No read timeout by default: events may be hours apart (the daemon sends
-        # a ": keep-alive" comment every ~15 s, so a dead peer still shows).
-        return httpx.Timeout(self.timeout, read=read)
-
 
 class Client(_Base):
-    """A blocking client of the socket API. Keep-alive connections are reused;
-    :meth:`events` holds one of its own while it runs."""
+    """A blocking client of the socket API. Keep-alive connections are reused (and
+    the client may be shared between threads); :meth:`events` holds one of its own
+    while it runs."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        import httpx
-
         super().__init__(path, timeout)
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=self.path),
-            base_url="http://devicelink",
-            timeout=timeout,
-        )
+        self._pool = transport.Pool(self.path)
 
     def token(self, *, scope: str | None = None, resource: str | None = None,
               min_ttl: int | None = None) -> Token:
@@ -384,33 +322,38 @@ class Client(_Base):
         connection drops (the daemon restarts): subscribe again, then re-read
         :meth:`status`, since events in between are not replayed.
         """
-        with self._subscribe() as stream:
+        conn, reader = self._subscribe(None)
+        stream = self._read(conn, reader, None)
+        try:
             for event in stream:
                 if event is not None:
                     yield event
+        finally:
+            stream.close()
+            conn.close()
 
     def wait_until_paired(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the device holds a grant; its status object. :class:`TimeoutError`
         after ``timeout`` seconds. Subscribes before it reads the status, so a pairing
-        that completes in between is not missed.
-
-        The deadline is checked whenever the daemon sends something, at least every
-        keep-alive (~15 s), so it may pass by up to that much; :class:`AsyncClient`'s
-        is exact.
-        """
+        that completes in between is not missed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._subscribe(read_timeout=timeout) as stream:
-            status = self.status()
-            while status.get("state") not in PAIRED_STATES:
-                event = next(stream)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"the device was not paired within {timeout:g} s")
-                if _is_paired_event(event):
-                    status = self.status()
-            return status
+        try:
+            conn, reader = self._subscribe(deadline)
+            stream = self._read(conn, reader, deadline)
+            try:
+                status = self.status()
+                while status.get("state") not in PAIRED_STATES:
+                    if _is_paired_event(next(stream)):
+                        status = self.status()
+                return status
+            finally:
+                stream.close()
+                conn.close()
+        except TimeoutError:
+            raise TimeoutError(f"the device was not paired within {timeout:g} s") from None
 
     def close(self) -> None:
-        self._http.close()
+        self._pool.close()
 
     def __enter__(self) -> Client:
         return self
@@ -419,169 +362,51 @@ class Client(_Base):
         self.close()
 
     def _do(self, call: _Call) -> Any:
-        import httpx
-
         try:
-            response = self._http.request(call.method, call.path, params=call.params, json=call.body)
-        except httpx.TransportError as exc:
+            response = self._pool.request(call.encode(), self.timeout, retry=call.method == "GET")
+        except _TRANSPORT_ERRORS as exc:
             raise self._unreachable(exc) from exc
         return call.parse(response)
 
-    @contextlib.contextmanager
-    def _subscribe(self, read_timeout: float | None = None) -> Iterator[Iterator[Event | None]]:
-        """``GET /v1/events``, open once its headers arrived (the daemon has then
-        registered us); yields an iterator of events and of None for a chunk without
-        one (a keep-alive), so callers can look at the clock."""
-        import httpx
-
+    def _subscribe(self, deadline: float | None) -> tuple[transport.Connection, wire.ResponseReader]:
+        """``GET /v1/events`` on a connection of its own, open once the answer's head
+        arrived (the daemon has then registered us), within ``timeout`` and ``deadline``:
+        past ``deadline``, a bare TimeoutError."""
+        head_deadline = time.monotonic() + self.timeout
+        if deadline is not None:
+            head_deadline = min(head_deadline, deadline)
         try:
-            with self._http.stream("GET", "/v1/events", headers=_EVENT_HEADERS,
-                                   timeout=self._stream_timeout(read_timeout)) as response:
-                if not response.is_success:
-                    response.read()
-                    raise _error(response)
-                stream = self._read(response, read_timeout)
-                try:
-                    yield stream
-                finally:
-                    stream.close()
-        except httpx.TransportError as exc:
+            conn = transport.Connection(self.path, head_deadline)
+            try:
+                conn.send(_EVENTS, head_deadline)
+                reader = wire.ResponseReader()
+                head = conn.receive(reader, head_deadline)
+                if not 200 <= head.status < 300:
+                    raise _error(transport.Response(head, conn.read_body(reader, head_deadline)))
+            except BaseException:
+                conn.close()
+                raise
+        except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            raise self._unreachable(TimeoutError()) from None
+        except _TRANSPORT_ERRORS as exc:
             raise self._unreachable(exc) from exc
+        reader.max_body = None  # a stream: the event parser bounds each event
+        return conn, reader
 
-    def _read(self, response: httpx.Response, read_timeout: float | None) -> Iterator[Event | None]:
-        import httpx
+    def _read(self, conn: transport.Connection, reader: wire.ResponseReader,
+              deadline: float | None) -> Iterator[Event | None]:
+        """The events, and None for a piece without one (a keep-alive), so callers can
+        look at the clock. Past ``deadline``, a bare TimeoutError."""
+        from devicelink.ipc.sse import SseParser
 
         parser = SseParser()
         try:
-            for chunk in response.iter_bytes():
-                yield from parser.feed(chunk) or (None,)
-        except httpx.ReadTimeout:
-            raise TimeoutError(f"no event from {self.path} within {read_timeout:g} s") from None
-        except httpx.TransportError as exc:
+            while (piece := conn.receive(reader, deadline)) is not wire.END:
+                yield from parser.feed(piece) or (None,)
+        except TimeoutError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
             raise self._stream_broke(exc) from exc
         raise self._stream_broke(None)
-
-
-class AsyncClient(_Base):
-    """The same calls as :class:`Client`, awaitable; :meth:`events` is an async iterator.
-
-    Use ``contextlib.aclosing(dl.events())`` when leaving the loop early, so the
-    stream's connection is closed at once rather than when the generator is collected.
-    """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        import httpx
-
-        super().__init__(path, timeout)
-        self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self.path),
-            base_url="http://devicelink",
-            timeout=timeout,
-        )
-
-    async def token(self, *, scope: str | None = None, resource: str | None = None,
-                    min_ttl: int | None = None) -> Token:
-        """See :meth:`Client.token`."""
-        return await self._do(_token_call(scope, resource, min_ttl))
-
-    async def status(self) -> dict[str, Any]:
-        return await self._do(_STATUS)
-
-    async def pair(self) -> dict[str, Any]:
-        return await self._do(_PAIR)
-
-    async def unpair(self) -> dict[str, Any]:
-        return await self._do(_UNPAIR)
-
-    async def health(self) -> bool:
-        return await self._do(_HEALTH)
-
-    async def step_up(self, acr_values: str | list[str] | None = None, max_age: int | None = None, *,
-                      min_ttl: int | None = None) -> StepUp:
-        """See :meth:`Client.step_up`."""
-        return await self._do(_step_up_call(acr_values, max_age, min_ttl))
-
-    async def events(self) -> AsyncIterator[Event]:
-        """See :meth:`Client.events`."""
-        async with self._subscribe() as stream:
-            async for event in stream:
-                if event is not None:
-                    yield event
-
-    async def wait_until_paired(self, timeout: float | None = None) -> dict[str, Any]:
-        """See :meth:`Client.wait_until_paired`; here the deadline is exact."""
-        import asyncio
-
-        try:
-            # wait_for runs the wait in a task of its own: asyncio.timeout in this task
-            # would misfire under anyio 3 (httpx 0.23, Debian 12), see oauth/http.py.
-            return await asyncio.wait_for(self._wait_until_paired(), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"the device was not paired within {timeout:g} s") from None
-
-    async def _wait_until_paired(self) -> dict[str, Any]:
-        async with self._subscribe() as stream:
-            status = await self.status()
-            while status.get("state") not in PAIRED_STATES:
-                if _is_paired_event(await stream.__anext__()):
-                    status = await self.status()
-            return status
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _do(self, call: _Call) -> Any:
-        import httpx
-
-        try:
-            response = await self._http.request(call.method, call.path, params=call.params, json=call.body)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-        return call.parse(response)
-
-    @contextlib.asynccontextmanager
-    async def _subscribe(self) -> AsyncIterator[AsyncIterator[Event | None]]:
-        import httpx
-
-        try:
-            async with self._http.stream("GET", "/v1/events", headers=_EVENT_HEADERS,
-                                         timeout=self._stream_timeout(None)) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise _error(response)
-                stream = self._read(response)
-                try:
-                    yield stream
-                finally:
-                    await stream.aclose()
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-
-    async def _read(self, response: httpx.Response) -> AsyncIterator[Event | None]:
-        import httpx
-
-        parser = SseParser()
-        try:
-            async for chunk in response.aiter_bytes():
-                for event in parser.feed(chunk) or (None,):
-                    yield event
-        except httpx.TransportError as exc:
-            raise self._stream_broke(exc) from exc
-        raise self._stream_broke(None)
-
-
-def _os_error(exc: BaseException | None) -> OSError | None:
-    """The OSError under httpx's and httpcore's wrappers, if any."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
