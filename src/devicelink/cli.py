@@ -81,11 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _quick_token(argv)
     if args is None:
-        # httpx/__init__.py imports its own command-line client (click, rich, pygments) when
-        # they are installed, as Debian's python3-httpx always does: ~7 MiB and ~80 ms in every
-        # process. Marking it absent makes httpx fall back to its stub. The daemon and doctor
-        # still use httpx; the commands that only ask the daemon never import it.
-        sys.modules.setdefault("httpx._main", None)
         args = build_parser().parse_args(argv)
         from devicelink import logs
 

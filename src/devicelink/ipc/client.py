@@ -39,7 +39,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 from devicelink import paths
-from devicelink.errors import DeviceLinkError
+from devicelink.errors import DaemonError, DaemonUnreachable
 from devicelink.ipc import transport, wire
 
 if TYPE_CHECKING:
@@ -68,20 +68,6 @@ MAX_EVENT_BYTES = 1 << 20
 def default_socket_path() -> str:
     """``$DEVICELINK_SOCKET`` when set, else ``/run/devicelink/agent.sock``."""
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET_PATH
-
-
-class DaemonUnreachable(DeviceLinkError, ConnectionError):
-    """The daemon could not be asked: no socket, no permission, no answer, stream cut."""
-
-
-class DaemonError(DeviceLinkError):
-    """The daemon answered with an error (``{"error", "error_description"}``)."""
-
-    def __init__(self, code: str, description: str, status: int) -> None:
-        super().__init__(f"{description} ({code})" if description else code)
-        self.code = code
-        self.description = description
-        self.status = status
 
 
 class Token(dict):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import re
 
-from devicelink.ipc.client import MAX_EVENT_BYTES, DaemonError, Event
+from devicelink.errors import DaemonError
+from devicelink.ipc.client import MAX_EVENT_BYTES, Event
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 

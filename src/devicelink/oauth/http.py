@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any, Awaitable, Callable, Generator, TypeVar
 from urllib.parse import urlencode
@@ -59,7 +60,7 @@ class OAuthHttp:
 
     async def send(self, request: m.Request) -> m.Reply:
         """One exchange. Never raises for network trouble: that is a :class:`Failure`."""
-        import httpx
+        httpx = _httpx()
 
         out = outgoing(request, self.auth, self.clock())
         self._busy += 1
@@ -83,7 +84,7 @@ class OAuthHttp:
                     self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
 
     async def _exchange(self, out: Outgoing) -> m.Reply:
-        import httpx
+        httpx = _httpx()
 
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False)
@@ -152,6 +153,16 @@ def run_sync(flow: Generator[steps.Step, m.Reply, T], auth: ClientAuth, *, deadl
             await http.aclose()
 
     return asyncio.run(drive())
+
+
+def _httpx() -> Any:
+    """httpx, imported when the first request is due. Its ``__init__`` imports its own
+    command-line client (click, rich, pygments) when they are installed, as Debian's
+    python3-httpx always does: ~7 MiB and ~80 ms. Marked absent, httpx uses its stub."""
+    sys.modules.setdefault("httpx._main", None)
+    import httpx
+
+    return httpx
 
 
 def outgoing(request: m.Request, auth: ClientAuth, now: float) -> Outgoing:
