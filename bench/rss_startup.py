@@ -1,7 +1,7 @@
 """Startup time and memory of the real daemon, as a device would run it.
 
     .venv/bin/python bench/rss_startup.py [--python /usr/bin/python3] [--restarts 10] [--requests 1000]
-                                          [--src DIR] [--smaps] [--json]
+                                          [--src DIR] [--against DIR] [--smaps] [--json]
 
 This script runs in the project's venv (it needs the development server,
 ``devicelink_sim``); the daemon runs under ``--python`` (default: the venv's
@@ -22,7 +22,9 @@ file) and measure
   its split into RssAnon (heap, Python objects) and RssFile (mapped .so files);
   ``--smaps`` also lists the largest mappings, e.g. cryptography's OpenSSL.
 
-Prints min / median / max of each, the daemon interpreter and the versions of
+``--against DIR`` measures a second tree (``git worktree add /tmp/base <commit>``,
+then ``--against /tmp/base/src``) in the same run, alternating restarts, and
+prints both side by side. Prints min / median / max of each, the daemon interpreter and the versions of
 the packages it imported. A benchmark, not a test: run it on an idle machine.
 """
 
@@ -225,6 +227,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="GET /v1/token requests before the second RSS")
     ap.add_argument("--src", type=Path, default=ROOT / "src",
                     help="the daemon's PYTHONPATH (to try a patched copy of src); default: the repo's src")
+    ap.add_argument("--against", type=Path, metavar="DIR",
+                    help="another src/ (e.g. a checkout of an older commit): measured alternately with --src, "
+                         "in the same run, and printed side by side")
     ap.add_argument("--smaps", action="store_true", help="print the largest mappings of the last run")
     ap.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     args = ap.parse_args()
@@ -241,22 +246,34 @@ def main() -> int:
     for name, value in versions.items():
         print(f"  {name:24} {value}")
 
-    runs = []
+    trees = {"this tree": src}
+    if args.against is not None:
+        trees["against"] = args.against.resolve()
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with DevServer(interval=1) as srv, tempfile.TemporaryDirectory(prefix="dl-bench-", dir="/tmp") as tmp:
-        config = write_config(Path(tmp), srv.issuer, srv.client_id)
-        pair(python, config, src, srv)
-        for i in range(args.restarts):
-            runs.append(one_run(python, config, src, args.requests, smaps=args.smaps and i == args.restarts - 1))
+        configs = {}
+        for i, (name, tree) in enumerate(trees.items()):
+            (Path(tmp) / str(i)).mkdir()
+            configs[name] = write_config(Path(tmp) / str(i), srv.issuer, srv.client_id)
+            pair(python, configs[name], tree, srv)
+        for i in range(args.restarts):  # alternately, so the machine's noise falls on both alike
+            for name, tree in trees.items():
+                last = args.smaps and i == args.restarts - 1 and name == "this tree"
+                runs[name].append(one_run(python, configs[name], tree, args.requests, smaps=last))
 
-    print(f"\n{args.restarts} restarts, {args.requests} GET /v1/token on one keep-alive connection each:")
-    print(f"  {'':34} {'min':>8} {'median':>8} {'max':>8}")
+    print(f"\n{args.restarts} restarts, {args.requests} GET /v1/token on one keep-alive connection each"
+          + (f"; against = {trees['against']}" if "against" in trees else ""))
+    print(f"  {'':34}" + "".join(f" {name + ': min':>16} {'median':>8} {'max':>8}" for name in trees))
     for key, label in [("startup_ms", "start -> /v1/health answered (ms)"),
                        ("rss_start_mib", "VmRSS after start (MiB)"),
                        ("rss_loaded_mib", f"VmRSS after {args.requests} tokens (MiB)"),
                        ("anon_loaded_mib", "  of which RssAnon (MiB)"),
                        ("file_loaded_mib", "  of which RssFile (MiB)")]:
-        values = [r[key] for r in runs]
-        print(f"  {label:34} {min(values):8.1f} {statistics.median(values):8.1f} {max(values):8.1f}")
+        line = f"  {label:34}"
+        for name in trees:
+            values = [r[key] for r in runs[name]]
+            line += f" {min(values):16.1f} {statistics.median(values):8.1f} {max(values):8.1f}"
+        print(line)
     if args.json:
         print(json.dumps({"versions": versions, "runs": runs}))
     return 0
