@@ -10,6 +10,7 @@ from typing import Any
 
 from devicelink.engine.answers import (CodeShown, Issued, StateChanged, Status, StepUpChanged, StepUpDone,
                                        StepUpPending, TokenRotated, Unpaired)
+from devicelink.ipc import routes
 from devicelink.ipc.routes import Response, json_response
 from devicelink.lifecycle import PairingCode
 
@@ -20,7 +21,7 @@ def token(issued: Issued) -> dict[str, Any]:
 
 
 def token_response(issued: Issued) -> Response:
-    return json_response(200, token(issued))
+    return routes.token_response(token(issued))
 
 
 def pairing(code: PairingCode, expires_in: int | None) -> dict[str, Any]:
