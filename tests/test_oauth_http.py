@@ -214,25 +214,32 @@ def test_repeated_parameters_are_all_sent():
     assert seen["type"] == "application/x-www-form-urlencoded"
 
 
-def test_the_client_is_made_when_a_request_is_due_and_closed_when_idle(dev_server):
+def test_the_client_is_made_when_a_request_is_due_and_closed_when_idle():
     """A paired daemon holds no HTTP client (CA bundle, SSL context, pool) between refreshes."""
+    def ok(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                     b"connection: close\r\n\r\n{}")
+
+    server = RawServer(ok)
+
     async def main():
         http = OAuthHttp(None, ClientAuth("tv"), idle_close=0.0)
         assert not http.connected  # nothing made at start
-        reply = await http.send(m.metadata_requests(dev_server.issuer)[0])
-        assert reply.status == 200
+        assert (await http.send(m.Request("refresh", server.url))).status == 200
         assert http.connected  # the close is only scheduled (after idle_close)
         for _ in range(20):  # let the loop run the idle timer and the close it schedules
             if not http.connected:
                 break
             await asyncio.sleep(0)
         assert not http.connected
-        again = await http.send(m.metadata_requests(dev_server.issuer)[0])  # made again when due
-        assert again.status == 200
+        assert (await http.send(m.Request("refresh", server.url))).status == 200  # made again when due
         await http.aclose()
         assert not http.connected
 
-    run(main())
+    try:
+        run(main())
+    finally:
+        server.close()
 
 
 def test_run_sync_drives_a_flow_once_and_the_failure_keeps_its_exception():
