@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/kill_bench.py [--kills 1000] [--lanes 3] [--seed 4] [--quiet]
 
-The harness of ``tests/test_kill.py``, for longer: each lane is one device (its own
+The harness of ``tests/e2e/test_kill.py``, for longer: each lane is one device (its own
 development server with 2-second access tokens and rotating refresh tokens, its own
 state directory and daemon), paired once; then the daemon is killed at a random
 instant (about two in three right after it logs ``-> refreshing``, spread over the
@@ -31,7 +31,7 @@ for path in (ROOT, ROOT / "src", ROOT / "simulator"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from tests.test_kill import LANES, SEED, run_kills  # noqa: E402
+from tests.e2e.test_kill import LANES, SEED, run_kills  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

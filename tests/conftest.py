@@ -18,7 +18,7 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
-                     help="rewrite tests/golden/*.png from the current renderer instead of comparing")
+                     help="rewrite tests/display/golden/*.png from the current renderer instead of comparing")
 
 
 @pytest.fixture

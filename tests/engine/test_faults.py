@@ -42,7 +42,7 @@ from devicelink_sim.authserver import DevServer
 from devicelink_sim.faults import Fault, Faults, parse_spec
 from tests.conftest import write_config
 from tests.helpers import shaped, FakeClock, StateLog
-from tests.test_device import Rig, run
+from tests.engine.test_device import Rig, run
 
 CAP = 300.0  # the backoff cap, seconds (docs/behaviour.md)
 REFRESH_BASE = 5.0  # refresh backoff: 5 s doubling (device.py)
@@ -761,7 +761,7 @@ def test_spec_strings():
 
 
 def test_cli_server_takes_faults():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root / 'src'}:{root / 'simulator'}"}
     proc = subprocess.Popen([sys.executable, "-m", "devicelink_sim.cli", "server", "--interval", "1",
                              "--fault", "token:status,status=502,times=1", "--fault", "token:reset",

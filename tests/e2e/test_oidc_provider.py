@@ -305,7 +305,7 @@ def test_narrowed_tokens_per_app_keep_the_rotating_grant(short_tmp, provider, da
     import os
     import shutil
 
-    from tests.test_apps_e2e import as_app
+    from tests.e2e.test_apps import as_app
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("starts an app under another uid (needs root and setpriv)")

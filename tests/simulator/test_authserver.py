@@ -833,7 +833,7 @@ def test_port_in_use_raises_oserror():
 
 
 def test_standalone_prints_issuer_and_stops_on_sigterm():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": f"{root / 'src'}:{root / 'simulator'}", "PATH": "/usr/bin:/bin"}
     with subprocess.Popen(
         [sys.executable, "-m", "devicelink_sim", "server", "--port", "0", "--interval", "1",

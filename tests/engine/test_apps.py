@@ -19,7 +19,7 @@ from devicelink.errors import Refused
 from devicelink.ipc.routes import ApiError, Peer, Request, TokenQuery
 from devicelink.lifecycle import State
 from devicelink.policy import App, Policy
-from tests.test_device import Rig, run
+from tests.engine.test_device import Rig, run
 
 FULL = "openid profile email offline_access"
 PLAYER = App("player", scope=frozenset({"openid", "email"}), resources=None)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import DAEMON_PYTHON, write_config
-from tests.test_daemon_e2e import pair
+from tests.e2e.test_daemon import pair
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="starts apps under other uids (needs root)"),

@@ -1,6 +1,6 @@
 """display/render.py and the layout modules behind it, and display/qr.py: the screens as pictures, and the QR fit.
 
-Golden images live in tests/golden/<screen>_<w>x<h>.png, one per screen and panel size;
+Golden images live in tests/display/golden/<screen>_<w>x<h>.png, one per screen and panel size;
 ``pytest --update-golden`` rewrites them from the current renderer (those tests then
 report themselves as skipped, saying which file they wrote). Each golden records the
 FreeType version that drew it: with the same version the comparison is pixel-exact;

@@ -16,7 +16,7 @@ import pytest
 
 from devicelink import config
 
-HARDWARE = Path(__file__).resolve().parent.parent / "hardware"
+HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
 PROFILES = sorted(p.parent.name for p in HARDWARE.glob("*/profile.toml"))
 
 PROVIDER = """\
