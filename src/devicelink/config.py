@@ -11,7 +11,6 @@ a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -358,6 +357,8 @@ def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
+    import ipaddress  # only for http:// URLs, which only development configs have
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -38,7 +38,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -346,6 +345,8 @@ def finish_rekey(state_dir: Path, key: bytes, source: str) -> str | None:
 def remove_journal(state_dir: Path) -> None:
     journal = Path(state_dir) / JOURNAL_DIR
     try:
+        import shutil  # rare: only after a rekey
+
         shutil.rmtree(journal)
         fsync_dir(Path(state_dir))
     except FileNotFoundError:
