@@ -1147,7 +1147,7 @@ class TestSimpleGet:
         b"GET /v1/status HTTP/1.1\r\nHOST:  devicelink \r\nX-Odd: a\tb\r\n\r\n",
     ])
     def test_simple(self, data: bytes) -> None:
-        from devicelink.ipc.server import _simple_get
+        from devicelink.ipc.fastpath import simple_get as _simple_get
 
         assert _simple_get(data) == data.split(b" ")[1]
 
@@ -1174,7 +1174,7 @@ class TestSimpleGet:
         b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 101 + b"\r\n",
     ])
     def test_left_to_h11(self, data: bytes) -> None:
-        from devicelink.ipc.server import _simple_get
+        from devicelink.ipc.fastpath import simple_get as _simple_get
 
         assert _simple_get(data) is None
 
