@@ -41,7 +41,7 @@ from devicelink.ipc import answers
 from devicelink.ipc.answering import EOM, Answering
 from devicelink.ipc.answers import MAX_BODY_BYTES, MAX_HEADER_BYTES, over_limits, protocol_error, response_event
 from devicelink.ipc.eventstream import EventStream
-from devicelink.ipc.fastpath import answer, simple_get
+from devicelink.ipc.fastpath import answer, simple_request
 from devicelink.ipc.routes import Peer, Response
 
 if TYPE_CHECKING:
@@ -155,12 +155,11 @@ class H11Connection(Answering, asyncio.BufferedProtocol):
         conn = self._conn
         if (self._request_since is None and self._task is None and self._keep_alive
                 and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE and not conn.trailing_data[0]):
-            target = simple_get(data)
-            if target is not None:
-                result = answer(self._api, target, self.peer)
-                if result is not None:
-                    self._answer_simple(target, result)
-                    return
+            simple = simple_request(data)
+            if simple is not None:
+                target, handler, query = simple
+                self._answer_simple(target, answer(self._api, handler, query, self.peer, target))
+                return
         if self._request_since is None:
             self._request_since = self._loop.time()
         conn.receive_data(data)

@@ -77,14 +77,35 @@ def simple_get(data: bytes) -> bytes | None:
     return line.group(1) if hosts == 1 else None  # RFC 9112 §3.2: exactly one Host
 
 
-def answer(api: Api, target: bytes, peer: Peer) -> Response | Awaitable[Response] | None:
-    """The Api's answer to a simple GET of ``target``; None: not for the fast path."""
+# An app sends the same bytes each time: what simple_get and routes.resolve made of
+# them is kept (bounded; both are pure functions of the bytes).
+_SIMPLE_CACHED_BYTES = 1024
+_simple_requests: dict[bytes, tuple[bytes, str, bytes]] = {}
+
+
+def simple_request(data: bytes) -> tuple[bytes, str, bytes] | None:
+    """``(target, handler, query)`` if ``data`` is a simple GET for the fast path, else None."""
+    known = _simple_requests.get(data)
+    if known is not None:
+        return known
+    target = simple_get(data)
+    if target is None:
+        return None
     try:
         handler, query = routes.resolve(b"GET", target)
     except ApiError:
         return None
     if handler not in _SIMPLE_HANDLERS:
         return None
+    if len(data) <= _SIMPLE_CACHED_BYTES:
+        if len(_simple_requests) >= 256:
+            _simple_requests.clear()
+        _simple_requests[data] = (target, handler, query)
+    return target, handler, query
+
+
+def answer(api: Api, handler: str, query: bytes, peer: Peer, target: bytes) -> Response | Awaitable[Response]:
+    """The Api's answer to a simple GET: a Response, or an awaitable of one."""
     try:
         result = api.handle(Request(handler, query, b"", peer))
     except ApiError as err:
@@ -137,16 +158,17 @@ class FastConnection:
             self.close()
             return False
         data = buffer[:nbytes].tobytes()
-        target = simple_get(data)
-        result = None if target is None else answer(self._server.api, target, self.peer)
-        if result is None:
+        simple = simple_request(data)
+        if simple is None:
             self._hand_over(data=data)
             return False
+        target, handler, query = simple
+        result = answer(self._server.api, handler, query, self.peer, target)
         if not isinstance(result, Response):
-            self._hand_over(pending=(target, result))  # type: ignore[arg-type]
+            self._hand_over(pending=(target, result))
             return False
         if logger.isEnabledFor(logging.DEBUG):
-            log_answer(b"GET", target, result.status, self.peer)  # type: ignore[arg-type]
+            log_answer(b"GET", target, result.status, self.peer)
         out = raw(result, close=False)
         try:
             sent = self._sock.send(out)

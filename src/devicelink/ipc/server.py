@@ -272,7 +272,10 @@ class SocketServer:
         conn = self._by_fd[sock.fileno()] = FastConnection(self, sock, peer)
         self._connections.add(conn)
         assert self._hangups is not None
-        self._hangups.register(conn.fd, 0)  # EPOLLHUP is always reported; the close unregisters it
+        try:
+            self._hangups.register(conn.fd, 0)  # EPOLLHUP is always reported; the close unregisters it
+        except FileExistsError:  # the fd's last socket is still open somewhere (a dup)
+            self._hangups.modify(conn.fd, 0)
         conn.start()
 
     def _no_room(self, uid: int) -> str | None:
