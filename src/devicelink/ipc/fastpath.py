@@ -169,12 +169,14 @@ class FastConnection:
             return False
         if logger.isEnabledFor(logging.DEBUG):
             log_answer(b"GET", target, result.status, self.peer)
-        out = raw(result, close=False)
         try:
+            out = raw(result, close=False)
             sent = self._sock.send(out)
         except (BlockingIOError, InterruptedError):
             sent = 0
-        except OSError:  # EPIPE, ECONNRESET: the client has gone
+        except Exception as exc:  # EPIPE, ECONNRESET: the client has gone; or a Response that isn't one
+            if not isinstance(exc, OSError):
+                logger.exception("error sending the answer to %s", path_only(target))
             self.close()
             return False
         if sent < len(out):

@@ -1,15 +1,13 @@
 """The socket API over a Unix socket: the listener, and who it lets in.
 
-The parts, as uvicorn splits its server:
-
-- here, :class:`SocketServer`: the socket file (:mod:`~devicelink.ipc.sockfile`),
-  accepting, admission, refusals and shutdown;
-- :mod:`~devicelink.ipc.peer`: who is calling, from the kernel;
-- :mod:`~devicelink.ipc.fastpath`: the protocol every connection starts with,
-  which answers one simple GET alone in a read without h11 or a transport;
-- :mod:`~devicelink.ipc.connection`: the h11 protocol, for everything else;
-- :mod:`~devicelink.ipc.eventstream`: a server-sent event stream on it;
-- :mod:`~devicelink.ipc.answers`: the limits, and the answers written without the Api.
+The parts, as uvicorn splits its server: here :class:`SocketServer` (the
+socket file through :mod:`.sockfile`, accepting, admission, refusals,
+shutdown); :mod:`.peer` (who is calling, from the kernel); :mod:`.fastpath`
+(the protocol every connection starts with: one simple GET alone in a read,
+answered without h11 or a transport); :mod:`.connection` and
+:mod:`.answering` (the h11 protocol, for everything else); :mod:`.eventstream`
+(server-sent events); :mod:`.answers` (the limits, and the answers written
+without the Api).
 
 We accept connections ourselves (``loop.add_reader`` on the listening
 socket), so a connection is judged before anything is built for it:
@@ -20,18 +18,17 @@ socket), so a connection is judged before anything is built for it:
   ``max_connections_per_uid`` for the caller's uid. A client that closes a
   connection and at once opens the next (curl, the CLI) is often accepted
   before the loop has read the first one's EOF. So every connection is also
-  in an epoll set of its own that reports only hang-ups, and at a cap, before
-  refusing, the listener closes the connections whose client has closed its
-  end (``EPOLLHUP``) and that have nothing left to read or answer: one
-  ``epoll_wait`` that returns only those. They no longer count.
+  in an epoll set that reports only hang-ups, and at a cap, before refusing,
+  one ``epoll_wait`` on it finds the connections whose client has closed its
+  end; those with nothing left to read or answer are closed, and no longer count.
 - Beyond a cap the caller gets a pre-built 503 ``server_busy`` written
-  straight to the socket, a few microseconds, so a client hammering the
-  socket costs us little. We then shut down our side only and close a second
-  later, so a client that writes its request after our answer (it connected
-  before we accepted) doesn't get EPIPE instead of the 503; httpcore < 1.0
-  (Bookworm's) would not read the answer then. At most ``_REFUSED_KEPT``
-  sockets wait like that; a flood just closes them sooner. Refusals are
-  logged at most once a minute per uid, with a count.
+  straight to the socket, so a client hammering the socket costs us little.
+  We then shut down our side only and close a second later, so a client that
+  writes its request after our answer (it connected before we accepted)
+  doesn't get EPIPE instead of the 503; httpcore < 1.0 (Bookworm's) would not
+  read the answer then. At most ``_REFUSED_KEPT`` sockets wait like that; a
+  flood just closes them sooner. Refusals are logged at most once a minute
+  per uid, with a count.
 - The listen backlog is 1024 and each wake-up accepts up to 128: connects
   come in bursts, and on AF_UNIX a non-blocking ``connect()`` to a full
   backlog fails with EAGAIN, which asyncio mistakes for "in progress" and
