@@ -50,8 +50,8 @@ never judging them:
 instead of the real daemon (when the daemon can't be run).
 
 ``--issue9`` measures the socket layer (the fixed Api, the daemon's default
-caps: 512 in total, 64 per uid) against the same minimal asyncio server,
-alternating, ``--rounds`` times each:
+caps: 512 in total, 64 per uid; ``--target daemon``: the real daemon) against
+the same minimal asyncio server, alternating, ``--rounds`` times each:
 
 (a) one request per connection, what ``curl`` and the CLI do: connect, send
     ``GET /v1/token``, read the whole answer, close, and again; at 1, 8 and
@@ -578,6 +578,17 @@ async def one_answer(path: str) -> bytes:
     return answer
 
 
+def start_target(tmp: str, real_daemon: bool, per_uid: int) -> tuple:
+    """(daemon, child, socket path, pid, what): the real daemon, or the socket layer with
+    the fixed Api in a child (``--target fixed``) with ``per_uid`` as its per-uid cap."""
+    if real_daemon:
+        daemon, path = start_paired_daemon(tmp)
+        return daemon, None, path, daemon.proc.pid, "the real daemon (paired against the dev server)"
+    path = os.path.join(tmp, "agent.sock")
+    child = spawn_server(["--serve", path, "--answer", "now", "--per-uid", str(per_uid)])
+    return None, child, path, child.pid, "the socket layer with a fixed Api (--target fixed)"
+
+
 async def start_ceiling(tmp: str, path: str) -> tuple[subprocess.Popen, str, str]:
     """The ceiling in a child process, replaying the token answer of the server on ``path``:
     (the child, its socket path, the answer's file)."""
@@ -607,13 +618,7 @@ async def issue5(args: argparse.Namespace) -> None:
     daemon = child = ceiling = None
     clients = args.clients5
     try:
-        if args.target == "daemon":
-            daemon, path = start_paired_daemon(tmp)
-            pid, what = daemon.proc.pid, "the real daemon (paired against the dev server)"
-        else:
-            path = os.path.join(tmp, "agent.sock")
-            child = spawn_server(["--serve", path, "--answer", "now", "--per-uid", str(max(64, clients + 1))])
-            pid, what = child.pid, "the socket layer with a fixed Api (--target fixed)"
+        daemon, child, path, pid, what = start_target(tmp, args.target != "fixed", max(64, clients + 1))
         ceiling, ceiling_path, answer_file = await start_ceiling(tmp, path)
         print(f"target: {what}, pid {pid}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
               f"load average {os.getloadavg()[0]:.2f}")
@@ -787,16 +792,15 @@ async def measure_oneshot(path: str, server_pid: int, clients: int, seconds: flo
 
 async def issue9(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="dlb", dir="/tmp")
-    child = ceiling = None
+    daemon = child = ceiling = None
     try:
-        path = os.path.join(tmp, "agent.sock")
-        child = spawn_server(["--serve", path, "--answer", "now", "--per-uid", "64"])
+        daemon, child, path, pid, what = start_target(tmp, args.target == "daemon", 64)
         ceiling, ceiling_path, answer_file = await start_ceiling(tmp, path)
-        print(f"the socket layer with a fixed Api (caps: 512 in total, 64 per uid) vs the ceiling, a minimal\n"
+        print(f"{what}, caps 512 in total and 64 per uid, vs the ceiling, a minimal\n"
               f"asyncio server replaying its token answer ({os.path.getsize(answer_file)} bytes); "
               f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f};\n"
               f"alternating, {args.rounds} rounds of {args.round_seconds:g} s each; latency in ms")
-        targets = (("daemon", path, child.pid), ("ceiling", ceiling_path, ceiling.pid))
+        targets = (("daemon", path, pid), ("ceiling", ceiling_path, ceiling.pid))
         refusals = answers = 0
         cases = [(f"(a) one request per connection, {n} client{'s' if n > 1 else ''}", n, False)
                  for n in args.oneshot_clients]
@@ -830,6 +834,9 @@ async def issue9(args: argparse.Namespace) -> None:
             end_child(ceiling)
         if child is not None:
             end_child(child)
+        if daemon is not None:
+            daemon.stop()
+            daemon.dev_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -852,7 +859,8 @@ def main() -> None:
                         help="the fixed Api answers from handle() (now) or through a coroutine (later)")
     issue = parser.add_argument_group("the issue 5 suite")
     issue.add_argument("--issue5", action="store_true", help="run (a), (b) and (c); see the top of this file")
-    issue.add_argument("--target", choices=["daemon", "fixed"], default="daemon")
+    issue.add_argument("--target", choices=["daemon", "fixed"],
+                       help="what the suite loads (default: daemon for --issue5, fixed for --issue9)")
     issue.add_argument("--clients5", type=int, default=64, metavar="N", help="connections (default 64)")
     issue.add_argument("--rounds", type=int, default=3, help="alternating rounds of each measurement")
     issue.add_argument("--round-seconds", type=float, default=3.0)
