@@ -1,10 +1,10 @@
 """The fast path: one simple ``GET`` alone in a read, answered without h11.
 
-Nearly every request an app sends is one small ``GET``, alone in one read, and
+Nearly every request an app sends is one small ``GET``, alone in one read;
 curl and the CLI send it on a connection of its own. h11's general machinery
-was three quarters of the daemon's time per such request, and an asyncio
-transport and its set-up task most of what was left when the connection
-carries a single request. So:
+was three quarters of the daemon's time per such request, and a connection
+that carries one request also paid for an asyncio transport and the task
+that set it up. So:
 
 - Every admitted connection starts as a :class:`FastConnection`: the socket
   read by hand (``loop.add_reader``), no transport, no task, no h11, no timer
