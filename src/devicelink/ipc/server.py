@@ -291,7 +291,7 @@ class SocketServer:
     def _sweep(self) -> None:
         """Close the connections whose client has closed its end, with nothing unread or unanswered."""
         assert self._hangups is not None
-        for fd, _ in self._hangups.poll(0):
+        for fd, _ in self._hangups.poll(0, len(self._connections) or 1):
             conn = self._by_fd.get(fd)
             if conn is not None and not conn.busy and not _unread(fd):
                 conn.retire()
