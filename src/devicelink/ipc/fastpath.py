@@ -197,8 +197,8 @@ class FastConnection:
 
     def close(self) -> None:
         self._stop_reading()
-        self._sock.close()
         self._server._connection_lost(self)
+        self._sock.close()
 
     shutdown = abort = retire = close  # nothing in flight: stop() and the sweep just close
 

@@ -269,10 +269,7 @@ class SocketServer:
         conn = self._by_fd[sock.fileno()] = FastConnection(self, sock, peer)
         self._connections.add(conn)
         assert self._hangups is not None
-        try:
-            self._hangups.register(conn.fd, 0)  # EPOLLHUP is always reported; the close unregisters it
-        except FileExistsError:  # the fd's last socket is still open somewhere (a dup)
-            self._hangups.modify(conn.fd, 0)
+        self._hangups.register(conn.fd, 0)  # EPOLLHUP is always reported; _connection_lost unregisters
         conn.start()
 
     def _no_room(self, uid: int) -> str | None:
@@ -375,22 +372,27 @@ class SocketServer:
             make_transport(sock, conn)
         except Exception as exc:
             logger.warning("cannot set up a connection: %s", exc)
-            sock.close()
             self._connection_lost(conn)
+            sock.close()
 
     def _connected(self, task: asyncio.Task[Any], conn: H11Connection, sock: socket.socket) -> None:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is not None:
             if not task.cancelled():
                 logger.warning("cannot set up a connection: %s", task.exception())
-            sock.close()
             self._connection_lost(conn)
+            sock.close()
 
     def _connection_lost(self, conn: Connection) -> None:
+        """``conn`` no longer counts; called before its socket is closed."""
         if conn not in self._connections:
             return
         self._connections.discard(conn)
         del self._by_fd[conn.fd]
+        try:  # before the fd is closed: it can't have been reused yet
+            self._hangups.unregister(conn.fd)  # type: ignore[union-attr]
+        except (OSError, ValueError):  # the fd closed already; the epoll set closed by stop()
+            pass
         uid = conn.peer.uid
         left = self._per_uid[uid] - 1
         if left:
