@@ -55,6 +55,7 @@ import select
 import socket
 import struct
 import termios
+from collections.abc import ValuesView
 from typing import Any
 
 from devicelink.errors import DeviceLinkError
@@ -133,9 +134,8 @@ class SocketServer:
         self._backlog = backlog
         self._listener: socket.socket | None = None
         self._file_id: sockfile.FileId | None = None
-        self._connections: set[Connection] = set()
+        self._by_fd: dict[int, Connection] = {}  # the connections that count
         self._per_uid: dict[int, int] = {}  # uid -> open connections; no zero entries
-        self._by_fd: dict[int, Connection] = {}
         self._hangups: select.epoll | None = None  # every connection's fd, for EPOLLHUP only
         self._refused: dict[int, list[float]] = {}  # uid -> [last warning, refused since]
         self._half_closed: collections.deque[tuple[float, socket.socket]] = collections.deque()
@@ -224,6 +224,10 @@ class SocketServer:
     def is_serving(self) -> bool:
         return self._listener is not None
 
+    @property
+    def _connections(self) -> ValuesView[Connection]:
+        return self._by_fd.values()
+
     # -- accepting ---------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
@@ -267,7 +271,6 @@ class SocketServer:
             return
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         conn = self._by_fd[sock.fileno()] = FastConnection(self, sock, peer)
-        self._connections.add(conn)
         assert self._hangups is not None
         self._hangups.register(conn.fd, 0)  # EPOLLHUP is always reported; _connection_lost unregisters
         conn.start()
@@ -356,8 +359,6 @@ class SocketServer:
     def _hand_over(self, fast: FastConnection, sock: socket.socket, **state: Any) -> None:
         """The fast path gives up ``sock``: an asyncio transport with the h11 protocol takes it."""
         conn = self._by_fd[fast.fd] = H11Connection(self, fast.peer, fast.fd, **state)
-        self._connections.discard(fast)
-        self._connections.add(conn)
         loop = self._loop
         assert loop is not None
         # What connect_accepted_socket() does, without its task and future: the
@@ -385,9 +386,8 @@ class SocketServer:
 
     def _connection_lost(self, conn: Connection) -> None:
         """``conn`` no longer counts; called before its socket is closed."""
-        if conn not in self._connections:
+        if self._by_fd.get(conn.fd) is not conn:
             return
-        self._connections.discard(conn)
         del self._by_fd[conn.fd]
         try:  # before the fd is closed: it can't have been reused yet
             self._hangups.unregister(conn.fd)  # type: ignore[union-attr]
