@@ -4,6 +4,7 @@
                                                 [--in-process | --daemon] [--pipeline 1]
                                                 [--answer now|later]
     .venv/bin/python bench/socket_bench.py --issue5 [--target daemon|fixed] [--rounds 3]
+    .venv/bin/python bench/socket_bench.py --issue9 [--rounds 3] [--round-seconds 2]
 
 ``--daemon`` loads the real ``devicelink run`` process, paired against the
 development server, instead of the socket layer alone.
@@ -47,6 +48,17 @@ never judging them:
 
 ``--target fixed`` runs the suite against the socket layer with the fixed Api
 instead of the real daemon (when the daemon can't be run).
+
+``--issue9`` measures the socket layer (the fixed Api, the daemon's default
+caps: 512 in total, 64 per uid; ``--target daemon``: the real daemon) against
+the same minimal asyncio server, alternating, ``--rounds`` times each:
+
+(a) one request per connection, what ``curl`` and the CLI do: connect, send
+    ``GET /v1/token``, read the whole answer, close, and again; at 1, 8 and
+    64 clients. Latency is from connect to the last byte.
+(b) 64 keep-alive clients, closed loop, as in ``--issue5``.
+(c) the ``503 server_busy`` answers the socket layer gave in (a) and (b): each
+    client has at most one connection open, so all are below the cap.
 """
 
 from __future__ import annotations
@@ -336,9 +348,20 @@ class Recorder:
     stopping: bool = False
     limit: int = 0
     done: int = 0
+    running: int = 0  # one-request-per-connection clients not yet stopped
     latencies: list[int] = field(default_factory=list)
     unexpected: collections.Counter = field(default_factory=collections.Counter)
     reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def answer_size(buf: bytes | bytearray) -> int | None:
+    """The size of the first answer in ``buf``, head and body; None until it is all there."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    at = buf.find(b"content-length: ", 0, end)
+    total = end + 4 + (int(buf[at + 16 : buf.index(b"\r\n", at)]) if at >= 0 else 0)
+    return total if len(buf) >= total else None
 
 
 class _Load(asyncio.Protocol):
@@ -385,13 +408,8 @@ class _Load(asyncio.Protocol):
         buf += data
         rec = self.rec
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            at = buf.find(b"content-length: ", 0, end)
-            length = int(buf[at + 16 : buf.index(b"\r\n", at)]) if at >= 0 else 0
-            total = end + 4 + length
-            if len(buf) < total:
+            total = answer_size(buf)
+            if total is None:
                 return
             now = time.perf_counter_ns()
             status = bytes(buf[9:12])
@@ -560,6 +578,27 @@ async def one_answer(path: str) -> bytes:
     return answer
 
 
+def start_target(tmp: str, real_daemon: bool, per_uid: int) -> tuple:
+    """(daemon, child, socket path, pid, what): the real daemon, or the socket layer with
+    the fixed Api in a child (``--target fixed``) with ``per_uid`` as its per-uid cap."""
+    if real_daemon:
+        daemon, path = start_paired_daemon(tmp)
+        return daemon, None, path, daemon.proc.pid, "the real daemon (paired against the dev server)"
+    path = os.path.join(tmp, "agent.sock")
+    child = spawn_server(["--serve", path, "--answer", "now", "--per-uid", str(per_uid)])
+    return None, child, path, child.pid, "the socket layer with a fixed Api (--target fixed)"
+
+
+async def start_ceiling(tmp: str, path: str) -> tuple[subprocess.Popen, str, str]:
+    """The ceiling in a child process, replaying the token answer of the server on ``path``:
+    (the child, its socket path, the answer's file)."""
+    answer_file = os.path.join(tmp, "answer.http")
+    with open(answer_file, "wb") as f:
+        f.write(await one_answer(path))
+    ceiling_path = os.path.join(tmp, "ceiling.sock")
+    return spawn_server(["--serve-ceiling", ceiling_path, answer_file]), ceiling_path, answer_file
+
+
 def summary(name: str, results: list[Result]) -> Result:
     merged = Result(sum(r.requests for r in results), sum(r.seconds for r in results),
                     sorted(x for r in results for x in r.latencies), {},
@@ -579,18 +618,8 @@ async def issue5(args: argparse.Namespace) -> None:
     daemon = child = ceiling = None
     clients = args.clients5
     try:
-        if args.target == "daemon":
-            daemon, path = start_paired_daemon(tmp)
-            pid, what = daemon.proc.pid, "the real daemon (paired against the dev server)"
-        else:
-            path = os.path.join(tmp, "agent.sock")
-            child = spawn_server(["--serve", path, "--answer", "now", "--per-uid", str(max(64, clients + 1))])
-            pid, what = child.pid, "the socket layer with a fixed Api (--target fixed)"
-        answer_file = os.path.join(tmp, "answer.http")
-        with open(answer_file, "wb") as f:
-            f.write(await one_answer(path))
-        ceiling_path = os.path.join(tmp, "ceiling.sock")
-        ceiling = spawn_server(["--serve-ceiling", ceiling_path, answer_file])
+        daemon, child, path, pid, what = start_target(tmp, args.target != "fixed", max(64, clients + 1))
+        ceiling, ceiling_path, answer_file = await start_ceiling(tmp, path)
         print(f"target: {what}, pid {pid}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
               f"load average {os.getloadavg()[0]:.2f}")
         print(f"{clients} keep-alive clients as uid {os.geteuid()}; token answer {os.path.getsize(answer_file)} bytes; "
@@ -672,6 +701,145 @@ async def issue5(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- the issue 9 suite -------------------------------------------------------
+
+
+class _OneShot:
+    """A client that opens one connection per request, as curl and the CLI do.
+
+    Raw non-blocking sockets and ``add_reader``, no transport: against the
+    ceiling the clients must cost as little as possible. The socket is closed
+    (the kernel sees the close) before the next one connects.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, rec: Recorder,
+                 finished: asyncio.Future) -> None:
+        self.loop, self.path, self.rec, self.finished = loop, path, rec, finished
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.t0 = 0
+
+    def start(self) -> None:
+        rec = self.rec
+        if rec.stopping:
+            rec.running -= 1
+            if not rec.running and not self.finished.done():
+                self.finished.set_result(None)
+            return
+        self.t0 = time.perf_counter_ns()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)  # blocking: a full backlog makes it wait, not fail (gh-117208)
+        try:
+            sock.connect(self.path)
+            sock.setblocking(False)
+            sock.send(REQUEST)
+        except OSError as exc:
+            sock.close()
+            rec.unexpected[f"connect/send failed ({errno.errorcode.get(exc.errno or 0, exc)})"] += 1
+            self.loop.call_later(0.001, self.start)
+            return
+        self.sock, self.buf = sock, b""
+        self.loop.add_reader(sock.fileno(), self.readable)
+
+    def readable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = self.buf = self.buf + data
+        status = None
+        if data:
+            if answer_size(buf) is None:
+                return
+            status = buf[9:12].decode()
+        self.loop.remove_reader(sock.fileno())
+        sock.close()
+        self.sock = None
+        rec = self.rec
+        if status != "200":
+            rec.unexpected[status or "closed without an answer"] += 1
+        elif rec.recording:
+            rec.latencies.append(time.perf_counter_ns() - self.t0)
+            rec.done += 1
+        self.start()
+
+
+async def measure_oneshot(path: str, server_pid: int, clients: int, seconds: float,
+                          warmup: float = 0.3) -> Result:
+    """``clients`` clients, each opening a connection per request, back to back."""
+    loop = asyncio.get_running_loop()
+    rec = Recorder(running=clients)
+    finished = loop.create_future()
+    for _ in range(clients):
+        _OneShot(loop, path, rec, finished).start()
+    await asyncio.sleep(warmup)
+    cpu0, own0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    rec.recording = True
+    await asyncio.sleep(seconds)
+    rec.recording = False
+    elapsed = time.perf_counter() - t0
+    cpu, own = cpu_seconds(server_pid) - cpu0, time.process_time() - own0
+    rec.stopping = True
+    await asyncio.wait_for(finished, 30)
+    rec.latencies.sort()
+    # Refusals during the warm-up count too: they are what a client sees.
+    return Result(rec.done, elapsed, rec.latencies, dict(rec.unexpected), cpu / elapsed, own / elapsed)
+
+
+async def issue9(args: argparse.Namespace) -> None:
+    tmp = tempfile.mkdtemp(prefix="dlb", dir="/tmp")
+    daemon = child = ceiling = None
+    try:
+        daemon, child, path, pid, what = start_target(tmp, args.target == "daemon", 64)
+        ceiling, ceiling_path, answer_file = await start_ceiling(tmp, path)
+        print(f"{what}, caps 512 in total and 64 per uid, vs the ceiling, a minimal\n"
+              f"asyncio server replaying its token answer ({os.path.getsize(answer_file)} bytes); "
+              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f};\n"
+              f"alternating, {args.rounds} rounds of {args.round_seconds:g} s each; latency in ms")
+        targets = (("daemon", path, pid), ("ceiling", ceiling_path, ceiling.pid))
+        refusals = answers = 0
+        cases = [(f"(a) one request per connection, {n} client{'s' if n > 1 else ''}", n, False)
+                 for n in args.oneshot_clients]
+        cases.append((f"(b) keep-alive, {args.clients5} clients, closed loop", args.clients5, True))
+        ratios = []
+        for title, n, keep_alive in cases:
+            print(f"\n{title}")
+            runs: dict[str, list[Result]] = {"daemon": [], "ceiling": []}
+            for r in range(args.rounds):
+                for name, target, tpid in targets:
+                    if keep_alive:
+                        res = await measure(target, tpid, n, args.round_seconds)
+                    else:
+                        res = await measure_oneshot(target, tpid, n, args.round_seconds)
+                    runs[name].append(res)
+                    print(f"  {name:8} #{r + 1} {res.line()}")
+            d, c = summary("daemon", runs["daemon"]), summary("ceiling", runs["ceiling"])
+            busy = sum(res.unexpected.get("503", 0) for res in runs["daemon"])
+            refusals += busy
+            answers += d.requests + sum(sum(res.unexpected.values()) for res in runs["daemon"])
+            ratios.append((title, d.rate / c.rate, c.client_cpu))
+            print(f"  ratio daemon/ceiling: {d.rate / c.rate:.2f}")
+        print("\nsummary (daemon/ceiling; targets: one request per connection >= 0.75 at 8 and 64 clients,"
+              "\nkeep-alive at 64 >= 0.4)")
+        for title, ratio, client_cpu in ratios:
+            bound = "  (the clients used most of a core: the ceiling may be client-bound)" if client_cpu > 0.9 else ""
+            print(f"  {ratio:5.2f}  {title}{bound}")
+        print(f"(c) 503 server_busy below the cap: {refusals} of {answers} answers (target 0)")
+    finally:
+        if ceiling is not None:
+            end_child(ceiling)
+        if child is not None:
+            end_child(child)
+        if daemon is not None:
+            daemon.stop()
+            daemon.dev_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -691,7 +859,8 @@ def main() -> None:
                         help="the fixed Api answers from handle() (now) or through a coroutine (later)")
     issue = parser.add_argument_group("the issue 5 suite")
     issue.add_argument("--issue5", action="store_true", help="run (a), (b) and (c); see the top of this file")
-    issue.add_argument("--target", choices=["daemon", "fixed"], default="daemon")
+    issue.add_argument("--target", choices=["daemon", "fixed"],
+                       help="what the suite loads (default: daemon for --issue5, fixed for --issue9)")
     issue.add_argument("--clients5", type=int, default=64, metavar="N", help="connections (default 64)")
     issue.add_argument("--rounds", type=int, default=3, help="alternating rounds of each measurement")
     issue.add_argument("--round-seconds", type=float, default=3.0)
@@ -700,6 +869,10 @@ def main() -> None:
     issue.add_argument("--abuse-garbage", type=float, default=0.2,
                        help="share of the abuser's connections that send garbage")
     issue.add_argument("--rss-requests", type=int, default=100_000)
+    issue9_group = parser.add_argument_group("the issue 9 suite")
+    issue9_group.add_argument("--issue9", action="store_true", help="run (a), (b) and (c) of issue 9")
+    issue9_group.add_argument("--oneshot-clients", type=int, nargs="+", default=[1, 8, 64], metavar="N",
+                              help="client counts for one request per connection (default 1 8 64)")
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--per-uid", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--serve-ceiling", nargs=2, metavar=("PATH", "ANSWER"), help=argparse.SUPPRESS)
@@ -714,6 +887,8 @@ def main() -> None:
         asyncio.run(abuse(args.abuse, args.abuse_connections, args.abuse_garbage))
     elif args.issue5:
         asyncio.run(issue5(args))
+    elif args.issue9:
+        asyncio.run(issue9(args))
     else:
         asyncio.run(run(args))
 

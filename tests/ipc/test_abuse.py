@@ -2,7 +2,7 @@
 
 Real server, real Unix sockets, real processes under other uids (``setpriv``,
 so this needs root; those tests skip otherwise); only the Api is faked
-(:class:`tests.test_ipc.FakeApi`). Timeouts are made small through the
+(:class:`tests.ipc.test_server.FakeApi`). Timeouts are made small through the
 constructor, and tests wait for the server to act (an answer, an EOF), never
 for a fixed time.
 """
@@ -10,6 +10,7 @@ for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,9 +30,10 @@ import httpx
 import h11
 import pytest
 
+from devicelink.ipc import peer as peer_module
 from devicelink.ipc import server as server_module
 from devicelink.ipc.routes import Peer
-from tests.test_ipc import (  # noqa: F401  (api, sock_dir, srv: fixtures)
+from tests.ipc.test_server import (  # noqa: F401  (api, sock_dir, srv: fixtures)
     TIMEOUT, FakeApi, FakeStream, ServerThread, api, body, connect, exchange, get, open_stream,
     read_all, read_answer, req, sock_dir, srv,
 )
@@ -326,6 +329,70 @@ def test_refusals_are_logged_once_a_minute_per_uid(
     assert len(srv.server._refused) == 1  # one entry per uid refused lately, no more
 
 
+# -- the caps count only connections still open ------------------------------------------
+
+
+@contextlib.contextmanager
+def loop_held(srv: ServerThread) -> Iterator[None]:
+    """Hold the server's loop in one callback while the body runs: whatever the body
+    does to the sockets, the server sees it all in its next wake-up, as under load."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(TIMEOUT)
+
+    srv.call_soon(hold)
+    assert held.wait(TIMEOUT)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("first", [
+    req("GET", "/v1/health"),  # the fast path
+    req("GET", "/v1/health", "Connection: keep-alive"),  # h11
+    req("GET", "/v1/token"),  # answered later, from a task
+], ids=["fast path", "h11", "answered later"])
+def test_a_connection_the_client_closed_does_not_count(make_server: Any, first: bytes) -> None:
+    """curl and the CLI close a connection and at once open the next. The server may
+    accept the next one before it has read the EOF of the first: the first must not
+    count toward the cap any more (it did: 503 server_busy at 48 such clients)."""
+    srv = make_server(max_connections_per_uid=1)
+    for _ in range(3):
+        sock = connect(srv.path)
+        with sock.makefile("rb") as f:
+            sock.sendall(first)
+            assert read_answer(f)[0] == 200  # type: ignore[index]
+        with loop_held(srv):
+            sock.close()
+            sock = connect(srv.path)  # accepted in the same wake-up as the EOF above
+            sock.sendall(req("GET", "/v1/health"))
+        with sock, sock.makefile("rb") as f:
+            assert read_answer(f)[0] == 200  # type: ignore[index]
+    srv.until(lambda: not srv.server._connections)
+    assert srv.server._per_uid == {}
+
+
+def test_a_closed_connection_still_being_answered_counts(make_server: Any, api: FakeApi) -> None:
+    """Until its answer is written, a connection counts even if its client has gone:
+    the cap bounds the Api calls a uid can have in flight."""
+    api.gate = asyncio.Event()
+    srv = make_server(max_connections_per_uid=1)
+    sock = connect(srv.path)
+    sock.sendall(req("GET", "/v1/token"))
+    assert api.entered.wait(TIMEOUT)
+    with loop_held(srv):
+        sock.close()
+        extra = connect(srv.path)
+    with extra:
+        assert refused(extra)["error"] == "server_busy"
+    srv.call_soon(api.gate.set)
+    srv.until(lambda: not srv.server._connections)
+    assert get(srv.path, "/v1/health")[0] == 200
+
+
 # -- other uids, for real --------------------------------------------------------------
 
 CHILD = r"""
@@ -428,13 +495,13 @@ def test_no_supplementary_groups(make_server: Any, api: FakeApi) -> None:
 def test_peer_groups_unsupported_is_no_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     class OldKernel:
         def getsockopt(self, level: int, name: int, size: int) -> bytes:
-            if name == server_module._SO_PEERGROUPS:
+            if name == peer_module._SO_PEERGROUPS:
                 raise OSError(92, "Protocol not available")  # ENOPROTOOPT
-            return server_module._UCRED.pack(1, 2, 3)
+            return peer_module._UCRED.pack(1, 2, 3)
 
-    monkeypatch.setattr(server_module, "_groups_supported", True)
-    assert server_module.peer_credentials(OldKernel()) == Peer(1, 2, 3, ())
-    assert server_module._groups_supported is False  # asked once, not per connection
+    monkeypatch.setattr(peer_module, "_groups_supported", True)
+    assert peer_module.peer_credentials(OldKernel()) == Peer(1, 2, 3, ())
+    assert peer_module._groups_supported is False  # asked once, not per connection
 
 
 # -- fuzzing ---------------------------------------------------------------------------
@@ -552,7 +619,7 @@ def test_fuzz_the_fast_path_takes_only_what_h11_takes() -> None:
     accepts a request h11 would refuse, nor reads it differently (request smuggling)."""
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
-    from devicelink.ipc.server import _simple_get
+    from devicelink.ipc.fastpath import simple_get as _simple_get
 
     bits = st.sampled_from([b"GET", b" ", b"/v1/token", b"?a=b", b"HTTP/1.1", b"HTTP/1.0", b"\n", b"\r",
                             b"Host", b"host", b":", b"devicelink", b"\t", b"\x00", b"Content-Length", b"0",

@@ -8,7 +8,7 @@ exactly (shutdown with a request in flight). Only the Api is faked
 with ``time.sleep``: the fake signals with events, and socket reads have a
 timeout only so a bug fails the test instead of hanging it.
 
-Limits, timeouts, caps, other uids and the fuzz test are in test_ipc_abuse.py.
+Limits, timeouts, caps, other uids and the fuzz test are in test_abuse.py.
 """
 
 from __future__ import annotations
@@ -1147,7 +1147,7 @@ class TestSimpleGet:
         b"GET /v1/status HTTP/1.1\r\nHOST:  devicelink \r\nX-Odd: a\tb\r\n\r\n",
     ])
     def test_simple(self, data: bytes) -> None:
-        from devicelink.ipc.server import _simple_get
+        from devicelink.ipc.fastpath import simple_get as _simple_get
 
         assert _simple_get(data) == data.split(b" ")[1]
 
@@ -1174,7 +1174,7 @@ class TestSimpleGet:
         b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 101 + b"\r\n",
     ])
     def test_left_to_h11(self, data: bytes) -> None:
-        from devicelink.ipc.server import _simple_get
+        from devicelink.ipc.fastpath import simple_get as _simple_get
 
         assert _simple_get(data) is None
 
@@ -1221,3 +1221,26 @@ def test_fast_path_after_shutdown_began_closes(srv: ServerThread, api: FakeApi) 
         assert status == 200 and headers["connection"] == "close"
         assert f.read() == b""
         stopping.join(TIMEOUT)
+
+
+def test_fast_path_answer_the_socket_cannot_take_goes_to_a_transport(srv: ServerThread, api: FakeApi) -> None:
+    """Simple GETs, one per read, from a client that reads none of the answers: once the
+    socket's buffer is full, the rest is buffered by an asyncio transport (with flow
+    control) and every answer arrives, in order, when the client reads."""
+    api.sync_token = True
+    count = 40
+    with connect(srv.path) as sock, sock.makefile("rb") as f:
+        sock.sendall(req("GET", "/v1/token?scope=s0"))
+        assert read_answer(f)[0] == 200  # type: ignore[index]
+        (conn,) = srv.server._connections
+
+        async def small_send_buffer() -> None:  # a few answers fill it (the kernel's minimum)
+            conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+
+        srv.run(small_send_buffer())
+        for i in range(1, count):
+            sock.sendall(req("GET", f"/v1/token?scope=s{i}"))
+            srv.until(lambda: len(api.requests) == i + 1)  # each request in a read of its own
+        (moved,) = srv.server._connections
+        assert moved is not conn and moved._transport is not None
+        assert [body(read_answer(f))["scope"] for _ in range(1, count)] == [f"s{i}" for i in range(1, count)]
