@@ -685,11 +685,11 @@ def test_what_the_reader_takes_h11_reads_the_same(sample: bytes, data) -> None:
 
 
 def test_requests_are_what_the_fast_path_takes() -> None:
-    from devicelink.ipc import server
+    from devicelink.ipc import fastpath
 
     request = wire.request("GET", wire.target("/v1/token", {"scope": "openid media.read", "min_ttl": "60",
                                                             "resource": "https://api.example.com/ä"}))
-    assert server._simple_get(request) == (b"/v1/token?scope=openid%20media.read&min_ttl=60"
+    assert fastpath.simple_get(request) == (b"/v1/token?scope=openid%20media.read&min_ttl=60"
                                            b"&resource=https%3A%2F%2Fapi.example.com%2F%C3%A4")
 
 
