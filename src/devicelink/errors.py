@@ -22,7 +22,8 @@
     └─ IllegalMove(RuntimeError)    the lifecycle table has no such move (a bug)
 
 The engine raises these and never an HTTP status: ``code`` is a hint that
-``ipc/routes.py`` turns into one (``STATUS_BY_CODE``). Messages are one line a
+``ipc/routes.py`` turns into one (``STATUS_BY_CODE``, ``ApiError.of``); ``ApiError``
+there, a subclass, is the socket's own answer (404, 405, 413, 503 server_busy). Messages are one line a
 person can act on, and never carry a token, a device code or a secret: they
 end up in logs and in the socket's status answer.
 """
