@@ -117,6 +117,7 @@ def test_unreachable_server_is_6(short_tmp: Path, daemons) -> None:
     with blocker:
         cfg = write_config(short_tmp, f"http://127.0.0.1:{port}", "tv")
         d = daemons(cfg)
+        d.wait_for(r"discovery request to \S+ failed")  # its first try (httpx loads when a request is due)
         out = d.cli("doctor")
         assert out.returncode == 6, out.stdout
         assert failed(out) == [f"FAIL  server: 127.0.0.1:{port} refused the connection — is the server up, "
