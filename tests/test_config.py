@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,33 @@ def test_configured_but_missing_hardware_is_a_clear_startup_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "/dev/i2c-97" in proc.stderr and "enable I2C" in proc.stderr
+
+
+# -- who may change the config (issue 10, item 2) ------------------------------------------
+
+
+def test_a_config_file_others_can_write_is_refused(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[provider]\nissuer = "https://id.example.com"\nclient_id = "tv"\n')
+    for mode, whom in ((0o666, "its group and others"), (0o664, "its group"), (0o646, "others")):
+        path.chmod(mode)
+        with pytest.raises(config.UntrustedFile) as caught:
+            config.load(path)
+        assert str(caught.value) == (f"{path}: refused: writable by {whom} (mode {mode:04o}), who could change it; "
+                                     f"fix: chmod go-w {path}")
+    path.chmod(0o644)
+    assert config.load(path).provider.client_id == "tv"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_a_config_file_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[provider]\nissuer = "https://id.example.com"\nclient_id = "tv"\n')
+    os.chown(path, 65534, 65534)
+    with pytest.raises(config.UntrustedFile, match=r"refused: owned by nobody \(uid 65534\), not by root, who "
+                                                   r"could change it; fix: chown root:root .* && chmod go-w "):
+        config.load(path)
+    # ... unless that user is the daemon's own
+    assert config.load(path, owners=config.trusted_owners(65534)).provider.client_id == "tv"
+    os.chown(path, 0, 0)
+    assert config.load(path, owners=config.trusted_owners(65534)).provider.client_id == "tv"  # root always

@@ -339,3 +339,28 @@ def test_timeouts_and_grouped_causes_are_explained() -> None:
                                         ConnectionRefusedError(111, "Connection refused")])
     what, _ = doctor.describe_network_failure(raised(OSError("All connection attempts failed"), group), url)
     assert what == "id.example.com:8443 is not reachable: Network is unreachable"
+
+
+def test_policy_files_others_can_write_fail(short_tmp: Path) -> None:
+    """Issue 10, item 2: a world-writable clients.d or drop-in let any user make itself an
+    admin app, and doctor said ``ok policy``."""
+    path = write_config(short_tmp, "https://id.example.com", "tv")
+    (short_tmp / "clients.d").mkdir()
+    drop_in = short_tmp / "clients.d" / "player.toml"
+    drop_in.write_text('[[client]]\nname = "player"\nuser = "nobody"\nadmin = true\n')
+    drop_in.chmod(0o666)
+    out = run_doctor(path)
+    assert out.returncode == 78, out
+    assert failed(out)[0] == (f"FAIL  policy: {drop_in}: refused: writable by its group and others (mode 0666), "
+                              f"who could change it; fix: chmod go-w {drop_in} — fix it; the daemon will not start")
+    assert not any(line.startswith("ok    policy") for line in lines(out))
+
+    drop_in.chmod(0o644)
+    (short_tmp / "clients.d").chmod(0o777)
+    [finding] = doctor.check_policy(config.load(path))
+    assert finding.level == doctor.FAIL and finding.what.startswith(f"{short_tmp / 'clients.d'}: refused: writable")
+
+    (short_tmp / "clients.d").chmod(0o755)
+    path.chmod(0o646)
+    out = run_doctor(path)
+    assert out.returncode == 78 and failed(out)[0].startswith(f"FAIL  config: {path}: refused: writable by others")

@@ -6,6 +6,7 @@ Users and groups are the system's own (``daemon`` uid/gid 1, ``nobody`` 65534,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,66 @@ def test_socket_caps_are_configurable(tmp_path):
     (tmp_path / "zero").mkdir()
     with pytest.raises(ConfigError, match="max_connections_per_uid: expected an integer from 1"):
         write(tmp_path / "zero", main="[socket]\nmax_connections_per_uid = 0\n")
+
+
+# -- who may change the policy (issue 10, item 2) ------------------------------------------
+
+PLAYER = '[[client]]\nname = "player"\nuser = "nobody"\nadmin = true\n'
+
+
+def test_a_drop_in_or_clients_d_others_can_write_fails_the_whole_policy(tmp_path):
+    cfg = write(tmp_path, **{"player.toml": PLAYER})
+    drop_in, folder = tmp_path / "clients.d" / "player.toml", tmp_path / "clients.d"
+    assert policy.load(cfg, own_uid=0).identify(peer(65534)).admin
+
+    drop_in.chmod(0o646)  # any user could make itself an admin app
+    with pytest.raises(config.UntrustedFile, match=rf"^{drop_in}: refused: writable by others \(mode 0646\)"):
+        policy.load(cfg, own_uid=0)
+    drop_in.chmod(0o644)
+
+    folder.chmod(0o777)  # any user could add a drop-in
+    with pytest.raises(config.UntrustedFile,
+                       match=rf"^{folder}: refused: writable by its group and others \(mode 0777\), .*chmod go-w"):
+        policy.load(cfg, own_uid=0)
+    folder.chmod(0o755)
+    assert policy.load(cfg, own_uid=0).identify(peer(65534)).admin
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_drop_ins_owned_by_another_user_are_refused_unless_it_is_the_daemons(tmp_path):
+    cfg = write(tmp_path, **{"player.toml": PLAYER})
+    drop_in, folder = tmp_path / "clients.d" / "player.toml", tmp_path / "clients.d"
+    os.chown(drop_in, 65534, 65534)  # mode 0644, but its owner may rewrite it
+    with pytest.raises(config.UntrustedFile, match=r"refused: owned by nobody \(uid 65534\), not by root"):
+        policy.load(cfg, own_uid=4242)
+    assert policy.load(cfg, own_uid=65534).by_uid == {}  # the daemon's own user: trusted (and needs no entry)
+    os.chown(drop_in, 0, 0)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(config.UntrustedFile, match=rf"^{folder}: refused: owned by nobody"):
+        policy.load(cfg, own_uid=4242)
+
+
+def test_a_reload_that_fails_keeps_the_previous_policy_and_says_so(tmp_path, caplog):
+    from devicelink import daemon
+
+    cfg = write(tmp_path, **{"player.toml": PLAYER.replace("admin = true", 'scope = "openid"')})
+    current = daemon.load_policy(cfg)
+    drop_in = tmp_path / "clients.d" / "player.toml"
+    drop_in.write_text(PLAYER)  # made an admin ...
+    drop_in.chmod(0o666)  # ... in a file anyone may write
+    with caplog.at_level("INFO", logger="devicelink.daemon"):
+        assert daemon.reload_policy(cfg, current) is current
+    [record] = [r for r in caplog.records if r.name == "devicelink.daemon"]
+    assert record.levelname == "ERROR"
+    assert record.getMessage() == (
+        "reload failed, keeping the previous per-app policy (1 [[client]] entry): "
+        f"{drop_in}: refused: writable by its group and others (mode 0666), who could change it; "
+        f"fix: chmod go-w {drop_in}")
+    assert not current.identify(peer(65534)).admin
+
+    (tmp_path / "config.toml").chmod(0o666)  # the main file too
+    drop_in.chmod(0o644)
+    assert daemon.reload_policy(cfg, current) is current
+    assert "config.toml: refused: writable by its group and others" in caplog.records[-1].getMessage()
+    (tmp_path / "config.toml").chmod(0o644)
+    assert daemon.reload_policy(cfg, current).identify(peer(65534)).admin

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,16 +119,56 @@ def default_path() -> Path:
     return Path(os.environ.get(paths.CONFIG_ENV) or DEFAULT_PATH)
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the config file at ``path``."""
+def load(path: str | os.PathLike[str], owners: frozenset[int] | None = None) -> Config:
+    """Read and validate the config file at ``path``. It must be owned by root or
+    ``owners`` (default: this process's user) and not writable by group or others
+    (:class:`UntrustedFile` otherwise)."""
     path = Path(path)
-    return parse(read_toml(path), path)
+    return parse(read_toml(path, trusted_owners() if owners is None else owners), path)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file; every failure is a one-line ConfigError naming the file."""
+class UntrustedFile(ConfigError):
+    """A config file, drop-in or drop-in directory that someone other than root or the
+    daemon's user could change: refused, whatever it holds."""
+
+
+def trusted_owners(own_uid: int | None = None) -> frozenset[int]:
+    """Who may own the config and the per-app policy: root and the daemon's user."""
+    return frozenset({0, os.geteuid() if own_uid is None else own_uid})
+
+
+def check_trusted(path: Path, st: os.stat_result, owners: frozenset[int]) -> None:
+    """Raise :class:`UntrustedFile` unless ``st`` (of ``path``, a file or a directory) is
+    owned by one of ``owners`` and not writable by its group or by others: anyone who can
+    change the policy can make itself an admin app."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in owners:
+        who = " or ".join(["root", *(f"{_user_name(uid)}, the daemon's user" for uid in sorted(owners - {0}))])
+        raise UntrustedFile(f"{path}: refused: owned by {_user_name(st.st_uid)}, not by {who}, who could "
+                            f"change it; fix: chown root:root {path} && chmod go-w {path}")
+    if mode & 0o022:
+        whom = "its group and others" if mode & 0o022 == 0o022 else "its group" if mode & 0o020 else "others"
+        raise UntrustedFile(f"{path}: refused: writable by {whom} (mode {mode:04o}), who could change it; "
+                            f"fix: chmod go-w {path}")
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def read_toml(path: Path, owners: frozenset[int] | None = None) -> dict[str, Any]:
+    """Read a TOML file; every failure is a one-line ConfigError naming the file. With
+    ``owners``, the file opened must pass :func:`check_trusted` (checked on the open file,
+    so it cannot be swapped between the check and the read)."""
     try:
         with path.open("rb") as f:
+            if owners is not None:
+                check_trusted(path, os.fstat(f.fileno()), owners)
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (pass --config PATH or set DEVICELINK_CONFIG)") from None
@@ -143,9 +184,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def load_drop_in(path: Path) -> tuple[ClientPolicy, ...]:
-    """One ``clients.d/*.toml`` file: ``[[client]]`` entries and nothing else."""
-    raw = read_toml(path)
+def load_drop_in(path: Path, owners: frozenset[int] | None = None) -> tuple[ClientPolicy, ...]:
+    """One ``clients.d/*.toml`` file: ``[[client]]`` entries and nothing else, owned by root
+    or ``owners`` (default: this process's user) and not writable by group or others."""
+    raw = read_toml(path, trusted_owners() if owners is None else owners)
     v = _Validator(path)
     v.only(raw, "", {"client"})
     clients = v.clients(raw)

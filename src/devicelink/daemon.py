@@ -62,7 +62,8 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
                            "for the other changes", cfg.path)
         return load_policy(replace(cfg, clients=fresh.clients))
     except ConfigError as exc:
-        logger.error("reload: %s; keeping the current policy", exc)
+        logger.error("reload failed, keeping the previous per-app policy (%d [[client]] entr%s): %s",
+                     len(current), "y" if len(current) == 1 else "ies", exc)
         return current
 
 

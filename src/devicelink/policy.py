@@ -20,6 +20,11 @@ Rules (docs/socket-api.md, "Who may ask"):
   already matched by another entry, is reported (``Policy.problems``, logged
   at start and on reload, shown by ``devicelink doctor``) and skipped; the
   rest keeps working. Errors in the main config file stop the daemon instead.
+- The config file, ``clients.d`` and every drop-in must be owned by root or
+  the daemon's user and not be writable by group or others: whoever can change
+  them can make itself an admin app. One that is not fails the whole load
+  (:class:`~devicelink.config.UntrustedFile`): the daemon does not start, and
+  a reload keeps the previous policy and says so.
 
 Users and groups are resolved when the policy is loaded (at start and on
 SIGHUP), not per request: a name service lookup per connection would be slow
@@ -34,7 +39,8 @@ import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devicelink.config import DROP_IN_DIR, ClientPolicy, Config, load_drop_in
+from devicelink.config import (DROP_IN_DIR, ClientPolicy, Config, UntrustedFile, check_trusted, load_drop_in,
+                               trusted_owners)
 from devicelink.errors import ConfigError
 
 __all__ = ["App", "Peer", "Policy", "load"]
@@ -102,13 +108,15 @@ class Policy:
 
 def load(cfg: Config, own_uid: int | None = None) -> Policy:
     """Build the policy from ``cfg.clients`` and the drop-ins beside ``cfg.path``."""
-    own_uid = os.geteuid() if own_uid is None else own_uid
-    policy = Policy(trusted_uids=frozenset({0, own_uid}))
+    owners = trusted_owners(own_uid)
+    policy = Policy(trusted_uids=owners)
     names: dict[str, Path | None] = {}
     _add_entries(policy, cfg.clients, names)
-    for path in drop_in_files(cfg):
+    for path in drop_in_files(cfg, owners):
         try:
-            entries = load_drop_in(path)
+            entries = load_drop_in(path, owners)
+        except UntrustedFile:
+            raise  # not skipped: the whole load fails (a reload keeps the previous policy)
         except ConfigError as exc:
             policy.problems.append(f"{exc}; skipped")
             continue
@@ -116,12 +124,15 @@ def load(cfg: Config, own_uid: int | None = None) -> Policy:
     return policy
 
 
-def drop_in_files(cfg: Config) -> list[Path]:
-    """``clients.d/*.toml`` beside the config file, by name (hidden files and others ignored)."""
+def drop_in_files(cfg: Config, owners: frozenset[int] | None = None) -> list[Path]:
+    """``clients.d/*.toml`` beside the config file, by name (hidden files and others ignored).
+    The directory must be owned by root or ``owners`` and not writable by group or others
+    (:class:`~devicelink.config.UntrustedFile`): else anyone could add a drop-in."""
     if cfg.path is None:
         return []
     folder = cfg.path.parent / DROP_IN_DIR
     try:
+        check_trusted(folder, os.stat(folder), trusted_owners() if owners is None else owners)
         return sorted(p for p in folder.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
     except FileNotFoundError:
         return []
