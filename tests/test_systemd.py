@@ -376,6 +376,7 @@ def test_units_agree_with_the_contracts():
     assert "DynamicUser" not in service and "PrivateUsers" not in service  # SO_PEERCRED must see real uids
     credential = f"{keys.CREDENTIAL_NAME}:{keys.CREDSTORE_PATH}"
     assert service["LoadCredentialEncrypted"] == [credential]
+    assert service["LimitCORE"] == ["0"]  # no core file with the key and tokens in it (issue 10, item 3)
 
 
 def test_systemd_analyze_verify(short_tmp):
@@ -441,3 +442,50 @@ def test_sysusers_and_tmpfiles(short_tmp):
     assert (stat.S_IMODE(state.st_mode), state.st_uid, state.st_gid) == (0o700, int(uid), int(gid))
     clients = (root / "etc/devicelink/clients.d").stat()
     assert (stat.S_IMODE(clients.st_mode), clients.st_uid) == (0o755, 0)
+
+
+# -- core dumps (issue 10, item 3) --------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the daemon as another user")
+def test_the_running_daemon_cannot_dump_core(short_tmp, dev_server, daemons, monkeypatch):
+    """The real daemon, started by the fixture as ``nobody``: the kernel gives the files in a
+    process's /proc/<pid>/ to root exactly when it is not dumpable (proc(5), PR_SET_DUMPABLE),
+    and /proc/<pid>/status says the process itself still runs as nobody. Its core limit is 0."""
+    short_tmp.chmod(0o700)
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)  # root's, 0644: trusted
+    os.chown(short_tmp, 65534, 65534)  # the state dir and the socket are nobody's to make
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *DAEMON_PYTHON]
+    monkeypatch.setitem(Daemon.start.__globals__, "DAEMON_PYTHON", as_nobody)
+    d = daemons(cfg)
+    status = proc_status(d.proc.pid)  # setpriv execs the daemon: same pid
+    assert status["Name"].startswith("python"), status["Name"]
+    assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+    for name in ("status", "environ", "mem"):  # nobody's while it is dumpable
+        assert os.stat(f"/proc/{d.proc.pid}/{name}").st_uid == 0, name
+    with open(f"/proc/{d.proc.pid}/limits") as f:
+        [core] = [line.split()[4:6] for line in f if line.startswith("Max core file size")]
+    assert core == ["0", "0"]
+    assert not [line for line in d.log if "core dumps off" in line]
+
+
+def test_a_failure_to_forbid_core_dumps_is_logged_not_fatal(monkeypatch, caplog):
+    import ctypes
+
+    from devicelink import daemon
+
+    def no_libc(*args, **kwargs):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    with caplog.at_level("WARNING", logger="devicelink.daemon"):
+        assert daemon.forbid_core_dumps() is False
+    [record] = caplog.records
+    assert record.getMessage().startswith("cannot turn core dumps off (prctl PR_SET_DUMPABLE: libc.so.6: cannot open")
+    assert "LimitCORE=0" in record.getMessage()
