@@ -208,3 +208,22 @@ def test_a_reload_that_fails_keeps_the_previous_policy_and_says_so(tmp_path, cap
     assert "config.toml: refused: writable by its group and others" in caplog.records[-1].getMessage()
     (tmp_path / "config.toml").chmod(0o644)
     assert daemon.reload_policy(cfg, current).identify(peer(65534)).admin
+
+
+def test_the_daemon_does_not_start_on_a_drop_in_others_can_write(short_tmp):
+    import subprocess
+
+    from tests.conftest import DAEMON_PYTHON, write_config
+
+    cfg = write_config(short_tmp, "https://id.example.com", "tv")
+    (short_tmp / "clients.d").mkdir()
+    drop_in = short_tmp / "clients.d" / "player.toml"
+    drop_in.write_text(PLAYER)
+    drop_in.chmod(0o666)
+    run = subprocess.run([*DAEMON_PYTHON, "-m", "devicelink", "--config", str(cfg), "run"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "NOTIFY_SOCKET": ""})
+    assert run.returncode == 78, run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.endswith(f"{drop_in}: refused: writable by its group and others (mode 0666), who could change it; "
+                         f"fix: chmod go-w {drop_in}"), line
+    assert not (short_tmp / "agent.sock").exists() and not (short_tmp / "state").exists()
