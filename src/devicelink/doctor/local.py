@@ -137,14 +137,16 @@ def _state_files(state_dir: Path) -> bool:
 
 
 def check_state_dir(state_dir: Path, daemon_uid: int | None) -> list[Finding]:
-    """The state directory as the daemon's user (the socket's owner, else the service's
-    ``User=``, else whoever runs doctor) would find it at start: owned by it, not writable
-    by others, nothing planted in it, writable by it; and grants set aside as unreadable."""
+    """The state directory as the daemon's user would find it at start: owned by it, not
+    writable by others, nothing planted in it, writable by it; and grants set aside as
+    unreadable. The daemon's user: devicelink.service's ``User=`` when systemd knows the
+    unit (the socket belongs to root when devicelink.socket made it), else the socket's
+    owner (``daemon_uid``), else whoever runs doctor."""
     from devicelink.tokens.store import UNREADABLE, give_fix, state_dir_problems
 
-    uid = daemon_uid if daemon_uid is not None else _service_uid()
+    uid = _service_uid()
     if uid is None:
-        uid = os.geteuid()
+        uid = daemon_uid if daemon_uid is not None else os.geteuid()
     try:
         st = os.stat(state_dir)
     except FileNotFoundError:
