@@ -189,7 +189,8 @@ def file_key(path: Path) -> bytes:
         return read_key_file(path)
     if _state_exists(path.parent):
         logger.warning("%s: no key file, but a state file exists: it was written with another key "
-                       "(storage.key was 'credential'?); a new key is made and the device starts unpaired",
+                       "(storage.key was 'credential'?); a new key is made, the state is set aside (not overwritten) "
+                       "and the device starts unpaired",
                        path)
     key = os.urandom(KEY_BYTES)
     atomic_write(path, key)
