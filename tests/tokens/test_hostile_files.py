@@ -255,3 +255,15 @@ def test_a_root_owned_state_dir_stops_a_non_root_daemon_with_the_fix(short_tmp):
     assert f"chown -R nobody: {state}" in lines[0]
     assert f"d {state} 0700 nobody nogroup -" in lines[0]
     assert sorted(os.listdir(state)) == []
+
+
+@as_root
+def test_a_state_dir_of_another_non_root_user_is_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOBODY)
+    with pytest.raises(StoreError) as info:
+        start(state)
+    assert "is owned by nobody, but the daemon runs as root" in str(info.value)
+    assert f"chown -R root: {state}" in str(info.value) and "or run the daemon as nobody" in str(info.value)
+    assert os.listdir(state) == []  # nothing made in it: no key, no lock

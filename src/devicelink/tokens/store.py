@@ -268,7 +268,8 @@ def state_dir_problems(directory: Path, owner: int | None = None) -> list[tuple[
         return [(f"{directory} is not a directory", "move it away (the daemon makes the state directory)")]
     if st.st_uid != owner:
         return [(f"{directory} is owned by {user_name(st.st_uid)}, but the daemon runs as {me}: it must own its "
-                 "state directory", give_fix(directory, owner))]
+                 "state directory", give_fix(directory, owner) + (f"; or run the daemon as {user_name(st.st_uid)}"
+                                                                    if st.st_uid != 0 else ""))]
     if st.st_mode & 0o022:
         return [(f"{directory} is writable by other users (mode {st.st_mode & 0o7777:04o}): a file in it could "
                  "have been planted, so nothing in it is used",
