@@ -364,3 +364,56 @@ def test_policy_files_others_can_write_fail(short_tmp: Path) -> None:
     path.chmod(0o646)
     out = run_doctor(path)
     assert out.returncode == 78 and failed(out)[0].startswith(f"FAIL  config: {path}: refused: writable by others")
+
+
+# -- issue 10: the state directory as the daemon's user (items 1, 5, 17) -----------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act for another uid")
+
+
+@needs_root
+def test_doctor_flags_a_state_dir_the_daemons_user_cannot_write(short_tmp: Path) -> None:
+    """Item 17: root's state dir, a daemon running as nobody: doctor (as root) must not say ok."""
+    os.chmod(short_tmp, 0o755)
+    state = short_tmp / "state"
+    state.mkdir(mode=0o700)
+    findings = doctor.check_state_dir(state, NOBODY)
+    assert [f.level for f in findings] == [doctor.FAIL]
+    assert "is owned by root, but the daemon runs as nobody" in findings[0].what
+    assert f"chown -R nobody: {state}" in findings[0].fix and f"d {state} 0700 nobody nogroup -" in findings[0].fix
+
+    os.chown(state, NOBODY, NOBODY)
+    assert [f.level for f in doctor.check_state_dir(state, NOBODY)] == [doctor.OK]
+    os.chmod(short_tmp, 0o700)  # its own, but a parent it cannot pass: only a probe as nobody sees it
+    [blocked] = doctor.check_state_dir(state, NOBODY)
+    assert blocked.level == doctor.FAIL and "is not writable by nobody, the daemon's user" in blocked.what
+    assert f"chown -R nobody: {state}" in blocked.fix
+
+
+@needs_root
+def test_doctor_flags_planted_files_in_the_state_dir(short_tmp: Path) -> None:
+    """Item 1: what the daemon refuses at start, doctor names with the fix."""
+    state = short_tmp / "state"
+    state.mkdir(mode=0o700)
+    (state / "state.key").write_bytes(os.urandom(32))
+    os.chown(state / "state.key", NOBODY, NOBODY)
+    os.symlink(short_tmp / "loot", state / ".state.bin.tmp")
+    [link, key] = doctor.check_state_dir(state, 0)
+    assert key.level == link.level == doctor.FAIL
+    assert "state.key is owned by nobody, not by root" in key.what and "does not start" in key.what
+    assert ".state.bin.tmp is a symbolic link" in link.what and "remove it" in link.fix
+    os.chmod(state, 0o777)
+    [loose] = doctor.check_state_dir(state, 0)
+    assert loose.level == doctor.FAIL and "writable by other users (mode 0777)" in loose.what
+
+
+def test_doctor_lists_state_files_set_aside_as_unreadable(short_tmp: Path) -> None:
+    """Item 5: a grant set aside is named, with how to get it back."""
+    state = short_tmp / "state"
+    state.mkdir(mode=0o700)
+    (state / "state.bin.unreadable-20261203T103000Z").write_bytes(b"DLS1")
+    os.chmod(state / "state.bin.unreadable-20261203T103000Z", 0o600)
+    [aside] = doctor.check_state_dir(state, os.geteuid())
+    assert aside.level == doctor.WARN and "state.bin.unreadable-20261203T103000Z" in aside.what
+    assert "restore the key that wrote it" in aside.fix

@@ -88,7 +88,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     policy = load_policy(cfg)
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
-    store = EncryptedFileStore(cfg.storage.state_dir, key)
+    store = EncryptedFileStore(cfg.storage.state_dir, key, set_aside=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -184,7 +184,9 @@ def _candidates(cfg: Config, state_dir: Path, credential: Path) -> Iterator[tupl
             if key is not None:
                 yield key, "credential"
         elif os.path.lexists(state_dir / keys.KEY_FILE):
-            yield keys.read_key_file(state_dir / keys.KEY_FILE), "file"
+            with _as_owner(state_dir):  # the key must be the owner's own (keys.read_key_file)
+                key = keys.read_key_file(state_dir / keys.KEY_FILE)
+            yield key, "file"
 
 
 def _available_credential(credential: Path) -> bytes | None:

@@ -193,7 +193,7 @@ class Lane:
         d.kill()
         files = {name: (self.state_dir / name).exists() for name in ("state.bin", "state.prev.bin")}
         try:  # written by this daemon, not left over from an earlier kill
-            files["temp"] = (self.state_dir / ".state.bin.tmp").stat().st_mtime >= d.spawned_wall
+            files["temp"] = any(p.stat().st_mtime >= d.spawned_wall for p in self.state_dir.glob(".state.bin.*.tmp"))
         except FileNotFoundError:
             files["temp"] = False
         self._server_done_with_the_dead()

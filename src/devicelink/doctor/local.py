@@ -137,23 +137,94 @@ def _state_files(state_dir: Path) -> bool:
 
 
 def check_state_dir(state_dir: Path, daemon_uid: int | None) -> list[Finding]:
+    """The state directory as the daemon's user would find it at start: owned by it, not
+    writable by others, nothing planted in it, writable by it; and grants set aside as
+    unreadable. The daemon's user: devicelink.service's ``User=`` when systemd knows the
+    unit (the socket belongs to root when devicelink.socket made it), else the socket's
+    owner (``daemon_uid``), else whoever runs doctor."""
+    from devicelink.tokens.store import UNREADABLE, give_fix, state_dir_problems
+
+    uid = _service_uid()
+    if uid is None:
+        uid = daemon_uid if daemon_uid is not None else os.geteuid()
     try:
         st = os.stat(state_dir)
     except FileNotFoundError:
         return [Finding(OK, "state", f"{state_dir} does not exist yet: the daemon makes it (0700) at start")]
     except PermissionError:
         return [Finding(WARN, "state", f"cannot look at {state_dir}: permission denied", AS_ROOT)]
-    if not stat.S_ISDIR(st.st_mode):
-        return [Finding(FAIL, "state", f"{state_dir} is not a directory", "move it away; the daemon makes the "
-                        "directory")]
-    findings = []
-    if st.st_mode & 0o077:
-        findings.append(Finding(WARN, "state", f"{state_dir} has mode {mode_of(st)}, expected 0700",
-                                f"chmod 700 {state_dir} (the daemon also tightens it at start)"))
-    if daemon_uid is not None and st.st_uid != daemon_uid:
-        findings.append(Finding(WARN, "state", f"{state_dir} is owned by {user_name(st.st_uid)}, but the daemon "
-                                f"runs as {user_name(daemon_uid)}", f"chown -R {user_name(daemon_uid)} {state_dir}"))
-    return findings or [Finding(OK, "state", f"{state_dir}: mode {mode_of(st)}, owner {user_name(st.st_uid)}")]
+    problems = state_dir_problems(state_dir, uid)
+    findings = [Finding(FAIL, "state", what, fix) for what, fix in problems]
+    if not problems and stat.S_ISDIR(st.st_mode):
+        writable = _writable_as(state_dir, uid)
+        if writable is False:
+            findings.append(Finding(FAIL, "state", f"{state_dir} is not writable by {user_name(uid)}, the daemon's "
+                                    "user: it cannot save the grant", give_fix(state_dir, uid)))
+        if st.st_mode & 0o077:
+            findings.append(Finding(WARN, "state", f"{state_dir} has mode {mode_of(st)}, expected 0700",
+                                    f"chmod 700 {state_dir} (the daemon also tightens it at start)"))
+        try:
+            aside = sorted(n for n in os.listdir(state_dir) if UNREADABLE in n)
+        except OSError:
+            aside = []
+        if aside:
+            findings.append(Finding(WARN, "state", f"{len(aside)} state file(s) set aside as unreadable in "
+                                    f"{state_dir} ({', '.join(aside)}): a grant written with another key, or "
+                                    "damaged", "to get it back: stop the daemon, restore the key that wrote it, "
+                                    "rename the newest back to state.bin; else remove them (docs/files.md)"))
+    return findings or [Finding(OK, "state", f"{state_dir}: mode {mode_of(st)}, owner {user_name(st.st_uid)}, "
+                                "writable by the daemon's user")]
+
+
+def _service_uid() -> int | None:
+    """The ``User=`` of devicelink.service, when systemd knows the unit (root when none is set)."""
+    import pwd
+    import shutil
+    import subprocess
+
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return None
+    try:
+        done = subprocess.run([systemctl, "show", "--property=User,LoadState", "devicelink.service"],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    props = dict(line.partition("=")[::2] for line in done.stdout.splitlines())
+    if done.returncode != 0 or props.get("LoadState") != "loaded":
+        return None
+    try:
+        return pwd.getpwnam(props["User"]).pw_uid if props.get("User") else 0
+    except KeyError:
+        return None
+
+
+def _writable_as(directory: Path, uid: int) -> bool | None:
+    """Whether ``uid`` (with its groups) may create files in ``directory``; None when this
+    process cannot tell (not root, and not that user)."""
+    if uid == os.geteuid():
+        return os.access(directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+    if os.geteuid() != 0:
+        return None
+    import pwd
+    import shutil
+    import subprocess
+
+    probe = shutil.which("test", path="/usr/bin:/bin")  # coreutils' test(1): access(2) as that user
+    if probe is None:
+        return None
+    try:
+        pw = pwd.getpwuid(uid)
+        groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+        gid = pw.pw_gid
+    except KeyError:
+        groups, gid = [], uid
+    try:
+        done = subprocess.run([probe, "-w", str(directory), "-a", "-x", str(directory)], user=uid, group=gid,
+                              extra_groups=groups, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: True, 1: False}.get(done.returncode)
 
 
 # -- the clock ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from devicelink.errors import ConfigError, StateDirBusy, StoreError, StoreUnreadable
+from devicelink.files import UnsafeFile, read_owned, remove_stale_temps
 from devicelink.tokens.store import EncryptedFileStore, atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def load_key(source: str, state_dir: Path) -> tuple[bytes, str]:
     source problem, :class:`StoreError` for the key file or the lock."""
     state_dir = Path(state_dir)
     lock_state_dir(state_dir)
+    for name in remove_stale_temps(state_dir):  # a writer killed mid-write; ours alone, under the lock
+        logger.info("%s: removed %s, left by an interrupted write", state_dir, name)
     key, used = resolve_key(source, state_dir)
     if finish_rekey(state_dir, key, used) is None and used == "credential" and os.path.lexists(state_dir / KEY_FILE):
         logger.warning("%s is left from the 'file' key source; the state is opened with the credential %s. If it "
@@ -186,7 +189,8 @@ def file_key(path: Path) -> bytes:
         return read_key_file(path)
     if _state_exists(path.parent):
         logger.warning("%s: no key file, but a state file exists: it was written with another key "
-                       "(storage.key was 'credential'?); a new key is made and the device starts unpaired",
+                       "(storage.key was 'credential'?); a new key is made, the state is set aside (not overwritten) "
+                       "and the device starts unpaired",
                        path)
     key = os.urandom(KEY_BYTES)
     atomic_write(path, key)
@@ -194,16 +198,17 @@ def file_key(path: Path) -> bytes:
 
 
 def read_key_file(path: Path) -> bytes:
-    """An existing key file, tightened to 0600 if looser. :class:`StoreError` when unusable."""
+    """An existing key file, tightened to 0600 if readable by others. :class:`StoreError`
+    when unusable, or not made by us: a symlink, not a regular file, another user's, or
+    writable by others (such a key may be an attacker's: it is never used)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                logger.warning("%s was readable by other users; setting mode 0600", path)
-                os.fchmod(fd, 0o600)
-            data = os.read(fd, _READ_LIMIT + 1)
-        finally:
-            os.close(fd)
+        data = read_owned(path, _READ_LIMIT)
+        if os.lstat(path).st_mode & 0o077:
+            logger.warning("%s was readable by other users; setting mode 0600", path)
+            os.chmod(path, 0o600)  # checked just above; only we can write in the directory
+    except UnsafeFile as exc:
+        raise StoreError(f"{path} is {exc.strerror}: it is not a key this daemon made, and is never used; remove "
+                         "it unless you put it there yourself, and restore the real one (docs/keys.md)") from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the state key: {exc.strerror}") from None
     found = describe_bad_key(data)
@@ -357,7 +362,7 @@ def remove_journal(state_dir: Path) -> None:
 
 def _open(directory: Path, key: bytes) -> tuple[EncryptedFileStore, dict | None]:
     """The store and the record ``key`` opens in ``directory``, or None (absent, or not this key)."""
-    store = EncryptedFileStore(directory, key)
+    store = EncryptedFileStore(directory, key)  # set_aside False: this only tries the key
     try:
         return store, store.load()
     except StoreUnreadable:
