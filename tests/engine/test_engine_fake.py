@@ -573,3 +573,57 @@ def test_a_step_up_the_server_did_not_honour_is_named_plainly(tmp_path, max_age,
         await bench.close(device)
 
     run(main())
+
+
+# -- issue 10: a hostile authorization server ----------------------------------------------
+
+
+def drawing(bench: Bench, **provider) -> tuple[Device, list]:
+    """A device whose display keeps every screen it is asked to draw."""
+    from types import SimpleNamespace
+
+    from devicelink.display.port import ScreenPort
+
+    device, screens = bench.device(**provider), []
+    device.screen = ScreenPort(SimpleNamespace(show=lambda screen, now: screens.append(screen), close=lambda: None),
+                               bench.clock)
+    return device, screens
+
+
+def test_a_user_code_with_control_characters_fails_the_pairing_without_echoing_it(tmp_path, caplog):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = {"user_code": "WDJB\x1b]0;pwned\x07\nFAKE LOG LINE"}
+        device, frames = drawing(bench)
+        await device.start()
+        await bench.states.wait(State.UNPAIRED)
+        last_error = shaped(device.status())["last_error"]
+        assert "user_code" in last_error and "\x1b" not in last_error and "FAKE" not in last_error
+        assert all(screen.pairing is None for screen in frames)
+        await bench.close(device)
+
+    run(main())
+    assert not any("\x1b" in r.getMessage() or "FAKE" in r.getMessage() for r in caplog.records)
+
+
+def test_an_account_name_with_control_characters_reaches_nothing_unstripped(tmp_path, caplog):
+    async def main():
+        bench = Bench(tmp_path)
+        device, frames = drawing(bench)
+        published, publish = [], device.events.publish
+        device.events.publish = lambda name, data: (published.append(data), publish(name, data))[1]
+        await device.start()
+        code = await bench.code_shown()
+        bench.fake.approve(code, name="Alice\n2026-12-03 ERROR forged line\x1b]0;owned\x07\u202etxt.exe")
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        account = shaped(device.status())["account"]
+        assert account == {"sub": "alice", "name": "Alice 2026-12-03 ERROR forged line]0;ownedtxt.exe"}
+        assert frames[-1].account == account["name"]
+        assert published and not any("\\x1b" in repr(d) or "\\u202e" in repr(d) or "\x1b" in repr(d)
+                                     for d in published)
+        await bench.close(device)
+
+    run(main())
+    for record in caplog.records:
+        assert not any(ch in record.getMessage() for ch in "\x1b\u202e\x07"), record.getMessage()

@@ -424,3 +424,33 @@ def test_token_without_expiry_or_refresh_token_is_not_dropped_early():
     assert m.parse_tokens(answer(200, with_rt, 0), ISSUER, CLIENT).lifetime == 300
     refreshed = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
     assert m.parse_tokens(answer(200, refreshed, 0), ISSUER, CLIENT, refreshable=True).lifetime == 300
+
+
+# -- issue 10 item 7: nothing from the server carries control or bidi characters ----------------
+
+
+@pytest.mark.parametrize("user_code", ["WDJB\nMJHT", "\x1b]0;pwned\x07", "WDJB MJHT", "WDJB\u202eMJHT", "ÄBCD", ""])
+def test_user_codes_other_than_ascii_letters_digits_and_dashes_are_refused(user_code):
+    with pytest.raises(ProtocolViolation, match="user_code") as info:
+        Flow({**CODE, "user_code": user_code})
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_id_token_names_lose_control_and_bidi_characters():
+    import base64
+
+    def jwt(claims):
+        enc = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"e30.{enc}.sig"
+
+    hostile = {"iss": ISSUER, "aud": CLIENT, "sub": "u1", "name": "Alice\n2026-01-01 ERROR forged\x1b]0;title\x07\u202eevil",
+               "acr": "urn:x\x1b[31m"}
+    account = m.account_from_id_token(jwt(hostile), ISSUER, CLIENT)
+    assert account.name == "Alice 2026-01-01 ERROR forged]0;titleevil" and account.acr == "urn:x[31m"
+    assert m.account_from_id_token(jwt({**hostile, "sub": "u1\n"}), ISSUER, CLIENT) is None
+    assert m.account_from_id_token(jwt({**hostile, "name": "\u202e\x1b"}), ISSUER, CLIENT).name is None
+
+
+def test_scope_from_the_server_loses_control_characters():
+    tokens = m.parse_tokens(answer(200, {**TOKENS, "scope": "openid\x1b[2J offline_access\n"}, 0), ISSUER, CLIENT)
+    assert tokens.scope == "openid[2J offline_access"
