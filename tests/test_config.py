@@ -97,3 +97,25 @@ def test_configured_but_missing_hardware_is_a_clear_startup_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "/dev/i2c-97" in proc.stderr and "enable I2C" in proc.stderr
+
+
+# -- issue 10 item 6: [provider] verification_hosts ----------------------------------------
+
+
+def test_verification_hosts_are_exact_lower_case_host_names(tmp_path):
+    text = GOOD.replace('scope = ', 'verification_hosts = ["www.google.com", "Microsoft.COM", '
+                                    '"login.microsoftonline.com."]\nscope = ')
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.provider.verification_hosts == ("www.google.com", "microsoft.com", "login.microsoftonline.com")
+    assert config.load(write(tmp_path, GOOD)).provider.verification_hosts == ()
+
+
+@pytest.mark.parametrize("value", ['"https://www.google.com/device"', '["*.google.com"]', '["www.google.com:443"]',
+                                   '["www.google.com/device"]', '[]', '[42]', '["a b"]', '["evil\\u001b.test"]'])
+def test_bad_verification_hosts_name_the_key_and_what_is_expected(tmp_path, value):
+    path = write(tmp_path, GOOD.replace('scope = ', f'verification_hosts = {value}\nscope = '))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "[provider] verification_hosts" in message and "host names" in message
+    assert "\n" not in message and "\x1b" not in message

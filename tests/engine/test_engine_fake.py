@@ -575,7 +575,7 @@ def test_a_step_up_the_server_did_not_honour_is_named_plainly(tmp_path, max_age,
     run(main())
 
 
-# -- issue 10: a hostile authorization server ----------------------------------------------
+# -- issue 10: a hostile authorization server (items 6, 7) and the code's last interval (item 11) ----
 
 
 def drawing(bench: Bench, **provider) -> tuple[Device, list]:
@@ -588,6 +588,47 @@ def drawing(bench: Bench, **provider) -> tuple[Device, list]:
     device.screen = ScreenPort(SimpleNamespace(show=lambda screen, now: screens.append(screen), close=lambda: None),
                                bench.clock)
     return device, screens
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    ({"verification_uri": "http://login-examp1e.evil.test/device",
+      "verification_uri_complete": "http://login-examp1e.evil.test/device?c=1"}, "not https"),
+    ({"verification_uri": "https://login-examp1e.evil.test/device",
+      "verification_uri_complete": "https://login-examp1e.evil.test/device?c=1"}, "verification_hosts"),
+    ({"verification_uri_complete": "https://evil.test/activate?c=1"}, "verification_uri_complete is on host"),
+])
+def test_a_phishing_verification_uri_fails_the_pairing_and_draws_nothing(tmp_path, answer, why):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = answer
+        device, frames = drawing(bench)
+        await device.start()
+        await bench.states.wait(State.UNPAIRED)
+        status = shaped(device.status())
+        assert why in status["last_error"] and status["pairing"] is None
+        assert all(screen.pairing is None for screen in frames)  # no URI, no QR, no code
+        assert bench.fake.requests("device_token") == []  # nor polled for
+        assert await bench.waits_for_the_user()
+        await bench.close(device)
+
+    run(main())
+
+
+def test_a_verification_host_in_the_config_admits_the_providers_own_page(tmp_path):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = {"verification_uri": "https://www.google.com/device",
+                                    "verification_uri_complete": "https://www.google.com/device?c=1"}
+        device, frames = drawing(bench, verification_hosts=("www.google.com",))
+        await device.start()
+        code = await bench.code_shown()
+        assert frames[-1].pairing.verification_uri == "https://www.google.com/device"
+        bench.fake.approve(code)
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        await bench.close(device)
+
+    run(main())
 
 
 def test_a_user_code_with_control_characters_fails_the_pairing_without_echoing_it(tmp_path, caplog):

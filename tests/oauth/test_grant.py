@@ -37,8 +37,10 @@ def answer(status: int, body, at: float, headers: dict | None = None) -> m.Respo
 class Flow:
     """Steps a device_flow generator the way oauth/http.py does, recording every request time."""
 
-    def __init__(self, code=CODE, seed=1):
-        self.gen = grant.device_flow(ENDPOINTS, "openid offline_access", (), ISSUER, CLIENT, random.Random(seed))
+    def __init__(self, code=CODE, seed=1, hosts=(), insecure=False):
+        rule = grant.VerificationRule.of(ISSUER, hosts, insecure)
+        self.gen = grant.device_flow(ENDPOINTS, "openid offline_access", (), ISSUER, CLIENT, random.Random(seed),
+                                     verification=rule)
         self.step = next(self.gen)
         assert isinstance(self.step, grant.Send) and self.step.request.kind == "device_authorization"
         self.shown = None
@@ -204,7 +206,7 @@ def test_retry_after_http_date_is_read_against_the_servers_date():
 
 def test_verification_url_alias_and_no_complete_uri():
     code = {k: v for k, v in CODE.items() if k not in ("verification_uri", "verification_uri_complete")}
-    f = Flow({**code, "verification_url": "https://google.example/device"})  # Google (G17)
+    f = Flow({**code, "verification_url": "https://google.example/device"}, hosts=["google.example"])  # Google (G17)
     assert f.shown.verification_uri == "https://google.example/device"
     assert f.shown.verification_uri_complete is None
     assert f.shown.qr_payload == "https://google.example/device"  # G18
@@ -213,7 +215,7 @@ def test_verification_url_alias_and_no_complete_uri():
 def test_camel_case_aliases():
     f = Flow({"deviceCode": "d", "userCode": "ABCD-EFGH", "verificationUri": "https://aws.example/device",
               "verificationUriComplete": "https://aws.example/device?code=ABCD-EFGH", "expiresIn": 600,
-              "interval": 1})
+              "interval": 1}, hosts=["aws.example"])
     assert f.shown.user_code == "ABCD-EFGH" and f.step.not_before == pytest.approx(101)
 
 
@@ -424,6 +426,53 @@ def test_token_without_expiry_or_refresh_token_is_not_dropped_early():
     assert m.parse_tokens(answer(200, with_rt, 0), ISSUER, CLIENT).lifetime == 300
     refreshed = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
     assert m.parse_tokens(answer(200, refreshed, 0), ISSUER, CLIENT, refreshable=True).lifetime == 300
+
+
+# -- issue 10 item 6: verification URIs a phishing server cannot choose ------------------
+
+
+@pytest.mark.parametrize(("uri", "complete", "why"), [
+    ("http://login-examp1e.evil.test/device", None, "verification_uri 'http://login-examp1e.evil.test' is not https"),
+    ("https://id.example/device", "http://id.example/device?c=1", "verification_uri_complete .* is not https"),
+    ("https://login-examp1e.evil.test/device", None, "host 'login-examp1e.evil.test', not the issuer's"),
+    ("https://id.example/device", "https://evil.test/d?c=WDJB-MJHT", "complete is on host 'evil.test'"),
+    ("https://id.example@evil.test/device", None, "user name"),
+    ("https://id.example.evil.test/device", None, "not the issuer's"),
+])
+def test_phishing_verification_uris_end_the_flow_before_anything_is_shown(uri, complete, why):
+    code = {**CODE, "verification_uri": uri, "verification_uri_complete": complete}
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0),
+                            verification=grant.VerificationRule.of(ISSUER, ["www.google.com"]))
+    next(gen)
+    with pytest.raises(ProtocolViolation, match=why):
+        gen.send(answer(200, {k: v for k, v in code.items() if v is not None}, 100.0))  # no Show came first
+
+
+def test_verification_hosts_admit_the_providers_own_page():
+    google = {**CODE, "verification_uri": "https://www.google.com/device"}
+    del google["verification_uri_complete"]
+    assert Flow(google, hosts=["www.google.com"]).shown.verification_uri == "https://www.google.com/device"
+    entra = {**CODE, "verification_uri": "https://microsoft.com/devicelogin",
+             "verification_uri_complete": "https://MICROSOFT.com/devicelogin?otc=WDJB-MJHT"}
+    assert Flow(entra, hosts=["microsoft.com", "login.microsoftonline.com"]).shown.user_code == "WDJB-MJHT"
+    with pytest.raises(ProtocolViolation, match="verification_hosts"):
+        Flow(google)  # not listed: refused
+
+
+def test_loopback_http_verification_uri_only_with_allow_insecure_http():
+    local = {**CODE, "verification_uri": "http://127.0.0.1:8080/device", "verification_uri_complete": None}
+    local = {k: v for k, v in local.items() if v is not None}
+    with pytest.raises(ProtocolViolation, match="not https"):
+        Flow(local, hosts=["127.0.0.1"])
+    assert Flow(local, hosts=["127.0.0.1"], insecure=True).shown.verification_uri == "http://127.0.0.1:8080/device"
+
+
+def test_by_default_the_issuers_host_and_scheme_decide():
+    gen = grant.device_flow(ENDPOINTS, None, (), "http://127.0.0.1:9000", CLIENT, random.Random(0))
+    next(gen)
+    step = gen.send(answer(200, {**CODE, "verification_uri": "http://127.0.0.1:9000/device",
+                                 "verification_uri_complete": "http://127.0.0.1:9000/device?c=1"}, 1.0))
+    assert isinstance(step, grant.Show)
 
 
 # -- issue 10 item 7: nothing from the server carries control or bidi characters ----------------
