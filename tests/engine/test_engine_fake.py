@@ -668,3 +668,24 @@ def test_an_account_name_with_control_characters_reaches_nothing_unstripped(tmp_
     run(main())
     for record in caplog.records:
         assert not any(ch in record.getMessage() for ch in "\x1b\u202e\x07"), record.getMessage()
+
+
+def test_an_approval_in_the_codes_last_interval_is_not_lost(tmp_path):
+    """A 15 s code polled every 5 s, approved at second 11: the device used to give up at
+    second 10; now it makes its last poll at second 15, the deadline itself."""
+    async def main():
+        bench = Bench(tmp_path, code_lifetime=15)
+        bench.fake.code_grace = 0.5  # it takes a code to the end of its last second
+        device, code = await bench.showing_a_code()
+        await bench.next_poll()  # second 5
+        await bench.next_poll()  # second 10
+        bench.clock.advance(1)
+        bench.fake.approve(code)  # second 11
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        issued = bench.fake.requests("device_authorization")[0].at
+        assert [p.at - issued for p in bench.fake.requests("device_token")] == [5, 10, 15]
+        assert len(bench.fake.requests("device_authorization")) == 1
+        await bench.close(device)
+
+    run(main())

@@ -149,8 +149,8 @@ def test_local_hard_stop_at_expires_in():
         while True:
             polls += 1
             f.poll(400, {"error": "authorization_pending"}, latency=0)
-    # polls go out at 105, 110, 115; the next one would be at 120 = the deadline (G6)
-    assert polls == 3
+    # polls go out at 105, 110, 115 and 120 = the deadline itself (issue 10 item 11), never after (G6)
+    assert polls == 4
 
 
 def test_transport_failures_back_off_exponentially_capped_and_never_faster_than_interval():
@@ -426,6 +426,48 @@ def test_token_without_expiry_or_refresh_token_is_not_dropped_early():
     assert m.parse_tokens(answer(200, with_rt, 0), ISSUER, CLIENT).lifetime == 300
     refreshed = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
     assert m.parse_tokens(answer(200, refreshed, 0), ISSUER, CLIENT, refreshable=True).lifetime == 300
+
+
+# -- issue 10 item 11: a code is polled up to its deadline, never past it ------------------
+
+
+def test_a_code_is_polled_until_its_deadline_not_one_interval_before():
+    """A 15 s code with a 5 s interval: an approval at second 11 was lost (the device gave up
+    at second 10). Now the poll at second 15, the deadline itself, still goes out."""
+    f = Flow({**CODE, "expires_in": 15})
+    times = [f.step.not_before]
+    for _ in range(2):
+        times.append(f.poll(400, {"error": "authorization_pending"}, latency=0).not_before)
+    assert times == [105, 110, 115]  # 115 = issued at 100 + expires_in 15: the deadline itself
+    with pytest.raises(StopIteration) as done:  # approved at second 11: the last poll gets the tokens
+        f.poll(200, TOKENS, latency=0)
+    assert done.value.value.access_token == "at-1"
+
+
+def test_last_poll_at_the_deadline_when_the_interval_allows_never_after():
+    f = Flow({**CODE, "expires_in": 17})
+    step = f.poll(400, {"error": "authorization_pending"}, latency=1.0)  # poll at 105, answered 106
+    assert step.not_before == pytest.approx(111)
+    step = f.poll(400, {"error": "authorization_pending"}, latency=1.0)  # answered 112: 117 is the deadline
+    assert step.not_before == pytest.approx(117)  # the last poll, at the deadline itself
+    with pytest.raises(DeviceCodeExpired):  # answered 117.5: nothing after the deadline
+        f.poll(400, {"error": "authorization_pending"}, latency=0.5)
+
+
+def test_a_backoff_past_the_deadline_is_cut_to_one_poll_at_the_deadline():
+    f = Flow({**CODE, "expires_in": 60})
+    t = f.step.not_before  # 105
+    step = f.poll(503, b"", {"retry-after": "120"}, latency=0)  # would wait until 225; the code dies at 160
+    assert step.not_before == pytest.approx(160)  # one interval has passed: one last poll at the deadline
+    assert t == 105
+    with pytest.raises(DeviceCodeExpired):
+        f.poll(400, {"error": "authorization_pending"}, latency=0)
+
+
+def test_no_poll_at_the_deadline_sooner_than_one_interval_after_the_last_answer():
+    f = Flow({**CODE, "expires_in": 8})  # first poll at 105; its answer at 106 leaves 2 s < 5 s
+    with pytest.raises(DeviceCodeExpired):
+        f.poll(400, {"error": "authorization_pending"}, latency=1.0)
 
 
 # -- issue 10 item 6: verification URIs a phishing server cannot choose ------------------

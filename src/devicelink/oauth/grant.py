@@ -8,7 +8,9 @@ decided here, and tests step the grant by hand:
 
 - polls are spaced ``interval`` seconds from the *previous answer*, never
   overlap (one request at a time by construction), and stop locally at the
-  code's ``expires_in`` whatever the server keeps saying (RFC 8628 §3.5, G6);
+  code's ``expires_in`` whatever the server keeps saying (RFC 8628 §3.5, G6):
+  the last one goes out at that deadline itself when an interval allows it,
+  never after it;
 - ``slow_down`` adds 5 s for this and all later polls and never drops below an
   interval the server sends (§3.5, G9, G10);
 - no answer, 5xx and 429 back off exponentially with jitter, capped (§3.5
@@ -168,9 +170,15 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
     poll = m.device_token_request(endpoints, code)
     interval = code.interval
     backoff = Backoff(rng, base=interval)
-    next_at = resp.received_at + interval  # §3.5: wait before the first poll too
+    at = resp.received_at
+    next_at = at + interval  # §3.5: wait before the first poll too
     while True:
-        if next_at >= code.expires_at:
+        # Poll while a poll fits before the deadline; one last poll at the deadline itself when a
+        # full interval since the last answer allows it (a backoff or Retry-After past it is cut
+        # short), never after it: an approval in the last interval still counts (issue 10 item 11).
+        if next_at > code.expires_at and at + interval <= code.expires_at:
+            next_at = code.expires_at
+        if next_at > code.expires_at:
             raise DeviceCodeExpired("the code expired before it was approved", "expired_token")
         reply = yield Send(poll, next_at)
         at = reply_time(reply)
