@@ -128,3 +128,25 @@ def test_a_config_file_owned_by_another_user_is_refused(tmp_path):
     assert config.load(path, owners=config.trusted_owners(65534)).provider.client_id == "tv"
     os.chown(path, 0, 0)
     assert config.load(path, owners=config.trusted_owners(65534)).provider.client_id == "tv"  # root always
+
+
+# -- issue 10 item 6: [provider] verification_hosts ----------------------------------------
+
+
+def test_verification_hosts_are_exact_lower_case_host_names(tmp_path):
+    text = GOOD.replace('scope = ', 'verification_hosts = ["www.google.com", "Microsoft.COM", '
+                                    '"login.microsoftonline.com."]\nscope = ')
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.provider.verification_hosts == ("www.google.com", "microsoft.com", "login.microsoftonline.com")
+    assert config.load(write(tmp_path, GOOD)).provider.verification_hosts == ()
+
+
+@pytest.mark.parametrize("value", ['"https://www.google.com/device"', '["*.google.com"]', '["www.google.com:443"]',
+                                   '["www.google.com/device"]', '[]', '[42]', '["a b"]', '["evil\\u001b.test"]'])
+def test_bad_verification_hosts_name_the_key_and_what_is_expected(tmp_path, value):
+    path = write(tmp_path, GOOD.replace('scope = ', f'verification_hosts = {value}\nscope = '))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "[provider] verification_hosts" in message and "host names" in message
+    assert "\n" not in message and "\x1b" not in message

@@ -27,6 +27,8 @@ DEFAULT_PATH = paths.CONFIG_PATH
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: A DNS host name or an IPv4 address, exactly (no scheme, port, path or wildcard).
+_HOST_RE = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\Z")
 #: RFC 6749 §3.3: scope = scope-token *( SP scope-token ); the socket's queries use it too.
 SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
@@ -48,6 +50,8 @@ class ProviderConfig:
     resource: tuple[str, ...] = ()
     dpop: bool = False
     allow_insecure_http: bool = False
+    #: Hosts, besides the issuer's, that a code's verification URI may name (Google's, Microsoft's).
+    verification_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         "device_authorization_endpoint": v.url, "token_endpoint": v.url, "revocation_endpoint": v.url,
         "client_auth": v.choice(CLIENT_AUTH_METHODS), "client_secret_file": v.path,
         "resource": v.resources, "dpop": v.boolean, "allow_insecure_http": v.boolean,
+        "verification_hosts": v.hosts,
     }, required=("issuer", "client_id"))
     v.check_transport(provider)
     v.check_client_auth(provider)
@@ -362,6 +367,20 @@ class _Validator:
             if parts is None or not parts.scheme or parts.fragment:
                 self.fail(key, f"expected absolute URIs without a fragment, got {_show(item)}")
             out.append(item)
+        return tuple(out)
+
+    def hosts(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(key, f"expected a list of host names such as 'www.google.com', got {_show(value)}")
+        out = []
+        for item in value:
+            host = item.strip().lower().rstrip(".") if isinstance(item, str) else None
+            if host is None or not _HOST_RE.match(host):
+                self.fail(key, "expected exact host names such as 'www.google.com' (no scheme, port, path "
+                          f"or wildcard), got {_show(item)}")
+            out.append(host)
         return tuple(out)
 
     # -- rules across keys --------------------------------------------------

@@ -573,3 +573,119 @@ def test_a_step_up_the_server_did_not_honour_is_named_plainly(tmp_path, max_age,
         await bench.close(device)
 
     run(main())
+
+
+# -- issue 10: a hostile authorization server (items 6, 7) and the code's last interval (item 11) ----
+
+
+def drawing(bench: Bench, **provider) -> tuple[Device, list]:
+    """A device whose display keeps every screen it is asked to draw."""
+    from types import SimpleNamespace
+
+    from devicelink.display.port import ScreenPort
+
+    device, screens = bench.device(**provider), []
+    device.screen = ScreenPort(SimpleNamespace(show=lambda screen, now: screens.append(screen), close=lambda: None),
+                               bench.clock)
+    return device, screens
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    ({"verification_uri": "http://login-examp1e.evil.test/device",
+      "verification_uri_complete": "http://login-examp1e.evil.test/device?c=1"}, "not https"),
+    ({"verification_uri": "https://login-examp1e.evil.test/device",
+      "verification_uri_complete": "https://login-examp1e.evil.test/device?c=1"}, "verification_hosts"),
+    ({"verification_uri_complete": "https://evil.test/activate?c=1"}, "verification_uri_complete is on host"),
+])
+def test_a_phishing_verification_uri_fails_the_pairing_and_draws_nothing(tmp_path, answer, why):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = answer
+        device, frames = drawing(bench)
+        await device.start()
+        await bench.states.wait(State.UNPAIRED)
+        status = shaped(device.status())
+        assert why in status["last_error"] and status["pairing"] is None
+        assert all(screen.pairing is None for screen in frames)  # no URI, no QR, no code
+        assert bench.fake.requests("device_token") == []  # nor polled for
+        assert await bench.waits_for_the_user()
+        await bench.close(device)
+
+    run(main())
+
+
+def test_a_verification_host_in_the_config_admits_the_providers_own_page(tmp_path):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = {"verification_uri": "https://www.google.com/device",
+                                    "verification_uri_complete": "https://www.google.com/device?c=1"}
+        device, frames = drawing(bench, verification_hosts=("www.google.com",))
+        await device.start()
+        code = await bench.code_shown()
+        assert frames[-1].pairing.verification_uri == "https://www.google.com/device"
+        bench.fake.approve(code)
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        await bench.close(device)
+
+    run(main())
+
+
+def test_a_user_code_with_control_characters_fails_the_pairing_without_echoing_it(tmp_path, caplog):
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.device_answer = {"user_code": "WDJB\x1b]0;pwned\x07\nFAKE LOG LINE"}
+        device, frames = drawing(bench)
+        await device.start()
+        await bench.states.wait(State.UNPAIRED)
+        last_error = shaped(device.status())["last_error"]
+        assert "user_code" in last_error and "\x1b" not in last_error and "FAKE" not in last_error
+        assert all(screen.pairing is None for screen in frames)
+        await bench.close(device)
+
+    run(main())
+    assert not any("\x1b" in r.getMessage() or "FAKE" in r.getMessage() for r in caplog.records)
+
+
+def test_an_account_name_with_control_characters_reaches_nothing_unstripped(tmp_path, caplog):
+    async def main():
+        bench = Bench(tmp_path)
+        device, frames = drawing(bench)
+        published, publish = [], device.events.publish
+        device.events.publish = lambda name, data: (published.append(data), publish(name, data))[1]
+        await device.start()
+        code = await bench.code_shown()
+        bench.fake.approve(code, name="Alice\n2026-12-03 ERROR forged line\x1b]0;owned\x07\u202etxt.exe")
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        account = shaped(device.status())["account"]
+        assert account == {"sub": "alice", "name": "Alice 2026-12-03 ERROR forged line]0;ownedtxt.exe"}
+        assert frames[-1].account == account["name"]
+        assert published and not any("\\x1b" in repr(d) or "\\u202e" in repr(d) or "\x1b" in repr(d)
+                                     for d in published)
+        await bench.close(device)
+
+    run(main())
+    for record in caplog.records:
+        assert not any(ch in record.getMessage() for ch in "\x1b\u202e\x07"), record.getMessage()
+
+
+def test_an_approval_in_the_codes_last_interval_is_not_lost(tmp_path):
+    """A 15 s code polled every 5 s, approved at second 11: the device used to give up at
+    second 10; now it makes its last poll at second 15, the deadline itself."""
+    async def main():
+        bench = Bench(tmp_path, code_lifetime=15)
+        bench.fake.code_grace = 0.5  # it takes a code to the end of its last second
+        device, code = await bench.showing_a_code()
+        await bench.next_poll()  # second 5
+        await bench.next_poll()  # second 10
+        bench.clock.advance(1)
+        bench.fake.approve(code)  # second 11
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        issued = bench.fake.requests("device_authorization")[0].at
+        assert [p.at - issued for p in bench.fake.requests("device_token")] == [5, 10, 15]
+        assert len(bench.fake.requests("device_authorization")) == 1
+        await bench.close(device)
+
+    run(main())

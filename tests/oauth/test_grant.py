@@ -37,8 +37,10 @@ def answer(status: int, body, at: float, headers: dict | None = None) -> m.Respo
 class Flow:
     """Steps a device_flow generator the way oauth/http.py does, recording every request time."""
 
-    def __init__(self, code=CODE, seed=1):
-        self.gen = grant.device_flow(ENDPOINTS, "openid offline_access", (), ISSUER, CLIENT, random.Random(seed))
+    def __init__(self, code=CODE, seed=1, hosts=(), insecure=False):
+        rule = grant.VerificationRule.of(ISSUER, hosts, insecure)
+        self.gen = grant.device_flow(ENDPOINTS, "openid offline_access", (), ISSUER, CLIENT, random.Random(seed),
+                                     verification=rule)
         self.step = next(self.gen)
         assert isinstance(self.step, grant.Send) and self.step.request.kind == "device_authorization"
         self.shown = None
@@ -147,8 +149,8 @@ def test_local_hard_stop_at_expires_in():
         while True:
             polls += 1
             f.poll(400, {"error": "authorization_pending"}, latency=0)
-    # polls go out at 105, 110, 115; the next one would be at 120 = the deadline (G6)
-    assert polls == 3
+    # polls go out at 105, 110, 115 and 120 = the deadline itself (issue 10 item 11), never after (G6)
+    assert polls == 4
 
 
 def test_transport_failures_back_off_exponentially_capped_and_never_faster_than_interval():
@@ -204,7 +206,7 @@ def test_retry_after_http_date_is_read_against_the_servers_date():
 
 def test_verification_url_alias_and_no_complete_uri():
     code = {k: v for k, v in CODE.items() if k not in ("verification_uri", "verification_uri_complete")}
-    f = Flow({**code, "verification_url": "https://google.example/device"})  # Google (G17)
+    f = Flow({**code, "verification_url": "https://google.example/device"}, hosts=["google.example"])  # Google (G17)
     assert f.shown.verification_uri == "https://google.example/device"
     assert f.shown.verification_uri_complete is None
     assert f.shown.qr_payload == "https://google.example/device"  # G18
@@ -213,7 +215,7 @@ def test_verification_url_alias_and_no_complete_uri():
 def test_camel_case_aliases():
     f = Flow({"deviceCode": "d", "userCode": "ABCD-EFGH", "verificationUri": "https://aws.example/device",
               "verificationUriComplete": "https://aws.example/device?code=ABCD-EFGH", "expiresIn": 600,
-              "interval": 1})
+              "interval": 1}, hosts=["aws.example"])
     assert f.shown.user_code == "ABCD-EFGH" and f.step.not_before == pytest.approx(101)
 
 
@@ -424,3 +426,122 @@ def test_token_without_expiry_or_refresh_token_is_not_dropped_early():
     assert m.parse_tokens(answer(200, with_rt, 0), ISSUER, CLIENT).lifetime == 300
     refreshed = {k: v for k, v in TOKENS.items() if k not in ("expires_in", "refresh_token")}
     assert m.parse_tokens(answer(200, refreshed, 0), ISSUER, CLIENT, refreshable=True).lifetime == 300
+
+
+# -- issue 10 item 11: a code is polled up to its deadline, never past it ------------------
+
+
+def test_a_code_is_polled_until_its_deadline_not_one_interval_before():
+    """A 15 s code with a 5 s interval: an approval at second 11 was lost (the device gave up
+    at second 10). Now the poll at second 15, the deadline itself, still goes out."""
+    f = Flow({**CODE, "expires_in": 15})
+    times = [f.step.not_before]
+    for _ in range(2):
+        times.append(f.poll(400, {"error": "authorization_pending"}, latency=0).not_before)
+    assert times == [105, 110, 115]  # 115 = issued at 100 + expires_in 15: the deadline itself
+    with pytest.raises(StopIteration) as done:  # approved at second 11: the last poll gets the tokens
+        f.poll(200, TOKENS, latency=0)
+    assert done.value.value.access_token == "at-1"
+
+
+def test_last_poll_at_the_deadline_when_the_interval_allows_never_after():
+    f = Flow({**CODE, "expires_in": 17})
+    step = f.poll(400, {"error": "authorization_pending"}, latency=1.0)  # poll at 105, answered 106
+    assert step.not_before == pytest.approx(111)
+    step = f.poll(400, {"error": "authorization_pending"}, latency=1.0)  # answered 112: 117 is the deadline
+    assert step.not_before == pytest.approx(117)  # the last poll, at the deadline itself
+    with pytest.raises(DeviceCodeExpired):  # answered 117.5: nothing after the deadline
+        f.poll(400, {"error": "authorization_pending"}, latency=0.5)
+
+
+def test_a_backoff_past_the_deadline_is_cut_to_one_poll_at_the_deadline():
+    f = Flow({**CODE, "expires_in": 60})
+    t = f.step.not_before  # 105
+    step = f.poll(503, b"", {"retry-after": "120"}, latency=0)  # would wait until 225; the code dies at 160
+    assert step.not_before == pytest.approx(160)  # one interval has passed: one last poll at the deadline
+    assert t == 105
+    with pytest.raises(DeviceCodeExpired):
+        f.poll(400, {"error": "authorization_pending"}, latency=0)
+
+
+def test_no_poll_at_the_deadline_sooner_than_one_interval_after_the_last_answer():
+    f = Flow({**CODE, "expires_in": 8})  # first poll at 105; its answer at 106 leaves 2 s < 5 s
+    with pytest.raises(DeviceCodeExpired):
+        f.poll(400, {"error": "authorization_pending"}, latency=1.0)
+
+
+# -- issue 10 item 6: verification URIs a phishing server cannot choose ------------------
+
+
+@pytest.mark.parametrize(("uri", "complete", "why"), [
+    ("http://login-examp1e.evil.test/device", None, "verification_uri 'http://login-examp1e.evil.test' is not https"),
+    ("https://id.example/device", "http://id.example/device?c=1", "verification_uri_complete .* is not https"),
+    ("https://login-examp1e.evil.test/device", None, "host 'login-examp1e.evil.test', not the issuer's"),
+    ("https://id.example/device", "https://evil.test/d?c=WDJB-MJHT", "complete is on host 'evil.test'"),
+    ("https://id.example@evil.test/device", None, "user name"),
+    ("https://id.example.evil.test/device", None, "not the issuer's"),
+])
+def test_phishing_verification_uris_end_the_flow_before_anything_is_shown(uri, complete, why):
+    code = {**CODE, "verification_uri": uri, "verification_uri_complete": complete}
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0),
+                            verification=grant.VerificationRule.of(ISSUER, ["www.google.com"]))
+    next(gen)
+    with pytest.raises(ProtocolViolation, match=why):
+        gen.send(answer(200, {k: v for k, v in code.items() if v is not None}, 100.0))  # no Show came first
+
+
+def test_verification_hosts_admit_the_providers_own_page():
+    google = {**CODE, "verification_uri": "https://www.google.com/device"}
+    del google["verification_uri_complete"]
+    assert Flow(google, hosts=["www.google.com"]).shown.verification_uri == "https://www.google.com/device"
+    entra = {**CODE, "verification_uri": "https://microsoft.com/devicelogin",
+             "verification_uri_complete": "https://MICROSOFT.com/devicelogin?otc=WDJB-MJHT"}
+    assert Flow(entra, hosts=["microsoft.com", "login.microsoftonline.com"]).shown.user_code == "WDJB-MJHT"
+    with pytest.raises(ProtocolViolation, match="verification_hosts"):
+        Flow(google)  # not listed: refused
+
+
+def test_loopback_http_verification_uri_only_with_allow_insecure_http():
+    local = {**CODE, "verification_uri": "http://127.0.0.1:8080/device", "verification_uri_complete": None}
+    local = {k: v for k, v in local.items() if v is not None}
+    with pytest.raises(ProtocolViolation, match="not https"):
+        Flow(local, hosts=["127.0.0.1"])
+    assert Flow(local, hosts=["127.0.0.1"], insecure=True).shown.verification_uri == "http://127.0.0.1:8080/device"
+
+
+def test_by_default_the_issuers_host_and_scheme_decide():
+    gen = grant.device_flow(ENDPOINTS, None, (), "http://127.0.0.1:9000", CLIENT, random.Random(0))
+    next(gen)
+    step = gen.send(answer(200, {**CODE, "verification_uri": "http://127.0.0.1:9000/device",
+                                 "verification_uri_complete": "http://127.0.0.1:9000/device?c=1"}, 1.0))
+    assert isinstance(step, grant.Show)
+
+
+# -- issue 10 item 7: nothing from the server carries control or bidi characters ----------------
+
+
+@pytest.mark.parametrize("user_code", ["WDJB\nMJHT", "\x1b]0;pwned\x07", "WDJB MJHT", "WDJB\u202eMJHT", "ÄBCD", ""])
+def test_user_codes_other_than_ascii_letters_digits_and_dashes_are_refused(user_code):
+    with pytest.raises(ProtocolViolation, match="user_code") as info:
+        Flow({**CODE, "user_code": user_code})
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_id_token_names_lose_control_and_bidi_characters():
+    import base64
+
+    def jwt(claims):
+        enc = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"e30.{enc}.sig"
+
+    hostile = {"iss": ISSUER, "aud": CLIENT, "sub": "u1", "name": "Alice\n2026-01-01 ERROR forged\x1b]0;title\x07\u202eevil",
+               "acr": "urn:x\x1b[31m"}
+    account = m.account_from_id_token(jwt(hostile), ISSUER, CLIENT)
+    assert account.name == "Alice 2026-01-01 ERROR forged]0;titleevil" and account.acr == "urn:x[31m"
+    assert m.account_from_id_token(jwt({**hostile, "sub": "u1\n"}), ISSUER, CLIENT) is None
+    assert m.account_from_id_token(jwt({**hostile, "name": "\u202e\x1b"}), ISSUER, CLIENT).name is None
+
+
+def test_scope_from_the_server_loses_control_characters():
+    tokens = m.parse_tokens(answer(200, {**TOKENS, "scope": "openid\x1b[2J offline_access\n"}, 0), ISSUER, CLIENT)
+    assert tokens.scope == "openid[2J offline_access"

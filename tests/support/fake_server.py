@@ -22,7 +22,8 @@ to end against it as gpiozero tests against its MockFactory:
   strictly: missing, wrong, or two methods at once is ``401 invalid_client``.
 
 The test plays the user with :meth:`approve`, :meth:`deny` and :meth:`expire`,
-turns the knobs (``lifetime``, ``rotate``, ``refusal``, ``poll_spacing``) and
+turns the knobs (``lifetime``, ``rotate``, ``refusal``, ``poll_spacing``, ``code_grace``,
+and :attr:`device_answer` for a hostile server's fields) and
 injects faults with :meth:`fail_next`. Every request is kept in :attr:`seen`.
 """
 
@@ -144,6 +145,12 @@ class FakeAuthServer:
         self.interval, self.code_lifetime = interval, code_lifetime
         #: The spacing the server enforces between polls, if more than the interval it announces.
         self.poll_spacing = poll_spacing
+        #: Seconds a code is still taken after its expires_in (a server that compares whole
+        #: seconds, ``now > expires_at``, or keeps a code a little longer than it announced).
+        self.code_grace = 0.0
+        #: Fields sent instead of the real ones in a device authorization answer (a hostile server:
+        #: ``user_code``, ``verification_uri``, ...). The real user code still works for approve().
+        self.device_answer: dict[str, Any] = {}
         self.seen: list[Seen] = []
         self.reuse_detections = 0
         self._codes: dict[str, Authorization] = {}
@@ -315,7 +322,7 @@ class FakeAuthServer:
         return _json(200, {"device_code": code.device_code, "user_code": code.user_code,
                            "verification_uri": uri,
                            "verification_uri_complete": f"{uri}?user_code={quote(code.user_code)}",
-                           "expires_in": self.code_lifetime, "interval": self.interval})
+                           "expires_in": self.code_lifetime, "interval": self.interval, **self.device_answer})
 
     def _token(self, seen: Seen) -> httpx.Response:
         if seen.kind == "device_token":
@@ -328,7 +335,7 @@ class FakeAuthServer:
         code = self._codes.get(seen.value("device_code") or "")
         if code is None or code.outcome == "used":
             raise Refused("invalid_grant")
-        if seen.at >= code.expires_at:
+        if seen.at >= code.expires_at + self.code_grace:
             raise Refused("expired_token")
         spacing, code.last_poll = seen.at - code.last_poll, seen.at
         if spacing < max(self.poll_spacing or 0, self.interval + SLOW_DOWN_STEP * code.slow_downs):

@@ -60,8 +60,12 @@ class Pairing:
         while True:
             try:
                 endpoints = await self.resolve_endpoints()
-                flow = grant.device_flow(endpoints, device.provider.scope, device.provider.resource,
-                                         device.provider.issuer, device.provider.client_id, device.rng)
+                provider = device.provider
+                flow = grant.device_flow(endpoints, provider.scope, provider.resource, provider.issuer,
+                                         provider.client_id, device.rng,
+                                         verification=grant.VerificationRule.of(
+                                             provider.issuer, provider.verification_hosts,
+                                             provider.allow_insecure_http))
                 tokens = await device.http.run(flow, show=self._show, sleep=device.sleep, observe=self.observe)
             except asyncio.CancelledError:
                 raise

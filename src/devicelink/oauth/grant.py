@@ -8,7 +8,9 @@ decided here, and tests step the grant by hand:
 
 - polls are spaced ``interval`` seconds from the *previous answer*, never
   overlap (one request at a time by construction), and stop locally at the
-  code's ``expires_in`` whatever the server keeps saying (RFC 8628 §3.5, G6);
+  code's ``expires_in`` whatever the server keeps saying (RFC 8628 §3.5, G6):
+  the last one goes out at that deadline itself when an interval allows it,
+  never after it;
 - ``slow_down`` adds 5 s for this and all later polls and never drops below an
   interval the server sends (§3.5, G9, G10);
 - no answer, 5xx and 429 back off exponentially with jitter, capped (§3.5
@@ -19,17 +21,20 @@ decided here, and tests step the grant by hand:
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Generator, Iterable
+from urllib.parse import urlsplit
 
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import messages as m
 from devicelink.oauth.steps import (MAX_RETRY_AFTER, Backoff, Send, Show, Step, backoff_delay, exchange,
                                     reply_time, transient_delay)
+from devicelink.text import sanitize
 from devicelink.tokens.model import TokenSet
 
-__all__ = ["Backoff", "Send", "Show", "Step", "backoff_delay", "device_flow", "discover", "exchange",
-           "probe", "reply_time", "resolve_endpoints", "transient_delay"]
+__all__ = ["Backoff", "Send", "Show", "Step", "VerificationRule", "backoff_delay", "device_flow", "discover",
+           "exchange", "probe", "reply_time", "resolve_endpoints", "transient_delay"]
 
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
 
@@ -94,24 +99,86 @@ def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str 
     return None
 
 
+@dataclass(frozen=True)
+class VerificationRule:
+    """Where the owner may be sent to approve a code (issue 10 item 6: phishing URIs).
+
+    ``verification_uri`` and ``verification_uri_complete`` must be https (http only to a
+    loopback host, and only with ``allow_insecure_http``), on one of ``hosts`` (the issuer's,
+    and ``[provider] verification_hosts``: exact names), and ``_complete`` on the plain URI's host.
+    """
+
+    hosts: frozenset[str]
+    allow_insecure_http: bool = False
+
+    @classmethod
+    def of(cls, issuer: str, verification_hosts: Iterable[str] = (),
+           allow_insecure_http: bool = False) -> VerificationRule:
+        issuer_host = (urlsplit(issuer).hostname or "").lower()
+        return cls(frozenset({issuer_host, *(h.lower() for h in verification_hosts)}), allow_insecure_http)
+
+    def check(self, code: m.DeviceAuthorization) -> None:
+        """Raise :class:`ProtocolViolation` unless the owner may be sent to ``code``'s URIs."""
+        from devicelink.config import transport_allowed
+
+        for name, uri in (("verification_uri", code.verification_uri),
+                          ("verification_uri_complete", code.verification_uri_complete)):
+            if uri is not None and not transport_allowed(uri, self.allow_insecure_http):
+                shown = sanitize(f"{urlsplit(uri).scheme}://{urlsplit(uri).netloc}", 120)
+                raise ProtocolViolation(f"the server's {name} {shown!r} is not https "
+                                        "(http:// only to a loopback host, with allow_insecure_http)")
+        host = self._host(code.verification_uri, "verification_uri")
+        if host not in self.hosts:
+            raise ProtocolViolation(
+                f"the server's verification_uri is on host {sanitize(host, 80)!r}, not the issuer's; "
+                "if it is your provider's own, list it in [provider] verification_hosts")
+        if code.verification_uri_complete is not None:
+            complete = self._host(code.verification_uri_complete, "verification_uri_complete")
+            if complete != host:
+                raise ProtocolViolation(
+                    f"the server's verification_uri_complete is on host {sanitize(complete, 80)!r}, "
+                    f"not on verification_uri's host {sanitize(host, 80)!r}")
+
+    @staticmethod
+    def _host(uri: str, name: str) -> str:
+        parts = urlsplit(uri)
+        if parts.username is not None or parts.password is not None:  # https://id.example@evil.test/
+            raise ProtocolViolation(f"the server's {name} has a user name in it; refused as a phishing lure")
+        return (parts.hostname or "").lower()
+
+
 def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, ...],
                 issuer: str, client_id: str, rng: random.Random,
-                extra: tuple[tuple[str, str], ...] = ()) -> Generator[Step, m.Reply, TokenSet]:
-    """One device authorization and its polling, to tokens or to a :class:`GrantFailed`."""
+                extra: tuple[tuple[str, str], ...] = (),
+                verification: VerificationRule | None = None) -> Generator[Step, m.Reply, TokenSet]:
+    """One device authorization and its polling, to tokens or to a :class:`GrantFailed`.
+
+    ``verification``: where the code may send the owner; by default the issuer's host only,
+    over https (or http when the issuer itself is a loopback http:// URL, which the config
+    allows only with ``allow_insecure_http``). A code that breaks it is never shown."""
+    if verification is None:
+        verification = VerificationRule.of(issuer, (), urlsplit(issuer).scheme == "http")
     backoff = Backoff(rng)
     resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource, extra), backoff)
     if (error := m.oauth_error(resp)) is not None:
         raise GrantFailed(f"the server refused the device authorization: {error}", error)
     code = m.parse_device_authorization(resp)
+    verification.check(code)
     yield Show(PairingCode(code.user_code, code.verification_uri, code.verification_uri_complete,
                            code.expires_at))
 
     poll = m.device_token_request(endpoints, code)
     interval = code.interval
     backoff = Backoff(rng, base=interval)
-    next_at = resp.received_at + interval  # §3.5: wait before the first poll too
+    at = resp.received_at
+    next_at = at + interval  # §3.5: wait before the first poll too
     while True:
-        if next_at >= code.expires_at:
+        # Poll while a poll fits before the deadline; one last poll at the deadline itself when a
+        # full interval since the last answer allows it (a backoff or Retry-After past it is cut
+        # short), never after it: an approval in the last interval still counts (issue 10 item 11).
+        if next_at > code.expires_at and at + interval <= code.expires_at:
+            next_at = code.expires_at
+        if next_at > code.expires_at:
             raise DeviceCodeExpired("the code expired before it was approved", "expired_token")
         reply = yield Send(poll, next_at)
         at = reply_time(reply)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 
+from devicelink.text import sanitize
 from devicelink.tokens.model import Account
 
 
@@ -24,12 +25,13 @@ def account_from_id_token(id_token: str, issuer: str, client_id: str) -> Account
     if client_id not in (aud if isinstance(aud, list) else [aud]):
         return None
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
+    if not isinstance(sub, str) or not sub or sanitize(sub, 255) != sub:  # an identity is not edited
         return None
     name = next((claims[n] for n in ("name", "preferred_username", "email") if claims.get(n) not in (None, "")), None)
     acr, auth_time = claims.get("acr"), claims.get("auth_time")
-    return Account(sub=sub, name=name if isinstance(name, str) else None,
-                   acr=acr if isinstance(acr, str) else None,
+    # Names reach logs, `devicelink status`, the screen and events: no control or bidi characters.
+    return Account(sub=sub, name=(sanitize(name) or None) if isinstance(name, str) else None,
+                   acr=(sanitize(acr) or None) if isinstance(acr, str) else None,
                    auth_time=int(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool)
                    and 0 <= auth_time < 2**40 else None)
 

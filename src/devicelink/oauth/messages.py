@@ -17,10 +17,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from devicelink.errors import ProtocolViolation
 from devicelink.oauth.id_token import account_from_id_token
+from devicelink.text import sanitize
 from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,80}")
+#: What a user code may hold: it is logged, printed and drawn (RFC 8628 §6.1 suggests letters and dashes).
+USER_CODE = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_SECONDS = 10**9  # larger "seconds" are nonsense, and float('inf') would poison the maths
 
 #: RFC 8628 §3.2: "If no value is provided, clients MUST use 5 as the default."
@@ -250,8 +253,12 @@ def parse_device_authorization(resp: Response) -> DeviceAuthorization:
                         ("verification_uri", uri), ("expires_in", expires_in)):
         if value is None:
             raise ProtocolViolation(f"the device authorization response has no {name}")
-    if not isinstance(device_code, str) or not isinstance(user_code, str) or len(user_code) > 64:
-        raise ProtocolViolation("the device authorization response has an invalid device_code or user_code")
+    if not isinstance(device_code, str) or not device_code:
+        raise ProtocolViolation("the device authorization response has an invalid device_code")
+    if not isinstance(user_code, str) or not USER_CODE.fullmatch(user_code):
+        # Never echoed: it could carry ESC sequences or line breaks (issue 10 item 7).
+        raise ProtocolViolation("the device authorization response has an invalid user_code "
+                                "(expected 1-64 ASCII letters, digits and '-')")
     lifetime = _seconds(expires_in, "expires_in")
     if lifetime == 0:
         raise ProtocolViolation("the device authorization response has expires_in = 0")
@@ -299,6 +306,8 @@ def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool 
         scope = " ".join(str(s) for s in scope)
     if scope is not None and not isinstance(scope, str):
         raise ProtocolViolation("the token response has an invalid scope")
+    if scope:  # it is shown by `devicelink status`: no control or bidi characters
+        scope = sanitize(scope, limit=4000)
     id_token = data.get("id_token")
     return TokenSet(
         access_token=access_token,
