@@ -351,11 +351,17 @@ def test_a_replayed_refresh_token_ends_the_grant(tmp_path, refusal):
 
         again = bench.device(clock_synced=False)  # the stored access token is not trusted: refresh first
         await again.start()
+        if refusal == "empty":  # issue 10 item 9: not invalid_grant, so confirmed once, after the backoff
+            assert await refused(again.token(TokenQuery()), match="refused") == "upstream_unavailable"
+            assert again.state is State.OFFLINE and bench.on_disk() is not None
+            await bench.next_timer()
+            await bench.states.wait(State.REAUTH_REQUIRED)
         assert await refused(again.token(TokenQuery())) == "reauth_required"
         assert again.state is State.REAUTH_REQUIRED and bench.on_disk() is None
         assert bench.fake.reuse_detections == 1 and bench.fake.is_revoked(rotated)
         assert await bench.waits_for_the_user()
-        assert len(bench.refreshes()) == 2 and len(bench.fake.requests("device_authorization")) == 1
+        assert len(bench.refreshes()) == (3 if refusal == "empty" else 2)
+        assert len(bench.fake.requests("device_authorization")) == 1
         await bench.close(again)
 
     run(main())
@@ -363,17 +369,25 @@ def test_a_replayed_refresh_token_ends_the_grant(tmp_path, refusal):
 
 def test_an_empty_400_on_refresh_is_a_refusal_not_a_network_fault(tmp_path):
     """Issue 9, item 1: a 4xx with an empty or non-JSON body is the server refusing
-    (glewlwyd answers a disabled refresh token so), not a network fault to retry."""
+    (glewlwyd answers a disabled refresh token so), not a network fault to retry for ever.
+    Issue 10, item 9: it is confirmed by one more attempt, spaced by the backoff, first."""
     async def main():
         bench = Bench(tmp_path, lifetime=100)
         device = await bench.paired()
-        bench.fake.fail_next(1, 400, at="refresh", body=b"")
+        cached = device.tokens.access_token
+        bench.fake.fail_next(2, 400, at="refresh", body=b"")
         bench.clock.now += 60  # past half the lifetime, before the proactive refresh fires
-        assert await refused(device.token(TokenQuery(min_ttl=60))) == "reauth_required"
-        assert device.state is State.REAUTH_REQUIRED and bench.on_disk() is None
-        assert "cannot reach" not in shaped(device.status())["last_error"]
+        assert (shaped(await device.token(TokenQuery(min_ttl=60))))["access_token"] == cached  # still valid
+        status = shaped(device.status())
+        assert device.state is State.OFFLINE and bench.on_disk() is not None
+        assert "refused the grant" in status["last_error"] and "cannot reach" not in status["last_error"]
+        bench.clock.advance(await bench.clock.timer_beyond(2.5) - bench.clock.now)  # the backoff's retry
+        await bench.states.wait(State.REAUTH_REQUIRED)
+        assert bench.on_disk() is None and "refused the grant" in shaped(device.status())["last_error"]
+        assert await refused(device.token(TokenQuery())) == "reauth_required"
         assert await bench.waits_for_the_user()
-        assert len(bench.refreshes()) == 1  # not retried as if the network had failed
+        first, second = bench.refreshes()  # one confirming retry, not retried as if the network had failed
+        assert 2.5 <= second.at - first.at <= 5  # the backoff's first step (5 s, jittered down to half)
         await bench.close(device)
 
     run(main())
@@ -570,6 +584,30 @@ def test_a_step_up_the_server_did_not_honour_is_named_plainly(tmp_path, max_age,
         await confirm_step_up(bench, device, pending["user_code"], **how)
         assert await refused(device.step_up(PLAYER, MFA, max_age), match=why) == "step_up_unsupported"
         assert device.state is State.PAIRED
+        await bench.close(device)
+
+    run(main())
+
+
+def test_one_refusal_then_tokens_keeps_the_grant(tmp_path):
+    """Issue 10, item 9: a refusal that is not invalid_grant (a proxy's empty 400) is not
+    believed until it comes twice: when the confirming attempt gets tokens, all is well."""
+    async def main():
+        bench = Bench(tmp_path, lifetime=100)
+        device = await bench.paired()
+        bench.fake.fail_next(1, 400, at="refresh", body=b"")
+        await bench.next_timer()
+        await bench.states.wait(State.OFFLINE)
+        assert "confirming" in shaped(device.status())["last_error"]
+        await bench.next_timer()
+        await bench.states.wait(State.PAIRED)
+        assert shaped(device.status())["last_error"] is None and bench.on_disk() is not None
+        bench.fake.fail_next(1, 400, at="refresh", body=b"")  # a later lone refusal is a first one again
+        await bench.next_timer()
+        await bench.states.wait(State.OFFLINE)
+        await bench.next_timer()
+        await bench.states.wait(State.PAIRED)
+        assert len(bench.refreshes()) == 4 and bench.fake.reuse_detections == 0
         await bench.close(device)
 
     run(main())

@@ -6,8 +6,8 @@ daemon never crashes, never asks earlier than allowed (the server's own arrival
 times against the interval, backoff and Retry-After it was given), caps its
 backoff at about 5 minutes, keeps serving the cached token while it is valid
 (state ``offline``), says what is wrong in ``last_error``, and is healthy again
-within one backoff step after the server heals. Only ``invalid_grant`` (or a
-denial) ends the grant.
+within one backoff step after the server heals. Only ``invalid_grant``, a
+refusal of the grant confirmed by one retry, or a denial ends the grant.
 
 Most tests run the engine in-process with the daemon and the server on one
 FakeClock, so the timing checks are exact; a few run the real daemon process
@@ -216,7 +216,9 @@ def check_polls(hits, interval: float = 5, retry_after: float = 0.0) -> None:
 
 # -- refresh against every transient fault -------------------------------------------
 
-#: Faults a refresh meets. Every one keeps the grant: only invalid_grant ends it.
+#: Faults a refresh meets. Every one keeps the grant: invalid_grant ends it, and so does
+#: a 4xx that is not a recognised retryable answer, once confirmed (GRANT_REFUSALS below).
+#: A refused client (401 invalid_client) is the config, not the grant: kept.
 REFRESH_FAULTS = {
     "503 temporarily_unavailable": lambda t: t.fail(503, error="temporarily_unavailable", times=None),
     "500 html page": lambda t: t.fail(500, times=None),
@@ -227,13 +229,10 @@ REFRESH_FAULTS = {
     "connection closed": lambda t: t.close(times=None),
     "timeout": lambda t: t.timeout(times=None),
     "malformed json": lambda t: t.malformed(times=None),
-    "malformed json 400": lambda t: t.malformed(times=None, status=400),
     "oversized body": lambda t: t.oversized(times=None),
     "200 with error body": lambda t: t.error_body("server_error", times=None),
     "slow_down storm": lambda t: t.slow_down(times=None),
     "401 invalid_client": lambda t: t.fail(401, error="invalid_client", times=None),
-    "400 invalid_request": lambda t: t.fail(400, error="invalid_request", times=None),
-    "403 html page": lambda t: t.fail(403, times=None),
     "latency then 503": lambda t: t.fail(503, delay=0.2, times=None),
 }
 RETRY_AFTER = {"429 retry-after": 120.0}
@@ -834,3 +833,47 @@ def test_real_daemon_unpair_with_the_revocation_endpoint_resetting(short_tmp, da
     assert d.cli("token").returncode != 0 and "not paired" in d.cli("token").stderr
     assert json.loads(d.cli("status", "--json").stdout)["state"] == "unpaired"
     assert d.proc.poll() is None and "Traceback" not in "".join(d.log)
+
+
+# -- issue 10 item 9: a refusal of the grant ends it, after one confirming retry --------------
+
+#: Moved out of REFRESH_FAULTS (where they kept the grant for ever, state offline): a 4xx
+#: other than 429 that is not a recognised retryable answer is the server refusing the grant.
+GRANT_REFUSALS = {
+    "empty 400": lambda t: t.fail(400, times=None),
+    "malformed json 400": lambda t: t.malformed(times=None, status=400),
+    "400 invalid_request": lambda t: t.fail(400, error="invalid_request", times=None),
+    "403 html page": lambda t: t.fail(403, times=None),
+}
+
+
+@pytest.mark.parametrize("fault", list(GRANT_REFUSALS))
+def test_a_refusal_of_the_grant_ends_it_after_one_confirming_retry(tmp_path, no_crash, fault):
+    async def main():
+        rig = FaultRig(tmp_path, lifetime=7200)
+        device = await rig.paired()
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
+        GRANT_REFUSALS[fault](rig.faults.token)
+
+        await rig.step()  # the proactive refresh is refused: believed only when it comes again
+        assert device.state is State.OFFLINE and (tmp_path / "state.bin").exists()
+        last_error = shaped(device.status())["last_error"]
+        assert "the authorization server refused the grant" in last_error and "confirming" in last_error
+        assert (shaped(await device.token(TokenQuery())))["access_token"] == cached  # served meanwhile
+
+        await rig.step()  # the one confirming retry, after the backoff
+        first, second = rig.hits("refresh")
+        check_retries([first, second], REFRESH_BASE)  # spaced as any retry: never at once
+        assert device.state is State.REAUTH_REQUIRED and not (tmp_path / "state.bin").exists()
+        last_error = shaped(device.status())["last_error"]
+        assert "the authorization server refused the grant" in last_error and "pair again" in last_error
+        assert "cannot be reached" not in last_error
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
+        assert info.value.code == "reauth_required"
+        rig.clock.advance(86400)
+        await rig.idle()
+        assert len(rig.hits("refresh")) == 2  # no more retries: it waits for the owner
+        await rig.close()
+
+    run(main())

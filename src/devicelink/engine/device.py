@@ -250,6 +250,9 @@ class Device:
         assert tokens is not None
         now = self.clock()
         if not tokens.valid_for(0, now):
+            if self.refresher.refused:
+                raise Refused("upstream_unavailable", "the access token expired and the authorization server "
+                              f"refused to refresh it ({self.last_error})")
             raise Refused("upstream_unavailable", "the access token expired and the authorization server "
                           f"cannot be reached to refresh it ({self.last_error or 'no answer'})")
         return self.issue(tokens, now)

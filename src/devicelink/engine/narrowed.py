@@ -86,6 +86,13 @@ class Narrowed:
             try:
                 parsed = await device.http.run(flow, sleep=device.sleep)
             except RefreshRejected as exc:
+                if not flows.definite(exc):
+                    # The grant's own refresh confirms a refusal before it ends the grant; here it
+                    # may be the narrower request the server disliked. This key backs off.
+                    self._count("failed")
+                    self._back_off(key, exc.retry_after)
+                    raise Refused("upstream_unavailable", "cannot get a narrowed token: "
+                                  + str(exc).removesuffix("; pair again")) from None
                 self._count("rejected")
                 if device.state is not State.REFRESHING:
                     device.move(Event.REFRESH_STARTED)

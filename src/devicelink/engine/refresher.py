@@ -7,7 +7,9 @@
   (RFC 9700 §4.14.2: presenting a rotated-away refresh token can revoke the grant).
   Every use of the refresh token, narrowed ones too, takes ``device.exchange_lock``.
 - A rotated refresh token is on disk before the new access token is served.
-- Only ``invalid_grant`` ends the grant (:class:`RefreshRejected`). Everything else
+- ``invalid_grant`` ends the grant (:class:`RefreshRejected`). Any other refusal of the
+  grant (a 4xx that is not a recognised retryable answer, ``oauth/refresh.py``) ends it
+  after one confirming attempt, spaced by the backoff like any retry. Everything else
   keeps it: the cached access token is served until it expires (state ``offline``).
 """
 
@@ -41,11 +43,13 @@ class Refresher:
         self.backoff = Backoff(device.rng, base=FIRST_RETRY)
         self.retry_at = 0.0  # no refresh attempt before this (monotonic), after a failure
         self.last_attempt = float("-inf")
+        self.refused: str | None = None  # the server refused the grant once: the next refusal ends it
         self.inflight: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # the tokens or the schedule changed: look again
 
     def start(self) -> None:
+        self.refused = None
         self.task = asyncio.create_task(self._keep_fresh())
 
     def backing_off(self, now: float) -> bool:
@@ -100,8 +104,16 @@ class Refresher:
         try:
             parsed = await device.http.run(flow, sleep=device.sleep)
         except RefreshRejected as exc:
+            if not flows.definite(exc) and self.refused is None:
+                # Not invalid_grant: a proxy's page or a fluke may not come twice. One more
+                # attempt, after the backoff (never at once), confirms it.
+                self.refused = str(exc)
+                self._failed(f"{str(exc).removesuffix('; pair again')}; confirming with one more attempt "
+                             "before asking to pair again", exc.retry_after)
+                return
             # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
             device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="rejected")
+            self.refused = None
             await device.end_grant(str(exc))
             return
         except GrantFailed as exc:
@@ -123,6 +135,7 @@ class Refresher:
         device.refreshed()
         self.backoff.reset()
         self.retry_at = 0.0
+        self.refused = None
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="ok")
         device.move(Event.REFRESH_SUCCEEDED)
         self.changed.set()
@@ -141,7 +154,8 @@ class Refresher:
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="failed")
         self.retry_at = device.clock() + delay
         device.last_error = reason
-        logger.warning("%s; keeping the grant, next try in %.0f s", reason, delay)
+        logger.warning("%s; keeping the grant for now, next try in %.0f s" if self.refused else
+                       "%s; keeping the grant, next try in %.0f s", reason, delay)
         device.move(Event.REFRESH_FAILED)
         self.changed.set()
 
