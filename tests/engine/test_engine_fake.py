@@ -61,6 +61,7 @@ class Bench:
         self.state_dir, self.key = tmp_path, os.urandom(32)
         self.clients: list[httpx.AsyncClient] = []
         self._served = asyncio.Event()
+        self.device_kw: dict = {}  # more Device arguments (refresh_floor)
 
     def _serve(self, request: httpx.Request) -> httpx.Response:
         response = self.fake(request)
@@ -87,7 +88,7 @@ class Bench:
         http = OAuthHttp(client, ClientAuth(CLIENT_ID, self.auth, secret or self.secret), clock=self.clock)
         device = Device(cfg, store or EncryptedFileStore(self.state_dir, self.key), http,
                         clock=self.clock, sleep=self.clock.sleep, wall_clock=self.wall,
-                        rng=random.Random(7), clock_synced=lambda: clock_synced)
+                        rng=random.Random(7), clock_synced=lambda: clock_synced, **self.device_kw)
         self.states = StateLog(device)
         return device
 
@@ -611,3 +612,72 @@ def test_one_refusal_then_tokens_keeps_the_grant(tmp_path):
         await bench.close(device)
 
     run(main())
+
+
+# -- issue 10 item 8: token lifetimes that storm -------------------------------------------
+
+
+async def _apps_asking_for(bench: Bench, device: Device, seconds: int) -> list[dict]:
+    """Apps ask every second for ``seconds`` of the shared clock; their answers."""
+    answers = []
+    for _ in range(seconds):
+        bench.clock.advance(1)  # a refresh that came due starts, or the app's ask starts it
+        answers.append(shaped(await device.token(TokenQuery())))
+    await device.refresher.settle(10)  # the one in flight, if any, has answered
+    return answers
+
+
+@pytest.mark.parametrize("lifetime", [0, 10])
+def test_a_token_shorter_than_the_floor_is_served_as_it_is_without_a_storm(tmp_path, lifetime):
+    """expires_in 0 made 30 refreshes in 30 s, each an fsync'd write, while apps got 502.
+    Now: at most one refresh per floor (30 s by default), the token is served as it is
+    meanwhile, and last_error names the server's odd lifetime."""
+    async def main():
+        bench = Bench(tmp_path, lifetime=lifetime)
+        device = await bench.paired()
+        answers = await _apps_asking_for(bench, device, 90)
+        assert all(a["access_token"] and 0 <= a["expires_in"] <= lifetime for a in answers)  # never a 502
+        assert len(bench.refreshes()) <= 3  # one per 30 s, not one per request or second
+        last_error = shaped(device.status())["last_error"]
+        assert f"lasts {lifetime} s (expires_in)" in last_error and "30 s refresh floor" in last_error
+        assert device.state in (State.PAIRED, State.REFRESHING) and bench.fake.reuse_detections == 0
+        assert device.refresh_floor == 30.0  # the default
+        await bench.close(device)
+
+    run(main())
+
+
+def test_the_refresh_floor_can_be_set_down_to_one_second(tmp_path):
+    async def main():
+        bench = Bench(tmp_path, lifetime=0)
+        bench.device_kw = {"refresh_floor": 1.0}
+        device = await bench.paired()
+        await _apps_asking_for(bench, device, 10)
+        assert 5 <= len(bench.refreshes()) <= 11  # about one a second, never more
+        gaps = [b.at - a.at for a, b in zip(bench.refreshes(), bench.refreshes()[1:])]
+        assert min(gaps) >= 1.0
+        assert "1 s refresh floor" in shaped(device.status())["last_error"]
+        await bench.close(device)
+
+    run(main())
+
+
+@pytest.mark.parametrize("floor", [0.5, 0, -1, float("nan")])
+def test_a_refresh_floor_under_one_second_is_refused(tmp_path, floor):
+    bench = Bench(tmp_path)
+    bench.device_kw = {"refresh_floor": floor}
+    with pytest.raises(ValueError, match="refresh_floor must be at least 1 s"):
+        bench.device()
+
+
+def test_the_refresh_floor_is_read_from_the_config(tmp_path):
+    from devicelink.config import ConfigError, parse
+
+    base = {"provider": {"issuer": ISSUER, "client_id": CLIENT_ID}}
+    assert parse(base, tmp_path / "config.toml").refresh.min_interval == 30.0
+    cfg = parse({**base, "refresh": {"min_interval": 5}}, tmp_path / "config.toml")
+    assert cfg.refresh.min_interval == 5.0
+    device = Device(cfg, EncryptedFileStore(tmp_path, os.urandom(32)), OAuthHttp(None, ClientAuth(CLIENT_ID)))
+    assert device.refresh_floor == 5.0
+    with pytest.raises(ConfigError, match="min_interval"):
+        parse({**base, "refresh": {"min_interval": 0.5}}, tmp_path / "config.toml")

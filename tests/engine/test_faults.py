@@ -99,7 +99,9 @@ class FaultRig(Rig):
     half a second), a count of requests in flight, and ``step()``: advance the shared clock
     to the device's next timer once it is idle."""
 
-    def __init__(self, state_dir: Path, lifetime: int = 7200, deadline: float = 0.5, **server_kw) -> None:
+    def __init__(self, state_dir: Path, lifetime: int = 7200, deadline: float = 0.5, *,
+                 refresh_floor: float | None = None, **server_kw) -> None:
+        self.refresh_floor = refresh_floor
         # Rig's fields, with a clock that tells the ticker apart
         self.clock = TaggedClock()
         self.srv = DevServer(clock=self.clock, interval=5, access_token_lifetime=lifetime, **server_kw).start()
@@ -116,7 +118,8 @@ class FaultRig(Rig):
         self.http = CountingHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock,
                                  deadline=self.deadline)
         self.dev = Device(cfg, EncryptedFileStore(self.state_dir, self.key), self.http, clock=self.clock,
-                          sleep=self.clock.sleep, rng=random.Random(7), clock_synced=self.clock_synced)
+                          sleep=self.clock.sleep, rng=random.Random(7), clock_synced=self.clock_synced,
+                          refresh_floor=self.refresh_floor)
         self.states = StateLog(self.dev)
         return self.dev
 
@@ -631,7 +634,7 @@ def test_hourly_request_budget_with_the_default_limit(tmp_path, no_crash):
     backoff, so the retries alone would be ~260 an hour on top of the 360 refreshes the token
     lifetime calls for (twice over). The budget (60 beyond those) holds every rolling hour to 420."""
     async def main():
-        rig = FaultRig(tmp_path, lifetime=20)
+        rig = FaultRig(tmp_path, lifetime=20, refresh_floor=1.0)  # under the default 30 s floor
         device = await rig.paired()
         rig.faults.token.schedule(Fault("status", status=503) if i % 2 == 0 else Fault("ok") for i in range(4000))
         start, errors = rig.clock.now, set()

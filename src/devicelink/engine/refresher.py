@@ -3,6 +3,9 @@
 - Refresh 75–85 % into the token's lifetime (jitter spreads a fleet), at the
   backoff's time after a failure, never sooner than :data:`MIN_REFRESH_SPACING`
   after the last attempt, and within the hourly request budget.
+- Never sooner than ``device.refresh_floor`` (30 s) after the tokens were obtained,
+  on schedule or when apps ask (``Device.refresh`` itself still forces one): a token the server made shorter than that is served as
+  it is, and ``last_error`` names the odd lifetime (issue 10, item 8).
 - One refresh at a time, however many apps ask: callers share the one in flight
   (RFC 9700 §4.14.2: presenting a rotated-away refresh token can revoke the grant).
   Every use of the refresh token, narrowed ones too, takes ``device.exchange_lock``.
@@ -50,10 +53,26 @@ class Refresher:
 
     def start(self) -> None:
         self.refused = None
+        if self.device.tokens is not None:
+            self.note_lifetime(self.device.tokens)
         self.task = asyncio.create_task(self._keep_fresh())
 
     def backing_off(self, now: float) -> bool:
         return now < self.retry_at
+
+    def too_soon(self, tokens: TokenSet, now: float) -> bool:
+        """Obtained less than the refresh floor ago: no refresh for them yet."""
+        return now < tokens.obtained_at + self.device.refresh_floor
+
+    def note_lifetime(self, tokens: TokenSet) -> None:
+        """Say so when the server issues tokens shorter than the refresh floor."""
+        floor = self.device.refresh_floor
+        if tokens.lifetime < floor:
+            self.device.last_error = (
+                f"the authorization server issued an access token that lasts {tokens.lifetime:.0f} s "
+                f"(expires_in), shorter than the {floor:.0f} s refresh floor: it is served as it is "
+                f"and refreshed at most every {floor:.0f} s")
+            logger.warning("%s", self.device.last_error)
 
     async def refresh(self) -> None:
         """Refresh now, or join the refresh already in flight."""
@@ -132,6 +151,8 @@ class Refresher:
         device.last_error = None  # the save sets it again if the disk fails
         await device.state_file.save(fresh)
         device.tokens = fresh
+        if not device.state_file.unsaved:
+            self.note_lifetime(fresh)
         device.refreshed()
         self.backoff.reset()
         self.retry_at = 0.0
@@ -167,8 +188,9 @@ class Refresher:
                 due = device.tokens.expires_at  # nothing to refresh with: wake at expiry
             elif device.state is State.OFFLINE:
                 due = self.retry_at
-            else:  # the schedule, but never before a backoff or the budget allows
-                due = max(device.tokens.refresh_due(device.rng), self.retry_at)
+            else:  # the schedule, but never before a backoff, the budget or the floor allows
+                due = max(device.tokens.refresh_due(device.rng), self.retry_at,
+                          device.tokens.obtained_at + device.refresh_floor)
             due = max(due, self.last_attempt + MIN_REFRESH_SPACING)
             self.changed.clear()
             delay = due - device.clock()
