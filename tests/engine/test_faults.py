@@ -880,3 +880,101 @@ def test_a_refusal_of_the_grant_ends_it_after_one_confirming_retry(tmp_path, no_
         await rig.close()
 
     run(main())
+
+
+# -- issue 10 item 4: refresh while the grant cannot be saved ---------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (a disk that fills up for real); unmounted whatever happens."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system until it refuses another byte."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize("how", ["disk full", "state.bin made a directory"])
+def test_a_full_disk_stops_rotation_until_the_grant_is_saved(small_tmpfs, no_crash, how):
+    """A full disk: the daemon rotated the refresh token in memory again and again, so the one
+    on disk grew older, and after a kill the server saw reuse and revoked the grant. Now the
+    save is retried first and nothing rotates meanwhile; the cached access token is served
+    until it expires, last_error says why, and nothing is lost when space comes back."""
+    async def main():
+        state_dir = small_tmpfs / "state"
+        state_dir.mkdir(mode=0o700)
+        rig = FaultRig(state_dir, lifetime=600)
+        device = await rig.paired()
+        on_disk = lambda: EncryptedFileStore(state_dir, rig.key).load()["tokens"]["refresh_token"]  # noqa: E731
+        paired_with = on_disk()
+        if how == "disk full":
+            filler = fill(small_tmpfs)
+            why = "No space left on device"
+        else:
+            (state_dir / "state.bin").rename(state_dir / "state.prev.bin")  # a generation to fall back on
+            (state_dir / "state.bin").mkdir()
+            (state_dir / "state.bin" / "x").touch()
+            why = "cannot write"
+
+        await rig.until(lambda: len(rig.hits("refresh")) == 1)  # the proactive refresh rotates ...
+        await rig.idle()
+        rotated = device.tokens.refresh_token
+        assert device.state_file.unsaved  # ... and the disk refuses it
+        assert how != "disk full" or rotated != on_disk()
+        served = shaped(await device.token(TokenQuery()))["access_token"]
+        assert why in shaped(device.status())["last_error"]
+
+        # an hour passes: the save is retried on its backoff, the refresh token is never used again
+        start = rig.clock.now
+        while rig.clock.now < start + 3600:
+            await rig.step()
+            assert len(rig.hits("refresh")) == 1, "rotated again while the grant was unsaved"
+            last_error = shaped(device.status())["last_error"]
+            assert why in last_error and "not used again until the grant is saved" in last_error
+            if device.tokens.valid_for(0, rig.clock.now):
+                assert shaped(await device.token(TokenQuery()))["access_token"] == served  # served while valid
+            else:
+                with pytest.raises(Refused) as info:
+                    await device.token(TokenQuery())
+                assert info.value.code == "upstream_unavailable" and "saved" in info.value.description
+                assert len(rig.hits("refresh")) == 1  # apps asking do not rotate it either
+        assert how != "disk full" or on_disk() == paired_with  # nothing rotated away landed meanwhile
+
+        if how == "disk full":  # space comes back: the save lands first, then the overdue refresh
+            filler.unlink()
+        else:
+            (state_dir / "state.bin" / "x").unlink()
+            (state_dir / "state.bin").rmdir()
+        await rig.until(lambda: not device.state_file.unsaved)
+        await rig.until(lambda: len(rig.hits("refresh")) == 2 and device.state is State.PAIRED)
+        assert on_disk() == device.tokens.refresh_token and shaped(device.status())["last_error"] is None
+        assert shaped(await device.token(TokenQuery()))["expires_in"] > 500
+
+        await device.stop()  # a restart (or a kill) finds the live refresh token on disk
+        again = rig.device()
+        await again.start()
+        await again.refresh()
+        assert again.state is State.PAIRED and rig.srv.stats.reuse_detections == 0
+        await rig.close(again)
+
+    run(main())

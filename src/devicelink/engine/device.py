@@ -260,6 +260,9 @@ class Device:
         assert tokens is not None
         now = self.clock()
         if not tokens.valid_for(0, now) and not self.refresher.too_soon(tokens, now):  # under the floor: as it is
+            if self.state_file.unsaved:
+                raise Refused("upstream_unavailable", "the access token expired and is not refreshed until "
+                              f"the grant can be saved ({self.last_error})")
             if self.refresher.refused:
                 raise Refused("upstream_unavailable", "the access token expired and the authorization server "
                               f"refused to refresh it ({self.last_error})")

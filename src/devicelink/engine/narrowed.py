@@ -70,6 +70,8 @@ class Narrowed:
     async def _fetch(self, key: NarrowKey) -> TokenSet:
         scope, resource = key
         device = self.device
+        if not await device.refresher.save_outstanding():  # a rotation now would be lost too
+            raise Refused("upstream_unavailable", f"cannot get a narrowed token: {device.last_error}")
         async with device.exchange_lock:
             device.require_grant()
             tokens, endpoints = device.tokens, device.endpoints
