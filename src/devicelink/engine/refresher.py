@@ -3,9 +3,10 @@
 - Refresh 75–85 % into the token's lifetime (jitter spreads a fleet), at the
   backoff's time after a failure, never sooner than :data:`MIN_REFRESH_SPACING`
   after the last attempt, and within the hourly request budget.
-- Never sooner than ``device.refresh_floor`` (30 s) after the tokens were obtained,
-  on schedule or when apps ask (``Device.refresh`` itself still forces one): a token the server made shorter than that is served as
-  it is, and ``last_error`` names the odd lifetime (issue 10, item 8).
+- Never sooner than ``device.refresh_floor`` (30 s) after the tokens were obtained, on
+  schedule or when apps ask (``Device.refresh`` itself still forces one): a token the
+  server made shorter than that is served as it is, and ``last_error`` names the odd
+  lifetime (issue 10, item 8).
 - One refresh at a time, however many apps ask: callers share the one in flight
   (RFC 9700 §4.14.2: presenting a rotated-away refresh token can revoke the grant).
   Every use of the refresh token, narrowed ones too, takes ``device.exchange_lock``.
