@@ -18,6 +18,9 @@ client_id = "{client_id}"
 scope = "{scope}"
 allow_insecure_http = true
 {extra}
+[refresh]
+min_interval = 1  # development servers issue seconds-long tokens: refresh as they ask
+
 [storage]
 state_dir = "state"
 key = "file"

@@ -66,6 +66,11 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    min_interval: float = 30.0  # s: the floor on the refresh interval (issue 10, item 8)
+
+
+@dataclass(frozen=True)
 class SocketConfig:
     path: Path = Path(paths.SOCKET_PATH)
     max_connections: int = 512
@@ -113,6 +118,7 @@ class Config:
     path: Path | None = None
     pairing: PairingConfig = field(default_factory=PairingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     socket: SocketConfig = field(default_factory=SocketConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     gpio: GpioConfig | None = None
@@ -203,7 +209,7 @@ def load_drop_in(path: Path, owners: frozenset[int] | None = None) -> tuple[Clie
 def parse(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
     v = _Validator(path)
-    v.only(raw, "", {"provider", "pairing", "storage", "socket", "display", "gpio", "client"})
+    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client"})
     if "provider" not in raw:
         v.fail("[provider]", "missing section; it needs at least issuer and client_id")
 
@@ -233,8 +239,9 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
             "led": v.integer(0, 63), "button": v.integer(0, 63), "hold_seconds": v.number(1, 600),
         })
     clients = v.clients(raw)
+    refresh = v.section(raw, "refresh", RefreshConfig, {"min_interval": v.number(1, 3600)})
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
-                  display=display, gpio=gpio, clients=clients)
+                  display=display, gpio=gpio, clients=clients, refresh=refresh)
 
 
 class _Validator:

@@ -61,6 +61,7 @@ class Bench:
         self.state_dir, self.key = tmp_path, os.urandom(32)
         self.clients: list[httpx.AsyncClient] = []
         self._served = asyncio.Event()
+        self.device_kw: dict = {}  # more Device arguments (refresh_floor)
 
     def _serve(self, request: httpx.Request) -> httpx.Response:
         response = self.fake(request)
@@ -87,7 +88,7 @@ class Bench:
         http = OAuthHttp(client, ClientAuth(CLIENT_ID, self.auth, secret or self.secret), clock=self.clock)
         device = Device(cfg, store or EncryptedFileStore(self.state_dir, self.key), http,
                         clock=self.clock, sleep=self.clock.sleep, wall_clock=self.wall,
-                        rng=random.Random(7), clock_synced=lambda: clock_synced)
+                        rng=random.Random(7), clock_synced=lambda: clock_synced, **self.device_kw)
         self.states = StateLog(device)
         return device
 
@@ -351,11 +352,17 @@ def test_a_replayed_refresh_token_ends_the_grant(tmp_path, refusal):
 
         again = bench.device(clock_synced=False)  # the stored access token is not trusted: refresh first
         await again.start()
+        if refusal == "empty":  # issue 10 item 9: not invalid_grant, so confirmed once, after the backoff
+            assert await refused(again.token(TokenQuery()), match="refused") == "upstream_unavailable"
+            assert again.state is State.OFFLINE and bench.on_disk() is not None
+            await bench.next_timer()
+            await bench.states.wait(State.REAUTH_REQUIRED)
         assert await refused(again.token(TokenQuery())) == "reauth_required"
         assert again.state is State.REAUTH_REQUIRED and bench.on_disk() is None
         assert bench.fake.reuse_detections == 1 and bench.fake.is_revoked(rotated)
         assert await bench.waits_for_the_user()
-        assert len(bench.refreshes()) == 2 and len(bench.fake.requests("device_authorization")) == 1
+        assert len(bench.refreshes()) == (3 if refusal == "empty" else 2)
+        assert len(bench.fake.requests("device_authorization")) == 1
         await bench.close(again)
 
     run(main())
@@ -363,17 +370,25 @@ def test_a_replayed_refresh_token_ends_the_grant(tmp_path, refusal):
 
 def test_an_empty_400_on_refresh_is_a_refusal_not_a_network_fault(tmp_path):
     """Issue 9, item 1: a 4xx with an empty or non-JSON body is the server refusing
-    (glewlwyd answers a disabled refresh token so), not a network fault to retry."""
+    (glewlwyd answers a disabled refresh token so), not a network fault to retry for ever.
+    Issue 10, item 9: it is confirmed by one more attempt, spaced by the backoff, first."""
     async def main():
         bench = Bench(tmp_path, lifetime=100)
         device = await bench.paired()
-        bench.fake.fail_next(1, 400, at="refresh", body=b"")
+        cached = device.tokens.access_token
+        bench.fake.fail_next(2, 400, at="refresh", body=b"")
         bench.clock.now += 60  # past half the lifetime, before the proactive refresh fires
-        assert await refused(device.token(TokenQuery(min_ttl=60))) == "reauth_required"
-        assert device.state is State.REAUTH_REQUIRED and bench.on_disk() is None
-        assert "cannot reach" not in shaped(device.status())["last_error"]
+        assert (shaped(await device.token(TokenQuery(min_ttl=60))))["access_token"] == cached  # still valid
+        status = shaped(device.status())
+        assert device.state is State.OFFLINE and bench.on_disk() is not None
+        assert "refused the grant" in status["last_error"] and "cannot reach" not in status["last_error"]
+        bench.clock.advance(await bench.clock.timer_beyond(2.5) - bench.clock.now)  # the backoff's retry
+        await bench.states.wait(State.REAUTH_REQUIRED)
+        assert bench.on_disk() is None and "refused the grant" in shaped(device.status())["last_error"]
+        assert await refused(device.token(TokenQuery())) == "reauth_required"
         assert await bench.waits_for_the_user()
-        assert len(bench.refreshes()) == 1  # not retried as if the network had failed
+        first, second = bench.refreshes()  # one confirming retry, not retried as if the network had failed
+        assert 2.5 <= second.at - first.at <= 5  # the backoff's first step (5 s, jittered down to half)
         await bench.close(device)
 
     run(main())
@@ -689,3 +704,96 @@ def test_an_approval_in_the_codes_last_interval_is_not_lost(tmp_path):
         await bench.close(device)
 
     run(main())
+
+
+def test_one_refusal_then_tokens_keeps_the_grant(tmp_path):
+    """Issue 10, item 9: a refusal that is not invalid_grant (a proxy's empty 400) is not
+    believed until it comes twice: when the confirming attempt gets tokens, all is well."""
+    async def main():
+        bench = Bench(tmp_path, lifetime=100)
+        device = await bench.paired()
+        bench.fake.fail_next(1, 400, at="refresh", body=b"")
+        await bench.next_timer()
+        await bench.states.wait(State.OFFLINE)
+        assert "confirming" in shaped(device.status())["last_error"]
+        await bench.next_timer()
+        await bench.states.wait(State.PAIRED)
+        assert shaped(device.status())["last_error"] is None and bench.on_disk() is not None
+        bench.fake.fail_next(1, 400, at="refresh", body=b"")  # a later lone refusal is a first one again
+        await bench.next_timer()
+        await bench.states.wait(State.OFFLINE)
+        await bench.next_timer()
+        await bench.states.wait(State.PAIRED)
+        assert len(bench.refreshes()) == 4 and bench.fake.reuse_detections == 0
+        await bench.close(device)
+
+    run(main())
+
+
+# -- issue 10 item 8: token lifetimes that storm -------------------------------------------
+
+
+async def _apps_asking_for(bench: Bench, device: Device, seconds: int) -> list[dict]:
+    """Apps ask every second for ``seconds`` of the shared clock; their answers."""
+    answers = []
+    for _ in range(seconds):
+        bench.clock.advance(1)  # a refresh that came due starts, or the app's ask starts it
+        answers.append(shaped(await device.token(TokenQuery())))
+    await device.refresher.settle(10)  # the one in flight, if any, has answered
+    return answers
+
+
+@pytest.mark.parametrize("lifetime", [0, 10])
+def test_a_token_shorter_than_the_floor_is_served_as_it_is_without_a_storm(tmp_path, lifetime):
+    """expires_in 0 made 30 refreshes in 30 s, each an fsync'd write, while apps got 502.
+    Now: at most one refresh per floor (30 s by default), the token is served as it is
+    meanwhile, and last_error names the server's odd lifetime."""
+    async def main():
+        bench = Bench(tmp_path, lifetime=lifetime)
+        device = await bench.paired()
+        answers = await _apps_asking_for(bench, device, 90)
+        assert all(a["access_token"] and 0 <= a["expires_in"] <= lifetime for a in answers)  # never a 502
+        assert len(bench.refreshes()) <= 3  # one per 30 s, not one per request or second
+        last_error = shaped(device.status())["last_error"]
+        assert f"lasts {lifetime} s (expires_in)" in last_error and "30 s refresh floor" in last_error
+        assert device.state in (State.PAIRED, State.REFRESHING) and bench.fake.reuse_detections == 0
+        assert device.refresh_floor == 30.0  # the default
+        await bench.close(device)
+
+    run(main())
+
+
+def test_the_refresh_floor_can_be_set_down_to_one_second(tmp_path):
+    async def main():
+        bench = Bench(tmp_path, lifetime=0)
+        bench.device_kw = {"refresh_floor": 1.0}
+        device = await bench.paired()
+        await _apps_asking_for(bench, device, 10)
+        assert 5 <= len(bench.refreshes()) <= 11  # about one a second, never more
+        gaps = [b.at - a.at for a, b in zip(bench.refreshes(), bench.refreshes()[1:])]
+        assert min(gaps) >= 1.0
+        assert "1 s refresh floor" in shaped(device.status())["last_error"]
+        await bench.close(device)
+
+    run(main())
+
+
+@pytest.mark.parametrize("floor", [0.5, 0, -1, float("nan")])
+def test_a_refresh_floor_under_one_second_is_refused(tmp_path, floor):
+    bench = Bench(tmp_path)
+    bench.device_kw = {"refresh_floor": floor}
+    with pytest.raises(ValueError, match="refresh_floor must be at least 1 s"):
+        bench.device()
+
+
+def test_the_refresh_floor_is_read_from_the_config(tmp_path):
+    from devicelink.config import ConfigError, parse
+
+    base = {"provider": {"issuer": ISSUER, "client_id": CLIENT_ID}}
+    assert parse(base, tmp_path / "config.toml").refresh.min_interval == 30.0
+    cfg = parse({**base, "refresh": {"min_interval": 5}}, tmp_path / "config.toml")
+    assert cfg.refresh.min_interval == 5.0
+    device = Device(cfg, EncryptedFileStore(tmp_path, os.urandom(32)), OAuthHttp(None, ClientAuth(CLIENT_ID)))
+    assert device.refresh_floor == 5.0
+    with pytest.raises(ConfigError, match="min_interval"):
+        parse({**base, "refresh": {"min_interval": 0.5}}, tmp_path / "config.toml")

@@ -6,8 +6,8 @@ daemon never crashes, never asks earlier than allowed (the server's own arrival
 times against the interval, backoff and Retry-After it was given), caps its
 backoff at about 5 minutes, keeps serving the cached token while it is valid
 (state ``offline``), says what is wrong in ``last_error``, and is healthy again
-within one backoff step after the server heals. Only ``invalid_grant`` (or a
-denial) ends the grant.
+within one backoff step after the server heals. Only ``invalid_grant``, a
+refusal of the grant confirmed by one retry, or a denial ends the grant.
 
 Most tests run the engine in-process with the daemon and the server on one
 FakeClock, so the timing checks are exact; a few run the real daemon process
@@ -99,7 +99,9 @@ class FaultRig(Rig):
     half a second), a count of requests in flight, and ``step()``: advance the shared clock
     to the device's next timer once it is idle."""
 
-    def __init__(self, state_dir: Path, lifetime: int = 7200, deadline: float = 0.5, **server_kw) -> None:
+    def __init__(self, state_dir: Path, lifetime: int = 7200, deadline: float = 0.5, *,
+                 refresh_floor: float | None = None, **server_kw) -> None:
+        self.refresh_floor = refresh_floor
         # Rig's fields, with a clock that tells the ticker apart
         self.clock = TaggedClock()
         self.srv = DevServer(clock=self.clock, interval=5, access_token_lifetime=lifetime, **server_kw).start()
@@ -116,7 +118,8 @@ class FaultRig(Rig):
         self.http = CountingHttp(self.client, ClientAuth(self.srv.client_id), clock=self.clock,
                                  deadline=self.deadline)
         self.dev = Device(cfg, EncryptedFileStore(self.state_dir, self.key), self.http, clock=self.clock,
-                          sleep=self.clock.sleep, rng=random.Random(7), clock_synced=self.clock_synced)
+                          sleep=self.clock.sleep, rng=random.Random(7), clock_synced=self.clock_synced,
+                          refresh_floor=self.refresh_floor)
         self.states = StateLog(self.dev)
         return self.dev
 
@@ -216,7 +219,9 @@ def check_polls(hits, interval: float = 5, retry_after: float = 0.0) -> None:
 
 # -- refresh against every transient fault -------------------------------------------
 
-#: Faults a refresh meets. Every one keeps the grant: only invalid_grant ends it.
+#: Faults a refresh meets. Every one keeps the grant: invalid_grant ends it, and so does
+#: a 4xx that is not a recognised retryable answer, once confirmed (GRANT_REFUSALS below).
+#: A refused client (401 invalid_client) is the config, not the grant: kept.
 REFRESH_FAULTS = {
     "503 temporarily_unavailable": lambda t: t.fail(503, error="temporarily_unavailable", times=None),
     "500 html page": lambda t: t.fail(500, times=None),
@@ -227,13 +232,10 @@ REFRESH_FAULTS = {
     "connection closed": lambda t: t.close(times=None),
     "timeout": lambda t: t.timeout(times=None),
     "malformed json": lambda t: t.malformed(times=None),
-    "malformed json 400": lambda t: t.malformed(times=None, status=400),
     "oversized body": lambda t: t.oversized(times=None),
     "200 with error body": lambda t: t.error_body("server_error", times=None),
     "slow_down storm": lambda t: t.slow_down(times=None),
     "401 invalid_client": lambda t: t.fail(401, error="invalid_client", times=None),
-    "400 invalid_request": lambda t: t.fail(400, error="invalid_request", times=None),
-    "403 html page": lambda t: t.fail(403, times=None),
     "latency then 503": lambda t: t.fail(503, delay=0.2, times=None),
 }
 RETRY_AFTER = {"429 retry-after": 120.0}
@@ -632,7 +634,7 @@ def test_hourly_request_budget_with_the_default_limit(tmp_path, no_crash):
     backoff, so the retries alone would be ~260 an hour on top of the 360 refreshes the token
     lifetime calls for (twice over). The budget (60 beyond those) holds every rolling hour to 420."""
     async def main():
-        rig = FaultRig(tmp_path, lifetime=20)
+        rig = FaultRig(tmp_path, lifetime=20, refresh_floor=1.0)  # under the default 30 s floor
         device = await rig.paired()
         rig.faults.token.schedule(Fault("status", status=503) if i % 2 == 0 else Fault("ok") for i in range(4000))
         start, errors = rig.clock.now, set()
@@ -834,3 +836,145 @@ def test_real_daemon_unpair_with_the_revocation_endpoint_resetting(short_tmp, da
     assert d.cli("token").returncode != 0 and "not paired" in d.cli("token").stderr
     assert json.loads(d.cli("status", "--json").stdout)["state"] == "unpaired"
     assert d.proc.poll() is None and "Traceback" not in "".join(d.log)
+
+
+# -- issue 10 item 9: a refusal of the grant ends it, after one confirming retry --------------
+
+#: Moved out of REFRESH_FAULTS (where they kept the grant for ever, state offline): a 4xx
+#: other than 429 that is not a recognised retryable answer is the server refusing the grant.
+GRANT_REFUSALS = {
+    "empty 400": lambda t: t.fail(400, times=None),
+    "malformed json 400": lambda t: t.malformed(times=None, status=400),
+    "400 invalid_request": lambda t: t.fail(400, error="invalid_request", times=None),
+    "403 html page": lambda t: t.fail(403, times=None),
+}
+
+
+@pytest.mark.parametrize("fault", list(GRANT_REFUSALS))
+def test_a_refusal_of_the_grant_ends_it_after_one_confirming_retry(tmp_path, no_crash, fault):
+    async def main():
+        rig = FaultRig(tmp_path, lifetime=7200)
+        device = await rig.paired()
+        cached = (shaped(await device.token(TokenQuery())))["access_token"]
+        GRANT_REFUSALS[fault](rig.faults.token)
+
+        await rig.step()  # the proactive refresh is refused: believed only when it comes again
+        assert device.state is State.OFFLINE and (tmp_path / "state.bin").exists()
+        last_error = shaped(device.status())["last_error"]
+        assert "the authorization server refused the grant" in last_error and "confirming" in last_error
+        assert (shaped(await device.token(TokenQuery())))["access_token"] == cached  # served meanwhile
+
+        await rig.step()  # the one confirming retry, after the backoff
+        first, second = rig.hits("refresh")
+        check_retries([first, second], REFRESH_BASE)  # spaced as any retry: never at once
+        assert device.state is State.REAUTH_REQUIRED and not (tmp_path / "state.bin").exists()
+        last_error = shaped(device.status())["last_error"]
+        assert "the authorization server refused the grant" in last_error and "pair again" in last_error
+        assert "cannot be reached" not in last_error
+        with pytest.raises(Refused) as info:
+            shaped(await device.token(TokenQuery()))
+        assert info.value.code == "reauth_required"
+        rig.clock.advance(86400)
+        await rig.idle()
+        assert len(rig.hits("refresh")) == 2  # no more retries: it waits for the owner
+        await rig.close()
+
+    run(main())
+
+
+# -- issue 10 item 4: refresh while the grant cannot be saved ---------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (a disk that fills up for real); unmounted whatever happens."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system until it refuses another byte."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize("how", ["disk full", "state.bin made a directory"])
+def test_a_full_disk_stops_rotation_until_the_grant_is_saved(small_tmpfs, no_crash, how):
+    """A full disk: the daemon rotated the refresh token in memory again and again, so the one
+    on disk grew older, and after a kill the server saw reuse and revoked the grant. Now the
+    save is retried first and nothing rotates meanwhile; the cached access token is served
+    until it expires, last_error says why, and nothing is lost when space comes back."""
+    async def main():
+        state_dir = small_tmpfs / "state"
+        state_dir.mkdir(mode=0o700)
+        rig = FaultRig(state_dir, lifetime=600)
+        device = await rig.paired()
+        on_disk = lambda: EncryptedFileStore(state_dir, rig.key).load()["tokens"]["refresh_token"]  # noqa: E731
+        paired_with = on_disk()
+        if how == "disk full":
+            filler = fill(small_tmpfs)
+            why = "No space left on device"
+        else:
+            (state_dir / "state.bin").rename(state_dir / "state.prev.bin")  # a generation to fall back on
+            (state_dir / "state.bin").mkdir()
+            (state_dir / "state.bin" / "x").touch()
+            why = "cannot write"
+
+        await rig.until(lambda: len(rig.hits("refresh")) == 1)  # the proactive refresh rotates ...
+        await rig.idle()
+        rotated = device.tokens.refresh_token
+        assert device.state_file.unsaved  # ... and the disk refuses it
+        assert how != "disk full" or rotated != on_disk()
+        served = shaped(await device.token(TokenQuery()))["access_token"]
+        assert why in shaped(device.status())["last_error"]
+
+        # an hour passes: the save is retried on its backoff, the refresh token is never used again
+        start = rig.clock.now
+        while rig.clock.now < start + 3600:
+            await rig.step()
+            assert len(rig.hits("refresh")) == 1, "rotated again while the grant was unsaved"
+            last_error = shaped(device.status())["last_error"]
+            assert why in last_error and "not used again until the grant is saved" in last_error
+            if device.tokens.valid_for(0, rig.clock.now):
+                assert shaped(await device.token(TokenQuery()))["access_token"] == served  # served while valid
+            else:
+                with pytest.raises(Refused) as info:
+                    await device.token(TokenQuery())
+                assert info.value.code == "upstream_unavailable" and "saved" in info.value.description
+                assert len(rig.hits("refresh")) == 1  # apps asking do not rotate it either
+        assert how != "disk full" or on_disk() == paired_with  # nothing rotated away landed meanwhile
+
+        if how == "disk full":  # space comes back: the save lands first, then the overdue refresh
+            filler.unlink()
+        else:
+            (state_dir / "state.bin" / "x").unlink()
+            (state_dir / "state.bin").rmdir()
+        await rig.until(lambda: not device.state_file.unsaved)
+        await rig.until(lambda: len(rig.hits("refresh")) == 2 and device.state is State.PAIRED)
+        assert on_disk() == device.tokens.refresh_token and shaped(device.status())["last_error"] is None
+        assert shaped(await device.token(TokenQuery()))["expires_in"] > 500
+
+        await device.stop()  # a restart (or a kill) finds the live refresh token on disk
+        again = rig.device()
+        await again.start()
+        await again.refresh()
+        assert again.state is State.PAIRED and rig.srv.stats.reuse_detections == 0
+        await rig.close(again)
+
+    run(main())

@@ -95,7 +95,6 @@ def test_invalid_grant_and_a_bare_400_end_the_grant(reply):
     (m.Failure("ReadTimeout", 9.0), True),
     (answer(503, {"error": "temporarily_unavailable"}, headers={"retry-after": "30"}), True),
     (answer(401, {"error": "invalid_client"}), False),
-    (answer(400, b"<html>proxy</html>", headers={"content-type": "text/html"}), False),
     (answer(200, {"access_token": "x", "token_type": "mac"}), None),  # unusable: a ProtocolViolation
 ])
 def test_other_failures_keep_the_grant_and_say_whether_the_server_refused(reply, transient):
@@ -210,3 +209,54 @@ def test_discovery_takes_no_client_authentication_and_token_requests_do():
 def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="private_key_jwt"):
         ClientAuth("tv", "private_key_jwt")
+
+
+# -- issue 10 item 9: a 4xx that is not a recognised retryable answer refuses the grant ---------
+
+
+@pytest.mark.parametrize("reply", [
+    answer(400, b""),  # glewlwyd, for a reused or disabled refresh token
+    answer(400, b"<html>proxy</html>", headers={"content-type": "text/html"}),
+    answer(400, b"{not json", headers={"content-type": "application/json"}),
+    answer(400, {"error": "invalid_request"}),
+    answer(400, {"error": "unauthorized_client"}),
+    answer(403, b"<html>Forbidden</html>", headers={"content-type": "text/html"}),
+    answer(404, b""),
+    answer(200, {"error": "bad_refresh_token"}),  # GitHub says no with a 200 (RFC-CHECKLIST G1)
+])
+def test_a_4xx_that_is_not_retryable_refuses_the_grant_pending_one_confirmation(reply):
+    with pytest.raises(RefreshRejected) as info:
+        finish(refresh(), reply)
+    assert info.value.code == "reauth_required" and not flows.definite(info.value)
+    assert "the authorization server refused the grant" in str(info.value)
+    if not reply.body.strip():
+        assert f"HTTP {reply.status} with no body" in str(info.value)
+
+
+def test_only_invalid_grant_is_definite():
+    with pytest.raises(RefreshRejected) as info:
+        finish(refresh(), answer(400, {"error": "invalid_grant"}))
+    assert flows.definite(info.value)
+
+
+@pytest.mark.parametrize("reply", [
+    answer(401, {"error": "invalid_client"}),
+    answer(400, {"error": "invalid_client"}),
+    answer(401, b""),
+])
+def test_a_refused_client_keeps_the_grant_and_points_at_the_config(reply):
+    with pytest.raises(GrantFailed) as info:
+        finish(refresh(), reply)
+    assert not isinstance(info.value, RefreshRejected)
+    assert "client_secret in the config" in str(info.value) and "the grant is kept" in str(info.value)
+
+
+@pytest.mark.parametrize("reply", [
+    answer(429, b""), answer(408, b""), answer(400, {"error": "slow_down"}),
+    answer(400, {"error": "temporarily_unavailable"}), answer(400, {"error": "server_error"}),
+    answer(503, b""), m.Failure("ConnectError", 9.0),
+])
+def test_recognised_retryable_answers_keep_the_grant(reply):
+    with pytest.raises(GrantFailed) as info:
+        finish(refresh(), reply)
+    assert not isinstance(info.value, RefreshRejected) and "refused" not in str(info.value)

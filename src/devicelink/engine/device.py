@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STOP_GRACE = 35.0  # longer than one exchange's deadline (oauth/http.py DEADLINE)
+MIN_REFRESH_FLOOR = 1.0  # s: how low the refresh floor ([refresh] min_interval, 30 s) may be set
 
 
 class Device:
@@ -68,7 +69,15 @@ class Device:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None,
                  clock_synced: Callable[[], bool | None] | None = None,
-                 key_source: str | None = None) -> None:
+                 key_source: str | None = None,
+                 refresh_floor: float | None = None) -> None:
+        if refresh_floor is None:  # [refresh] min_interval, 30 s unless the config says
+            refresh_floor = cfg.refresh.min_interval
+        if not refresh_floor >= MIN_REFRESH_FLOOR:  # also refuses NaN
+            raise ValueError(f"refresh_floor must be at least {MIN_REFRESH_FLOOR:.0f} s (got {refresh_floor!r})")
+        #: No refresh sooner than this after the tokens were obtained (issue 10, item 8): a
+        #: server that issues 0-second tokens gets one refresh per floor, not a storm.
+        self.refresh_floor = float(refresh_floor)
         self.cfg, self.provider = cfg, cfg.provider
         self.store, self.http = store, http
         self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
@@ -231,7 +240,8 @@ class Device:
             return None
         now = self.clock()
         if tokens.valid_for(narrowing.wanted_ttl(query.min_ttl, tokens.lifetime), now) or (
-                key is None and self.refresher.backing_off(now) and tokens.valid_for(0, now)):
+                key is None and self.refresher.backing_off(now) and tokens.valid_for(0, now)) or (
+                self.refresher.too_soon(tokens, now)):  # under the floor: served as it is
             return self.issue(tokens, now)
         return None
 
@@ -249,14 +259,20 @@ class Device:
         tokens = self.tokens
         assert tokens is not None
         now = self.clock()
-        if not tokens.valid_for(0, now):
+        if not tokens.valid_for(0, now) and not self.refresher.too_soon(tokens, now):  # under the floor: as it is
+            if self.state_file.unsaved:
+                raise Refused("upstream_unavailable", "the access token expired and is not refreshed until "
+                              f"the grant can be saved ({self.last_error})")
+            if self.refresher.refused:
+                raise Refused("upstream_unavailable", "the access token expired and the authorization server "
+                              f"refused to refresh it ({self.last_error})")
             raise Refused("upstream_unavailable", "the access token expired and the authorization server "
                           f"cannot be reached to refresh it ({self.last_error or 'no answer'})")
         return self.issue(tokens, now)
 
     def issue(self, tokens: TokenSet, now: float | None = None) -> Issued:
         now = self.clock() if now is None else now
-        return Issued(tokens.access_token, "Bearer", int(tokens.expires_in(now)),
+        return Issued(tokens.access_token, "Bearer", max(0, int(tokens.expires_in(now))),
                       tokens.scope or self.provider.scope or "")
 
     async def refresh(self) -> None:

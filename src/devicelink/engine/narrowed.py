@@ -70,6 +70,8 @@ class Narrowed:
     async def _fetch(self, key: NarrowKey) -> TokenSet:
         scope, resource = key
         device = self.device
+        if not await device.refresher.save_outstanding():  # a rotation now would be lost too
+            raise Refused("upstream_unavailable", f"cannot get a narrowed token: {device.last_error}")
         async with device.exchange_lock:
             device.require_grant()
             tokens, endpoints = device.tokens, device.endpoints
@@ -86,6 +88,13 @@ class Narrowed:
             try:
                 parsed = await device.http.run(flow, sleep=device.sleep)
             except RefreshRejected as exc:
+                if not flows.definite(exc):
+                    # The grant's own refresh confirms a refusal before it ends the grant; here it
+                    # may be the narrower request the server disliked. This key backs off.
+                    self._count("failed")
+                    self._back_off(key, exc.retry_after)
+                    raise Refused("upstream_unavailable", "cannot get a narrowed token: "
+                                  + str(exc).removesuffix("; pair again")) from None
                 self._count("rejected")
                 if device.state is not State.REFRESHING:
                     device.move(Event.REFRESH_STARTED)

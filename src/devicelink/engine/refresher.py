@@ -3,11 +3,22 @@
 - Refresh 75–85 % into the token's lifetime (jitter spreads a fleet), at the
   backoff's time after a failure, never sooner than :data:`MIN_REFRESH_SPACING`
   after the last attempt, and within the hourly request budget.
+- Never sooner than ``device.refresh_floor`` (30 s) after the tokens were obtained, on
+  schedule or when apps ask (``Device.refresh`` itself still forces one): a token the
+  server made shorter than that is served as it is, and ``last_error`` names the odd
+  lifetime (issue 10, item 8).
 - One refresh at a time, however many apps ask: callers share the one in flight
   (RFC 9700 §4.14.2: presenting a rotated-away refresh token can revoke the grant).
   Every use of the refresh token, narrowed ones too, takes ``device.exchange_lock``.
-- A rotated refresh token is on disk before the new access token is served.
-- Only ``invalid_grant`` ends the grant (:class:`RefreshRejected`). Everything else
+- A rotated refresh token is on disk before the new access token is served. When the
+  disk refuses it (full, or ``state.bin`` made a directory), the save is outstanding:
+  it is retried on its own backoff, and no refresh (no narrowed one either) rotates the
+  refresh token again until it succeeds, or each rotation would leave the one on disk
+  further behind (issue 10, item 4). The access token in memory is served until it
+  expires; ``last_error`` says why.
+- ``invalid_grant`` ends the grant (:class:`RefreshRejected`). Any other refusal of the
+  grant (a 4xx that is not a recognised retryable answer, ``oauth/refresh.py``) ends it
+  after one confirming attempt, spaced by the backoff like any retry. Everything else
   keeps it: the cached access token is served until it expires (state ``offline``).
 """
 
@@ -41,15 +52,66 @@ class Refresher:
         self.backoff = Backoff(device.rng, base=FIRST_RETRY)
         self.retry_at = 0.0  # no refresh attempt before this (monotonic), after a failure
         self.last_attempt = float("-inf")
+        self.refused: str | None = None  # the server refused the grant once: the next refusal ends it
+        self.save_backoff = Backoff(device.rng, base=FIRST_RETRY)
+        self.save_retry_at = 0.0  # an outstanding save is not tried again before this
         self.inflight: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # the tokens or the schedule changed: look again
 
     def start(self) -> None:
+        self.refused = None
+        if self.device.tokens is not None:
+            self.note_lifetime(self.device.tokens)
         self.task = asyncio.create_task(self._keep_fresh())
 
     def backing_off(self, now: float) -> bool:
         return now < self.retry_at
+
+    def too_soon(self, tokens: TokenSet, now: float) -> bool:
+        """Obtained less than the refresh floor ago: no refresh for them yet."""
+        return now < tokens.obtained_at + self.device.refresh_floor
+
+    async def save_outstanding(self) -> bool:
+        """True when the grant on disk is the one in memory, after trying an outstanding
+        save again when its time has come. False: do not rotate the refresh token."""
+        device = self.device
+        if not device.state_file.unsaved:
+            return True
+        if device.clock() < self.save_retry_at:
+            return False
+        async with device.exchange_lock:
+            if device.state_file.unsaved and device.tokens is not None:
+                await device.state_file.save(device.tokens)
+        if device.state_file.unsaved:
+            self._save_failed()
+            return False
+        logger.info("the grant is saved again")
+        self.save_backoff.reset()
+        self.save_retry_at = 0.0
+        device.last_error = None
+        if device.tokens is not None:
+            self.note_lifetime(device.tokens)
+        self.changed.set()
+        return True
+
+    def _save_failed(self) -> None:
+        device = self.device
+        delay = self.save_backoff.next_delay()
+        self.save_retry_at = device.clock() + delay
+        device.last_error = (f"{device.last_error}; the refresh token is not used again until the grant is saved "
+                             f"(next try in {delay:.0f} s)")
+        self.changed.set()
+
+    def note_lifetime(self, tokens: TokenSet) -> None:
+        """Say so when the server issues tokens shorter than the refresh floor."""
+        floor = self.device.refresh_floor
+        if tokens.lifetime < floor:
+            self.device.last_error = (
+                f"the authorization server issued an access token that lasts {tokens.lifetime:.0f} s "
+                f"(expires_in), shorter than the {floor:.0f} s refresh floor: it is served as it is "
+                f"and refreshed at most every {floor:.0f} s")
+            logger.warning("%s", self.device.last_error)
 
     async def refresh(self) -> None:
         """Refresh now, or join the refresh already in flight."""
@@ -68,6 +130,8 @@ class Refresher:
                 device.move(Event.REFRESH_STARTED)
                 await device.end_grant("the access token expired and the server issued no refresh token; pair again")
             return
+        if not await self.save_outstanding():
+            return  # rotating now would leave the refresh token on disk further behind
         now = device.clock()
         allowance = RequestBudget.allowance(tokens.lifetime)
         if not device.budget.allows(now, allowance):
@@ -100,8 +164,16 @@ class Refresher:
         try:
             parsed = await device.http.run(flow, sleep=device.sleep)
         except RefreshRejected as exc:
+            if not flows.definite(exc) and self.refused is None:
+                # Not invalid_grant: a proxy's page or a fluke may not come twice. One more
+                # attempt, after the backoff (never at once), confirms it.
+                self.refused = str(exc)
+                self._failed(f"{str(exc).removesuffix('; pair again')}; confirming with one more attempt "
+                             "before asking to pair again", exc.retry_after)
+                return
             # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
             device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="rejected")
+            self.refused = None
             await device.end_grant(str(exc))
             return
         except GrantFailed as exc:
@@ -120,9 +192,14 @@ class Refresher:
         device.last_error = None  # the save sets it again if the disk fails
         await device.state_file.save(fresh)
         device.tokens = fresh
+        if device.state_file.unsaved:
+            self._save_failed()
+        else:
+            self.note_lifetime(fresh)
         device.refreshed()
         self.backoff.reset()
         self.retry_at = 0.0
+        self.refused = None
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="ok")
         device.move(Event.REFRESH_SUCCEEDED)
         self.changed.set()
@@ -141,7 +218,8 @@ class Refresher:
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="failed")
         self.retry_at = device.clock() + delay
         device.last_error = reason
-        logger.warning("%s; keeping the grant, next try in %.0f s", reason, delay)
+        logger.warning("%s; keeping the grant for now, next try in %.0f s" if self.refused else
+                       "%s; keeping the grant, next try in %.0f s", reason, delay)
         device.move(Event.REFRESH_FAILED)
         self.changed.set()
 
@@ -153,13 +231,18 @@ class Refresher:
                 due = device.tokens.expires_at  # nothing to refresh with: wake at expiry
             elif device.state is State.OFFLINE:
                 due = self.retry_at
-            else:  # the schedule, but never before a backoff or the budget allows
-                due = max(device.tokens.refresh_due(device.rng), self.retry_at)
+            else:  # the schedule, but never before a backoff, the budget or the floor allows
+                due = max(device.tokens.refresh_due(device.rng), self.retry_at,
+                          device.tokens.obtained_at + device.refresh_floor)
             due = max(due, self.last_attempt + MIN_REFRESH_SPACING)
+            unsaved = device.state_file.unsaved  # nothing rotates before the save: wake for it
             self.changed.clear()
-            delay = due - device.clock()
+            delay = (self.save_retry_at if unsaved else due) - device.clock()
             if delay > 0 and await self._changed_within(delay):
                 continue  # an on-demand refresh moved the schedule
+            if unsaved and device.clock() < due:
+                await self.save_outstanding()
+                continue
             await self.refresh()
 
     async def _changed_within(self, delay: float) -> bool:

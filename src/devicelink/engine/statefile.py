@@ -81,7 +81,7 @@ class StateFile:
             self.unsaved = False
         except StoreError as exc:
             # Keep serving from memory (the old refresh token may already be dead at the
-            # server); the next refresh tries to save again.
+            # server). The refresher retries this save, and rotates nothing until it lands.
             self.unsaved = True
             device.last_error = str(exc)
             logger.error("%s; the grant is held in memory only", exc)

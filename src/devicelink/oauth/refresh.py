@@ -6,11 +6,17 @@ that keep asking) is the engine's schedule, which spans attempts. What an
 answer means is decided here, once, through :func:`messages.classify`:
 
 - tokens: a :class:`TokenSet` (a refresh token the server did not rotate is kept);
-- ``invalid_grant``, or a 400 with an empty body: :class:`RefreshRejected`, the grant
-  is gone (revoked, expired, or under rotation replayed, RFC 9700 §4.14.2);
+- ``invalid_grant``: :class:`RefreshRejected`, the grant is gone (revoked, expired,
+  or under rotation replayed, RFC 9700 §4.14.2); :func:`definite` says so;
 - ``invalid_scope`` / ``invalid_target`` on a narrowed refresh: :class:`TargetRefused`;
-- anything else: :class:`GrantFailed` with the server's code (if any) and ``Retry-After``.
-  The grant is kept; a refusal is told apart from a network fault in its message.
+- recognised retryable answers (no answer, 5xx, 429, 408, ``temporarily_unavailable``,
+  ``server_error``, ``slow_down``, a 200 that is not JSON) and a refused *client*
+  (401, or ``invalid_client``: the client id or secret in the config, not the grant):
+  :class:`GrantFailed` with the server's code (if any) and ``Retry-After``. The grant is kept.
+- any other 4xx, or an OAuth error in a 200, empty or HTML body included (glewlwyd
+  answers a reused refresh token with an empty 400): :class:`RefreshRejected` that is
+  not :func:`definite`; the engine confirms it with one more attempt, after its backoff,
+  before it ends the grant.
 """
 
 from __future__ import annotations
@@ -36,23 +42,57 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
     if verdict.error == "invalid_grant":
         raise RefreshRejected("the authorization server rejected the refresh token (invalid_grant); pair again",
                               "invalid_grant")
-    if verdict.outcome == "refused" and _bare_400(reply):
-        # RFC 6749 §5.2 makes 400 the status of a refused grant; a server that says nothing
-        # more (glewlwyd, for a reused or disabled refresh token) will say the same on every retry.
-        raise RefreshRejected("the authorization server refused the refresh token (HTTP 400 with no body); "
-                              "pair again", "invalid_grant")
     if verdict.error in ("invalid_scope", "invalid_target") and (scope or resource):
         what = f"scope {scope!r}" if verdict.error == "invalid_scope" else f"resource {resource!r}"
         raise TargetRefused(f"the authorization server refused {what} ({verdict.error})", verdict.error)
-    if verdict.transient:
+    if verdict.transient or _retryable(reply, verdict):
         raise GrantFailed(f"refresh failed: {verdict.reason}", verdict.error, retry_after=verdict.retry_after,
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
+    if _client_refused(reply, verdict):
+        raise GrantFailed(f"refresh failed: the server refused it ({verdict.reason}): it did not accept this "
+                          "client; check client_id and client_secret in the config (the grant is kept)", verdict.error,
+                          retry_after=verdict.retry_after)
+    if _refuses_grant(reply, verdict):
+        # RFC 6749 §5.2 makes 400 the status of a refused grant; a server that says no more
+        # (glewlwyd: an empty 400 for a reused or disabled refresh token) will say the same again.
+        reason = f"HTTP {reply.status} with no body" if _bare(reply) else verdict.reason
+        raise RefreshRejected(f"the authorization server refused the grant ({reason}); pair again",
+                              verdict.error, retry_after=verdict.retry_after)
     raise GrantFailed(f"refresh failed: the server refused it ({verdict.reason})", verdict.error,
                       retry_after=verdict.retry_after)
 
 
-def _bare_400(reply: m.Reply) -> bool:
-    return isinstance(reply, m.Response) and reply.status == 400 and not reply.body.strip()
+def definite(exc: RefreshRejected) -> bool:
+    """The server said ``invalid_grant``: the grant is gone. Any other refusal of the
+    grant is confirmed by one more attempt first (a proxy's page may not come twice)."""
+    return exc.oauth_error == "invalid_grant"
+
+
+#: Statuses retried like a network failure: Request Timeout, Too Many Requests.
+RETRYABLE_STATUSES = frozenset({408, 429})
+
+
+def _retryable(reply: m.Reply, verdict: m.Verdict) -> bool:
+    return verdict.error == "slow_down" or (isinstance(reply, m.Response) and reply.status in RETRYABLE_STATUSES)
+
+
+def _client_refused(reply: m.Reply, verdict: m.Verdict) -> bool:
+    """RFC 6749 §5.2: a client that failed to authenticate gets ``invalid_client``, with 401
+    when it used the Authorization header. It is the config (a wrong or rotated client
+    secret, a deleted client), not the grant: pairing again would meet the same answer, and
+    the refresh token still works once the config is fixed."""
+    return verdict.error == "invalid_client" or (isinstance(reply, m.Response) and reply.status == 401)
+
+
+def _refuses_grant(reply: m.Reply, verdict: m.Verdict) -> bool:
+    """A 4xx (or an OAuth error in a 200, RFC-CHECKLIST G1) that is none of the above."""
+    if not isinstance(reply, m.Response) or verdict.outcome != "refused":
+        return False
+    return 400 <= reply.status < 500 or (reply.status == 200 and verdict.error is not None)
+
+
+def _bare(reply: m.Reply) -> bool:
+    return isinstance(reply, m.Response) and not reply.body.strip()
 
 
 def narrowed(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: str, *,
