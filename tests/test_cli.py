@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_plain_token_command_lines_are_read_quickly(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("argv", [
     [], ["status"], ["token", "--min", "5"], ["token", "-h"], ["token", "--min-ttl", "-5"], ["token", "x"],
-    ["token", "--scope"], ["token", "--config", "c.toml"], ["--conf", "c.toml", "token"], ["token", "--"],
+    ["token", "--scope"], ["token", "--conf", "c.toml"], ["--conf", "c.toml", "token"], ["token", "--"],
 ])
 def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
     assert cli._quick_token(argv) is None
@@ -113,3 +114,86 @@ def test_a_config_file_that_cannot_be_read_is_a_config_error(env: Path) -> None:
     for command in ("token", "status"):
         with pytest.raises(ConfigError, match="is a directory"):
             socket_for(command)
+
+
+# -- issue 10 ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, config", [
+    (["status", "--config", "after.toml"], "after.toml"),
+    (["--config", "before.toml", "status", "--json"], "before.toml"),
+    (["--config", "before.toml", "status", "--config=after.toml"], "after.toml"),
+    (["doctor", "--config", "after.toml", "--json"], "after.toml"),
+    (["pair", "--config", "after.toml"], "after.toml"),
+    (["rekey", "--config", "after.toml", "--to", "file"], "after.toml"),
+    (["status"], None),
+])
+def test_config_is_accepted_after_the_command_too(argv: list[str], config: str | None) -> None:
+    """Item 15: ``devicelink status --config X``; one after the command wins over one before."""
+    args = argparse_reads(argv)
+    assert args is not None, argv
+    assert args.config == (None if config is None else Path(config))
+
+
+@pytest.mark.parametrize("argv, config", [
+    (["token", "--config", "after.toml"], "after.toml"),
+    (["--config", "before.toml", "token", "--min-ttl", "5", "--config=after.toml"], "after.toml"),
+])
+def test_token_with_config_after_it_stays_on_the_quick_path(argv: list[str], config: str) -> None:
+    quick = cli._quick_token(argv)
+    assert quick is not None and quick.config == config
+    assert argparse_reads(argv).config == Path(config)
+
+
+def _run_cli(*argv: str, stdout=None) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "devicelink", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env=env, timeout=60)
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone: what ``| head -1`` leaves behind."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["--version"], ["rekey", "--help"]])
+def test_a_closed_stdout_is_a_silent_exit_0(argv: list[str]) -> None:
+    """Item 14 (the commands that need no daemon; tests/e2e/test_daemon.py has status and token)."""
+    pipe = closed_pipe()
+    try:
+        out = _run_cli(*argv, stdout=pipe)
+    finally:
+        os.close(pipe)
+    assert (out.returncode, out.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("command", ["run", "status", "token", "pair", "unpair", "doctor", "rekey"])
+def test_every_command_has_a_description_and_shows_its_defaults(command: str) -> None:
+    """Item 18: ``devicelink COMMAND --help`` says what the command does, not only its usage."""
+    import subprocess
+
+    out = _run_cli(command, "--help", stdout=subprocess.PIPE)
+    assert out.returncode == 0
+    usage, _, rest = out.stdout.partition("\n\n")
+    description = rest.partition("\n\n")[0]
+    assert description and not description.startswith("options:"), out.stdout
+    assert "--config PATH" in out.stdout and "(default: None)" not in out.stdout
+    if command == "rekey":
+        assert "(default: auto)" in " ".join(out.stdout.split())
+
+
+def test_the_simulator_refuses_a_port_out_of_range_in_one_line() -> None:
+    """Item 18: ``devicelink-sim server --port 9999999`` was a traceback."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-m", "devicelink_sim", "server", "--port", "9999999"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--port: expected a port from 0 to 65535, got 9999999" in out.stderr

@@ -21,26 +21,58 @@ from devicelink_sim.settings import CONFIDENTIAL_CLIENT_ID, DEFAULT_RESOURCES
 EXIT_USAGE = 2
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except the None and False of options that have none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: a usage error otherwise, never a traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {port}")
+    return port
+
+
+def _seconds(text: str) -> int:
+    """A whole number of seconds, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="devicelink-sim",
+        prog="devicelink-sim", formatter_class=_Help,
         description="The devicelink simulator: a development authorization server and a demo of the "
                     "whole device flow on this machine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="pair the real daemon with the dev server, then get a token with curl and the CLI",
+        "demo", formatter_class=_Help, help="pair the real daemon with the dev server, then get a token with curl and the CLI",
         description="Starts the development authorization server and `devicelink run` (its pairing "
                     "screen is drawn on this terminal), approves the code with a scripted phone, then "
                     "asks the daemon's socket for a token with curl and with `devicelink token`.")
     demo.add_argument("--human", action="store_true",
                       help="do not approve automatically: wait for you to approve in a browser")
     demo.add_argument("--approve-after", type=float, default=4.0, metavar="SECONDS",
-                      help="how long the scripted phone waits before approving (default 4)")
+                      help="how long the scripted phone waits before approving")
     demo.add_argument("--keep", action="store_true",
                       help="keep the temp dir (config, logs, encrypted state) at the end")
     sub.add_parser(
         "server", add_help=False,
-        help="run only the development authorization server (options: devicelink-sim server --help)")
+        help="run only the development authorization server (options: devicelink-sim server --help)",
+        description="The development authorization server alone; devicelink-sim server --help lists its options.")
     return parser
 
 
@@ -67,15 +99,17 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
     except ImportError as exc:
         return _missing_extra(exc)
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=prog, formatter_class=_Help,
         description="Development OAuth 2.0 device-flow authorization server on 127.0.0.1.",
     )
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    parser.add_argument("--access-token-lifetime", type=int, default=3600, metavar="S")
-    parser.add_argument("--refresh-token-lifetime", type=int, default=None, metavar="S",
-                        help="default: refresh tokens never expire")
-    parser.add_argument("--device-code-lifetime", type=int, default=600, metavar="S")
-    parser.add_argument("--interval", type=int, default=5, metavar="S",
+    parser.add_argument("--port", type=_port, default=0, help="the TCP port; 0 picks a free one")
+    parser.add_argument("--access-token-lifetime", type=_seconds, default=3600, metavar="S",
+                        help="seconds an access token lives")
+    parser.add_argument("--refresh-token-lifetime", type=_seconds, default=None, metavar="S",
+                        help="seconds a refresh token lives (default: for ever)")
+    parser.add_argument("--device-code-lifetime", type=_seconds, default=600, metavar="S",
+                        help="seconds a device code lives")
+    parser.add_argument("--interval", type=_seconds, default=5, metavar="S",
                         help="the polling interval given to devices")
     parser.add_argument("--no-rotate-refresh-tokens", dest="rotate_refresh_tokens",
                         action="store_false", help="keep one refresh token for the grant's life")

@@ -23,6 +23,7 @@ from devicelink.errors import ConfigError, DeviceLinkError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
     from devicelink import config
 
@@ -47,27 +48,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     from devicelink import __version__
 
-    parser = argparse.ArgumentParser(prog="devicelink", description="Pair this device with OAuth 2.0 "
-                                     "(RFC 8628) and serve its access tokens to local apps.")
-    parser.add_argument("--config", metavar="PATH", type=Path,
-                        help=f"config file (default ${paths.CONFIG_ENV} or {paths.CONFIG_PATH})")
+    class formatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Defaults shown, except the None and False of options that have none to show."""
+
+        def _get_help_string(self, action: argparse.Action) -> str | None:
+            if action.default is None or action.default is False:
+                return action.help
+            return super()._get_help_string(action)
+
+    parser = argparse.ArgumentParser(prog="devicelink", formatter_class=formatter,
+                                     description="Pair this device with OAuth 2.0 (RFC 8628) and serve its "
+                                     "access tokens to local apps.")
+    config_help = f"config file (default ${paths.CONFIG_ENV}, else {paths.CONFIG_PATH})"
+    parser.add_argument("--config", metavar="PATH", type=Path, help=config_help)
     parser.add_argument("--version", action="version", version=f"devicelink {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
-    status = sub.add_parser("status", help="show the daemon's state")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        """A subcommand that also takes ``--config`` after its name (SUPPRESS: one given
+        before the name is kept when none comes after it)."""
+        cmd = sub.add_parser(name, help=summary, description=description, formatter_class=formatter)
+        cmd.add_argument("--config", metavar="PATH", type=Path, default=argparse.SUPPRESS, help=config_help)
+        return cmd
+
+    command("run", "run the daemon in the foreground (what systemd starts)",
+            "Run the daemon in the foreground, logging to stderr: pair when there is no grant, keep "
+            "the grant fresh, serve tokens on the socket. This is what the systemd unit starts.")
+    status = command("status", "show the daemon's state",
+                     "Ask the daemon for its state: the pairing code, the account, when the access token "
+                     "expires, the last error. Never prints a token.")
     status.add_argument("--json", action="store_true", help="print the status object as JSON")
-    token = sub.add_parser("token", help="print an access token")
-    token.add_argument("--scope", help="space-separated scopes the token must carry")
-    token.add_argument("--resource", help="the resource (RFC 8707) the token is for")
-    token.add_argument("--min-ttl", type=int, metavar="SECONDS", help="the token must stay valid this long")
-    sub.add_parser("pair", help="show a new pairing code now")
-    sub.add_parser("unpair", help="revoke the grant at the server and forget it")
-    doctor = sub.add_parser("doctor", help="check config, key, clock, socket, server, display and GPIO; "
-                            "say what to fix")
+    token = command("token", "print an access token",
+                    "Print an access token and a newline to stdout, for scripts: "
+                    "curl -H \"Authorization: Bearer $(devicelink token)\" ...")
+    token.add_argument("--scope", help="space-separated scopes the token must carry (default: the grant's)")
+    token.add_argument("--resource", help="the resource (RFC 8707) the token is for (default: none named)")
+    token.add_argument("--min-ttl", type=int, metavar="SECONDS",
+                       help="the token must stay valid this long (default: the daemon's, 60)")
+    command("pair", "show a new pairing code now",
+            "Ask the daemon for a new pairing code and print it with the address to enter it at. "
+            "The daemon asks the authorization server, which can take up to 30 s.")
+    command("unpair", "revoke the grant at the server and forget it",
+            "Revoke the grant at the authorization server (RFC 7009) and forget the tokens on this "
+            "device; the daemon then waits for `devicelink pair`.")
+    doctor = command("doctor", "check config, key, clock, socket, server, display and GPIO; say what to fix",
+                     "Check the config, policy, key, state directory, clock, socket and daemon, "
+                     "authorization server, display and GPIO; print ok, warn or FAIL for each, with what "
+                     "to do. Needs no root and never prints a secret.")
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list")
-    rekey = sub.add_parser("rekey", help="re-encrypt the state under a new key (daemon stopped)")
+    rekey = command("rekey", "re-encrypt the state under a new key (daemon stopped)",
+                    "Re-encrypt the state under a new key without losing the grant. Stop the daemon "
+                    "first (docs/keys.md).")
     rekey.add_argument("--to", choices=("file", "credential"),
-                       help="the key source to move to (set [storage] key to it first)")
+                       help="the key source to move to (set [storage] key to it first; default: keep the "
+                       "current one)")
     rekey.add_argument("--credential", type=Path, metavar="PATH",
                        help="the sealed credential the unit loads (default /etc/credstore.encrypted/devicelink.key)")
     rekey.add_argument("--new-credential", type=Path, metavar="PATH",
@@ -78,7 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Every command; a closed stdout (``devicelink status | head -1``) ends it silently
+    with 0, as for any Unix filter."""
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        return _stdout_closed()
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _stdout_closed()
+        raise exc
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader went away: point stdout at /dev/null, so that the interpreter's own
+    flush at exit finds nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 0
+
+
+def _main(argv: list[str]) -> int:
     args = _quick_token(argv)
     if args is None:
         args = build_parser().parse_args(argv)
@@ -111,11 +172,11 @@ class _TokenArgs:
 
 
 _GLOBAL_OPTIONS = {"--config": "config"}
-_TOKEN_OPTIONS = {"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl"}
+_TOKEN_OPTIONS = {"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl", "--config": "config"}
 
 
 def _quick_token(argv: list[str]) -> _TokenArgs | None:
-    """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N]`` read without
+    """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N] [--config PATH]`` read without
     argparse, when every word is in a form argparse reads the same way: the options' full
     names, each value after a space or ``=`` and not starting with ``-``, a decimal
     ``--min-ttl``; a repeated option's last value wins, as in argparse. None for anything
@@ -212,12 +273,13 @@ def _rekey(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     try:
-        print(rekey(cfg, args.to, credential=args.credential or keys.CREDSTORE_PATH,
-                    new_credential=args.new_credential, seal_with=args.seal))
+        done = rekey(cfg, args.to, credential=args.credential or keys.CREDSTORE_PATH,
+                     new_credential=args.new_credential, seal_with=args.seal)
     except ConfigError:
         raise
     except (DeviceLinkError, OSError) as exc:
         return _fail(str(exc), 1)
+    print(done)  # outside the try: a closed stdout is not a failed rekey
     return 0
 
 
@@ -236,11 +298,14 @@ def _ask_daemon(args: argparse.Namespace | _TokenArgs) -> int:
                 sys.stdout.write(answer["access_token"] + "\n")
                 return 0
             if args.command == "pair":
-                return _paired(client.pair())
+                with _waiting("asked the daemon for a new code; waiting for the authorization server",
+                              lambda: client.status().get("last_error")):
+                    status = client.pair()
+                return _paired(status)
             if args.command == "unpair":
                 return _unpaired(client.unpair())
     except DaemonUnreachable as exc:
-        return _fail(f"{exc} (is `devicelink run` running?)", EXIT_UNREACHABLE)
+        return _fail(str(exc), EXIT_UNREACHABLE)  # the client's message says what to check
     except DaemonError as exc:
         return _fail(exc.description or exc.code, EXIT_FOR_ERROR.get(exc.code, EXIT_UPSTREAM))
     raise AssertionError(args.command)
@@ -275,12 +340,54 @@ def _code_line(pairing: dict) -> str:
     return line + f"\n  (expires in {minutes}:{seconds:02d})"
 
 
+#: Seconds between the "still waiting" lines of :func:`_waiting`.
+PROGRESS_EVERY = 5.0
+
+
+class _waiting:
+    """Say at once on stderr what we are waiting for, then every :data:`PROGRESS_EVERY`
+    seconds for how long and ``why()`` (the daemon's last error), until the block ends
+    (``pair``: the daemon waits up to 30 s for the server's code, and silence looks like a
+    hang)."""
+
+    def __init__(self, what: str, why: Callable[[], str | None]) -> None:
+        import threading
+
+        self.what, self.why = what, why
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._tell, daemon=True)
+
+    def __enter__(self) -> _waiting:
+        sys.stderr.write(f"devicelink: {self.what} (up to 30 s)...\n")
+        sys.stderr.flush()
+        self.thread.start()
+        return self
+
+    def _tell(self) -> None:
+        import time
+
+        started = time.monotonic()
+        while not self.done.wait(PROGRESS_EVERY):
+            try:
+                why = self.why()
+            except DeviceLinkError:
+                why = None
+            line = f"still waiting ({time.monotonic() - started:.0f} s)"
+            sys.stderr.write(f"devicelink: {line}{f': {why}' if why else ''}\n")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def _paired(status: dict) -> int:
     if status.get("pairing"):
         print(_code_line(status["pairing"]))
         return 0
-    reason = status.get("last_error") or "no code yet; the authorization server has not answered"
-    return _fail(f"pairing started, but {reason}", EXIT_UPSTREAM)
+    reason = status.get("last_error") or "the authorization server has not answered"
+    return _fail(f"no code came within 30 s: {reason}; the daemon keeps trying "
+                 "(`devicelink status` shows the code when it comes)", EXIT_UPSTREAM)
 
 
 def _unpaired(answer: dict) -> int:

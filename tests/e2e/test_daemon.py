@@ -206,3 +206,155 @@ def test_rekey_from_the_command_line_keeps_the_grant(short_tmp, dev_server, daem
     d2 = daemons(cfg)
     d2.wait_for(r"restored the grant")
     assert d2.cli("token").stdout.strip() == token and dev_server.stats.device_authorizations == 1
+
+
+# -- issue 10: a new user's stumbles --------------------------------------------------
+
+
+def _unreachable_issuer() -> str:
+    """A loopback address nothing listens on: every request to it is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _cli(d, *args: str, **kw) -> subprocess.Popen:
+    from tests.conftest import DAEMON_PYTHON
+
+    return subprocess.Popen([*DAEMON_PYTHON, "-m", "devicelink", "--config", str(d.config), *args],
+                            env=d.env, text=True, **kw)
+
+
+def _closed_pipe() -> int:
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def test_a_closed_stdout_is_a_silent_exit_0_for_status_and_token(short_tmp, dev_server, daemons):
+    """Item 14: ``devicelink status --json | head -1`` printed a BrokenPipeError traceback."""
+    import os
+
+    d = daemons(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    pair(d, dev_server)
+    for args in (["status", "--json"], ["status"], ["token"]):
+        pipe = _closed_pipe()
+        try:
+            proc = _cli(d, *args, stdout=pipe, stderr=subprocess.PIPE)
+        finally:
+            os.close(pipe)
+        _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, err) == (0, ""), args
+
+
+def test_config_after_the_command(short_tmp, dev_server, daemons):
+    """Item 15: ``devicelink status --config X`` (and ``token``, read without argparse)."""
+    from tests.conftest import DAEMON_PYTHON
+
+    d = daemons(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    d.wait_for(r"pairing: enter code")  # (a SIGTERM while the first code is asked for can hang the daemon)
+    env = {**d.env, "DEVICELINK_CONFIG": str(short_tmp / "missing.toml"), "DEVICELINK_SOCKET": "/nowhere.sock"}
+    for args in (["status", "--json", "--config", str(d.config)], ["token", "--config", str(d.config)]):
+        out = subprocess.run([*DAEMON_PYTHON, "-m", "devicelink", *args], capture_output=True, text=True,
+                             env=env, timeout=60)
+        if args[0] == "status":
+            assert out.returncode == 0 and json.loads(out.stdout)["state"] == "pairing", out.stderr
+        else:
+            assert out.returncode == 3 and "pairing" in out.stderr and "/nowhere.sock" not in out.stderr
+
+
+def test_with_the_server_unreachable_token_names_no_code_and_pair_says_it_waits(short_tmp, daemons):
+    """Item 16: ``token`` said "approve the code on screen" with no code on screen; ``pair``
+    said nothing for 30 s."""
+    d = daemons(write_config(short_tmp, _unreachable_issuer(), "tv"))
+    d.wait_for(r"discovery request to .* failed")
+    out = d.cli("token")
+    assert out.returncode == 3 and "approve the code" not in out.stderr
+    assert "no code to show yet (cannot reach the authorization server" in out.stderr
+    proc = _cli(d, "pair", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stderr.readline()  # at once, not after the daemon's 30 s
+        assert "asked the daemon for a new code; waiting for the authorization server" in first
+        assert proc.poll() is None  # it is still waiting: the line came first
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_second_daemon_on_the_same_state_dir_says_at_once_that_it_waits(short_tmp, dev_server, daemons):
+    """Item 16: a second daemon waited 31 s for the state lock in silence before failing."""
+    from tests.conftest import Daemon
+
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)
+    first = daemons(cfg)
+    first.wait_for(r"pairing: enter code")  # (a SIGTERM while the first code is asked for can hang the daemon)
+    (short_tmp / "other").mkdir()
+    second = Daemon(short_tmp / "other" / "config.toml")  # its own socket, the first one's state directory
+    text = cfg.read_text()
+    assert 'state_dir = "state"' in text
+    second.config.write_text(text.replace('state_dir = "state"', f'state_dir = "{first.state_dir}"'))
+    proc = _cli(second, "run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = ""
+        for line in proc.stderr:
+            if "state.lock" in line:
+                break
+        assert "held by another devicelink process" in line and "waiting up to 30 s" in line, line
+        assert proc.poll() is None  # said while it waits, not when it gives up
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert first.proc.poll() is None
+
+
+def test_unreachable_daemon_gets_one_hint(short_tmp, dev_server):
+    """Item 18: "is the daemon running? (is `devicelink run` running?)"."""
+    from tests.conftest import Daemon
+
+    d = Daemon(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    out = d.cli("status")
+    assert out.returncode == 5
+    assert out.stderr.count("?") == 1 and "is the daemon running?" in out.stderr, out.stderr
+
+
+ASK_STATUS = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect(sys.argv[1])
+    sock.sendall(b"GET /v1/status HTTP/1.1\\r\\nhost: devicelink\\r\\nconnection: close\\r\\n\\r\\n")
+    while chunk := sock.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def _ask_as(uid: int, socket_path: str) -> bytes:
+    """``GET /v1/status`` from a process of ``uid``; the daemon's whole answer. Run by the
+    system's python3 (the test's own interpreter may be out of that user's reach)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no /usr/bin/python3 to run as another user")
+    out = subprocess.run([python, "-I", "-c", ASK_STATUS, socket_path], capture_output=True, timeout=30,
+                         user=uid, group=uid, extra_groups=[], cwd="/")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_an_app_without_a_policy_entry_is_pointed_at_this_config(short_tmp, dev_server, daemons):
+    """Item 18: the refusal named /etc/devicelink/clients.d when the config lives elsewhere."""
+    import os
+
+    d = daemons(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    if os.geteuid() != 0:
+        pytest.skip("needs root to ask as another user")
+    d.wait_for(r"pairing: enter code")  # (a SIGTERM while the first code is asked for can hang the daemon)
+    os.chmod(short_tmp, 0o755)
+    os.chmod(d.socket, 0o666)  # let nobody reach the policy, which refuses it
+    head, _, body = _ask_as(65534, d.socket).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403"), head
+    description = json.loads(body)["error_description"]
+    assert description.startswith("uid 65534 is not allowed to use devicelink")
+    assert f"see {d.config} and {short_tmp / 'clients.d'}" in description and "/etc/devicelink" not in description

@@ -872,3 +872,37 @@ def test_events_from_the_daemon(short_tmp: Path, dev_server, daemons) -> None:
     text = json.dumps([e.data for e in seen if isinstance(e, Event)])
     for secret in dev_server.issued_secrets():
         assert secret not in text
+
+
+# -- issue 10, item 18: hints that name what is there ----------------------------------
+
+
+def _refused(path: str) -> str:
+    import errno as errno_module
+
+    return Client(path)._why_unreachable(PermissionError(errno_module.EACCES, "Permission denied"))
+
+
+def test_permission_denied_names_the_sockets_real_group(short_tmp: Path) -> None:
+    """The hint named a group ``devicelink`` whatever the socket's group was: root's socket
+    (a daemon run as root) needs root, another group needs membership of that group."""
+    import grp
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the socket another group")
+    path = str(short_tmp / "agent.sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+        os.chown(path, -1, 0)
+        message = _refused(path)
+        assert "group is root" in message and "(devicelink)" not in message
+        other = next(g for g in grp.getgrall() if g.gr_gid != 0)
+        os.chown(path, -1, other.gr_gid)
+        message = _refused(path)
+        assert f"socket's group ({other.gr_name})?" in message and f"usermod -aG {other.gr_name}" in message
+        assert message.count("?") == 1
+
+
+def test_permission_denied_on_the_directory_says_so(short_tmp: Path) -> None:
+    message = _refused(str(short_tmp / "missing" / "agent.sock"))
+    assert f"its directory {short_tmp / 'missing'} is closed to it" in message

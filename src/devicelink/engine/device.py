@@ -384,6 +384,9 @@ class Device:
         if self.unpairing:
             raise Refused("not_paired", "the device is being unpaired")
         if self.state is State.PAIRING:
+            if self.pairing is None:  # no code to approve: asking the server for one
+                why = self.last_error or "the authorization server has not answered yet"
+                raise Refused("pairing_in_progress", f"the device is pairing but has no code to show yet ({why})")
             raise Refused("pairing_in_progress", "the device is pairing; approve the code on screen")
         if self.state is State.REAUTH_REQUIRED:
             raise Refused("reauth_required", f"the device must be paired again ({self.last_error or 'grant ended'})")

@@ -23,6 +23,7 @@ from typing import Any
 
 from devicelink import __version__
 from devicelink.engine import Device, Issued, TokenQuery
+from devicelink.config import DROP_IN_DIR
 from devicelink.errors import DeviceLinkError, Refused
 from devicelink.events import Subscription
 from devicelink.ipc import answers, routes
@@ -88,8 +89,15 @@ class SocketApi:
             if request.handler == "token":
                 self.device.metrics.inc(_TOKEN_REQUESTS, app="unlisted", status="403")
             raise ApiError("forbidden", f"uid {request.peer.uid} is not allowed to use devicelink: "
-                           "no [[client]] entry matches it (see /etc/devicelink/clients.d)")
+                           f"no [[client]] entry matches it ({self._where_policy()})")
         return self._handlers[request.handler](request, app)
+
+    def _where_policy(self) -> str:
+        """Where this daemon reads its ``[[client]]`` entries (policy.drop_in_files' folder)."""
+        path = self.device.cfg.path
+        if path is None:
+            return "the daemon runs without a config file"
+        return f"see {path} and {path.parent / DROP_IN_DIR}"
 
     # -- handlers ------------------------------------------------------------
 

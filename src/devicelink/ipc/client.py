@@ -244,10 +244,7 @@ class _Base:
         if code == errno.ECONNREFUSED:
             return f"nothing is listening on {self.path}: is the daemon running?"
         if code in (errno.EACCES, errno.EPERM):
-            return (
-                f"permission denied on {self.path}: "
-                "is this user in the socket's group (devicelink)?"
-            )
+            return f"permission denied on {self.path}: {_group_hint(self.path)}"
         if code in (errno.ECONNRESET, errno.EPIPE):
             return f"the devicelink daemon on {self.path} closed the connection mid-request"
         if code == errno.EAGAIN:
@@ -258,6 +255,24 @@ class _Base:
         why = f": {exc}" if exc is not None and str(exc) else ""
         return DaemonUnreachable(f"the event stream from {self.path} ended (the daemon stopped or restarted, "
                                  f"or this app fell too far behind){why}: subscribe again")
+
+
+def _group_hint(path: str) -> str:
+    """What to do about a socket this user may not open, from the group it really has."""
+    try:
+        gid = os.stat(path).st_gid
+    except OSError:
+        return f"this user may not reach it: its directory {os.path.dirname(path) or '.'} is closed to it"
+    if gid == 0:
+        return ("the socket's group is root (the daemon runs as root): run this as root, or run the "
+                "daemon as its own user and group, as the systemd unit does (docs/systemd.md)")
+    import grp
+
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"is this user in the socket's group ({group})? (usermod -aG {group} USER, then log in again)"
 
 
 class Client(_Base):

@@ -232,17 +232,34 @@ def _listdir(directory: Path) -> list[Path]:
 
 # -- lock ---------------------------------------------------------------------------------
 
+#: While it waits for the state lock, the daemon says so at once, then this often.
+LOCK_PROGRESS_SECONDS = 5.0
+
+
 def lock_state_dir(state_dir: Path, wait: float | None = None) -> None:
     """Hold ``state_dir/state.lock`` for the rest of this process (idempotent). Waits up to
-    ``wait`` seconds (default ``LOCK_WAIT_SECONDS``) for another holder, then
-    :class:`StateDirBusy`."""
+    ``wait`` seconds (default ``LOCK_WAIT_SECONDS``) for another holder, saying so at once
+    (a warning, then one every ``LOCK_PROGRESS_SECONDS``), then :class:`StateDirBusy`."""
     name = os.path.realpath(state_dir)
     if name in _held:
         return
     fd = _open_lock(Path(state_dir))
-    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
+    budget = LOCK_WAIT_SECONDS if wait is None else wait
+    started = time.monotonic()
+    deadline = started + budget
+    told = None  # when we last said that we wait
     while not _try_flock(fd):
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now < deadline and (told is None or now - told >= LOCK_PROGRESS_SECONDS):
+            pid = _holder(fd)
+            if told is None:
+                logger.warning("%s/%s is held by another devicelink process%s (a `devicelink rekey`, or a "
+                               "second daemon with the same state_dir): waiting up to %.0f s for it",
+                               state_dir, LOCK_FILE, f" (pid {pid})" if pid else "", budget)
+            else:
+                logger.warning("still waiting for %s/%s (%.0f s left)", state_dir, LOCK_FILE, deadline - now)
+            told = now
+        if now >= deadline:
             pid = _holder(fd)
             os.close(fd)
             raise StateDirBusy(f"{state_dir}/{LOCK_FILE} is held by another devicelink process"
