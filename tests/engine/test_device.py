@@ -434,3 +434,25 @@ def test_a_slow_panel_never_delays_token_requests(tmp_path):
         assert [s.reset_in for s in panel.frames] == [5, 3]  # frames coalesce: the newest screen wins
 
     run(main())
+
+
+def test_stopping_ends_a_task_that_lost_its_cancellation():
+    """Python 3.11's wait_for can swallow a cancel() that arrives as its inner task finishes;
+    a pairing task that lost it went on polling and the daemon never stopped (seen once in
+    six SIGTERMs during pairing). The engine cancels again until the task has ended."""
+    from devicelink.engine.revocations import cancel
+
+    async def stubborn():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # the cancellation is lost, as in 3.11's wait_for race
+        await asyncio.Event().wait()  # and the task goes on as if nothing happened
+
+    async def main():
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)  # let it start waiting
+        await asyncio.wait_for(cancel(task), 10)
+        assert task.cancelled()
+
+    asyncio.run(main())

@@ -62,10 +62,7 @@ class Pairing:
                 endpoints = await self.resolve_endpoints()
                 provider = device.provider
                 flow = grant.device_flow(endpoints, provider.scope, provider.resource, provider.issuer,
-                                         provider.client_id, device.rng,
-                                         verification=grant.VerificationRule.of(
-                                             provider.issuer, provider.verification_hosts,
-                                             provider.allow_insecure_http))
+                                         provider.client_id, device.rng, verification=self.verification())
                 tokens = await device.http.run(flow, show=self._show, sleep=device.sleep, observe=self.observe)
             except asyncio.CancelledError:
                 raise
@@ -96,6 +93,11 @@ class Pairing:
                 return
             await device.paired(tokens)
             return
+
+    def verification(self) -> grant.VerificationRule:
+        """Where a verification URI may point (issue 10: no phishing page on the screen)."""
+        p = self.device.provider
+        return grant.VerificationRule.of(p.issuer, p.verification_hosts, p.allow_insecure_http)
 
     def _failed(self, event: Event, reason: str) -> None:
         device = self.device

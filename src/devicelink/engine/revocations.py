@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FIRST_RETRY = 5.0
+RECANCEL_AFTER = 1.0  # seconds: a task still running this long after cancel() is cancelled again
 
 
 class Revocations:
@@ -88,10 +89,15 @@ class Revocations:
 
 
 async def cancel(task: asyncio.Future | None) -> None:
-    """Cancel ``task`` (unless it is the caller) and wait for it to end."""
-    if task is not None and task is not asyncio.current_task() and not task.done():
+    """Cancel ``task`` (unless it is the caller) and wait for it to end.
+
+    Cancelled again until it ends: on Python 3.11, ``asyncio.wait_for`` loses a
+    cancellation that arrives as its inner task finishes (fixed in 3.12), and a
+    pairing task that lost it would go on polling while the daemon waits to stop."""
+    if task is None or task is asyncio.current_task():
+        return
+    while not task.done():
         task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
+        await asyncio.wait([task], timeout=RECANCEL_AFTER)
+    if not task.cancelled():
+        task.exception()  # retrieved: it ended as it ended, and we are stopping it anyway

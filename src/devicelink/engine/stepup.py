@@ -118,7 +118,8 @@ class StepUps:
         try:
             endpoints = device.endpoints or await device.pairer.resolve_endpoints()
             flow = grant.device_flow(endpoints, scope, resources, device.provider.issuer,
-                                     device.provider.client_id, device.rng, extra)
+                                     device.provider.client_id, device.rng, extra,
+                                     verification=device.pairer.verification())
             tokens = await device.http.run(flow, show=show, sleep=device.sleep, observe=device.pairer.observe)
             # A grant of its own: its refresh token is revoked when the session is discarded
             # (not now: RFC 7009 §2.1 lets the server revoke the access token along with it).
