@@ -124,13 +124,18 @@ def load(cfg: Config, own_uid: int | None = None) -> Policy:
     return policy
 
 
+def drop_in_dir(cfg: Config) -> Path | None:
+    """``clients.d`` beside the config file (None without a config file)."""
+    return None if cfg.path is None else cfg.path.parent / DROP_IN_DIR
+
+
 def drop_in_files(cfg: Config, owners: frozenset[int] | None = None) -> list[Path]:
     """``clients.d/*.toml`` beside the config file, by name (hidden files and others ignored).
     The directory must be owned by root or ``owners`` and not writable by group or others
     (:class:`~devicelink.config.UntrustedFile`): else anyone could add a drop-in."""
-    if cfg.path is None:
+    folder = drop_in_dir(cfg)
+    if folder is None:
         return []
-    folder = cfg.path.parent / DROP_IN_DIR
     try:
         check_trusted(folder, os.stat(folder), trusted_owners() if owners is None else owners)
         return sorted(p for p in folder.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))

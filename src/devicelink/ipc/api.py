@@ -23,13 +23,12 @@ from typing import Any
 
 from devicelink import __version__
 from devicelink.engine import Device, Issued, TokenQuery
-from devicelink.config import DROP_IN_DIR
 from devicelink.errors import DeviceLinkError, Refused
 from devicelink.events import Subscription
 from devicelink.ipc import answers, routes
 from devicelink.ipc.routes import ApiError, Request, Response, Stream
 from devicelink.lifecycle import HOLDS_GRANT, State
-from devicelink.policy import App, Peer, Policy
+from devicelink.policy import App, Peer, Policy, drop_in_dir
 
 __all__ = ["KEEPALIVE_SECONDS", "SocketApi"]
 
@@ -93,11 +92,12 @@ class SocketApi:
         return self._handlers[request.handler](request, app)
 
     def _where_policy(self) -> str:
-        """Where this daemon reads its ``[[client]]`` entries (policy.drop_in_files' folder)."""
-        path = self.device.cfg.path
-        if path is None:
+        """Where this daemon reads its ``[[client]]`` entries."""
+        cfg = self.device.cfg
+        folder = drop_in_dir(cfg)
+        if folder is None:
             return "the daemon runs without a config file"
-        return f"see {path} and {path.parent / DROP_IN_DIR}"
+        return f"see {cfg.path} and {folder}"
 
     # -- handlers ------------------------------------------------------------
 
