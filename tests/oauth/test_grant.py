@@ -243,6 +243,21 @@ def test_device_authorization_error_ends_the_flow():
     assert info.value.oauth_error == "invalid_client"
 
 
+def test_a_refusal_carries_the_servers_words():
+    """Issue 10 item 13: the server's error_description, quoted, cleaned and capped."""
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(GrantFailed) as info:
+        gen.send(answer(400, {"error": "unauthorized_client",
+                              "error_description": "device_code is not allowed\nfor this client"}, 1.0))
+    assert str(info.value) == ('the authorization server refused the device authorization request: '
+                               'unauthorized_client ("device_code is not allowed for this client")')
+    f = Flow()
+    with pytest.raises(GrantFailed) as info:
+        f.poll(400, {"error": "something_new", "error_description": "\x1b[2J\u202eclient disabled"})
+    assert str(info.value) == 'the authorization server ended the pairing: something_new ("[2Jclient disabled")'
+
+
 def test_device_authorization_retries_when_the_network_is_down():
     gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
     first = next(gen)

@@ -161,7 +161,8 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
     backoff = Backoff(rng)
     resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource, extra), backoff)
     if (error := m.oauth_error(resp)) is not None:
-        raise GrantFailed(f"the server refused the device authorization: {error}", error)
+        raise GrantFailed(f"the authorization server refused the device authorization request: "
+                          f"{m.error_text(resp)}", error)
     code = m.parse_device_authorization(resp)
     verification.check(code)
     yield Show(PairingCode(code.user_code, code.verification_uri, code.verification_uri_complete,
@@ -197,15 +198,15 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
         elif error == "slow_down":
             interval = max(interval + SLOW_DOWN_STEP, _interval_hint(reply))
         elif error in DENIED:
-            raise AuthorizationDenied("the request was declined on the phone", error)
+            raise AuthorizationDenied(f"the request was declined on the phone: {m.error_text(reply)}", error)
         elif error in EXPIRED:
-            raise DeviceCodeExpired("the code expired before it was approved", error)
+            raise DeviceCodeExpired(f"the code expired before it was approved: {m.error_text(reply)}", error)
         elif error is None:
             # No OAuth answer at all (an HTML page from a proxy): not an end, but no faster polling.
             next_at = at + max(interval, transient_delay(reply, backoff))
             continue
         else:
-            raise GrantFailed(f"the server ended the pairing: {error}", error)
+            raise GrantFailed(f"the authorization server ended the pairing: {m.error_text(reply)}", error)
         next_at = at + max(interval, min(m.retry_after(reply) or 0.0, MAX_RETRY_AFTER))
 
 

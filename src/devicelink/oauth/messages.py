@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from devicelink.errors import ProtocolViolation
 from devicelink.oauth.id_token import account_from_id_token
-from devicelink.text import sanitize
+from devicelink.text import quotable, sanitize
 from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -54,6 +54,8 @@ class Response:
     body: bytes
     received_at: float  # monotonic
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    #: The secrets the request carried (``oauth/http.py`` fills it in): blanked where the answer is quoted.
+    sent_secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Response({self.status}, {len(self.body)} bytes)"
@@ -143,7 +145,8 @@ class Verdict:
     ``"refused"`` (the server's real answer is no: ``error`` is its RFC 6749 §5.2
     code, or None when a 4xx came without one) or ``"transient"`` (no answer, or
     one that says "not now": worth retrying later). ``reason`` is one line for
-    logs and ``last_error``, never the body; ``retry_after`` is what the server asked.
+    logs and ``last_error`` (:func:`describe`: the status and the server's words, never the
+    rest of the body); ``retry_after`` is what the server asked.
     """
 
     outcome: str
@@ -320,11 +323,23 @@ def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool 
     )
 
 
-def describe(resp: Response) -> str:
-    """One line about an answer for logs and ``last_error``: the status and the OAuth error
-    code, never the body (it may echo a token)."""
+def error_text(resp: Response) -> str | None:
+    """The server's words on an error (RFC 6749 §5.2): its ``error`` code and, quoted, its
+    ``error_description`` as one clean line (:func:`~devicelink.text.quotable`, 200 characters
+    at most), e.g. ``unauthorized_client ("device_code is not allowed for this client")``."""
     error = oauth_error(resp)
-    return f"HTTP {resp.status}" + (f" {error}" if error else "")
+    if error is None:
+        return None
+    said = (body_fields(resp) or {}).get("error_description")
+    said = quotable(said, resp.sent_secrets).replace('"', "'") if isinstance(said, str) else ""
+    return f'{error} ("{said}")' if said else error
+
+
+def describe(resp: Response) -> str:
+    """One line about an answer for logs and ``last_error``: the status and :func:`error_text`,
+    never the rest of the body (it may echo a token)."""
+    said = error_text(resp)
+    return f"HTTP {resp.status}" + (f" {said}" if said else "")
 
 
 # -- building -----------------------------------------------------------------
