@@ -16,6 +16,7 @@ import pytest
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
+from devicelink.oauth import metadata as md
 
 ENDPOINTS = m.Endpoints(token_endpoint="https://id.example/token",
                         device_authorization_endpoint="https://id.example/device",
@@ -308,7 +309,7 @@ def test_account_from_id_token_checks_issuer_and_audience():
 
 
 def test_metadata_urls_rfc8414_then_oidc():
-    urls = [r.url for r in m.metadata_requests("https://id.example/realms/tv/")]
+    urls = [r.url for r in md.metadata_requests("https://id.example/realms/tv/")]
     assert urls == ["https://id.example/.well-known/oauth-authorization-server/realms/tv",
                     "https://id.example/realms/tv/.well-known/openid-configuration"]
 

@@ -427,8 +427,7 @@ class Device:
 
 
 def _configured_endpoints(p: ProviderConfig) -> dict[str, str]:
-    names = ("token_endpoint", "device_authorization_endpoint", "revocation_endpoint")
-    return {name: url for name, url in ((n, getattr(p, n)) for n in names) if url}
+    return {name: url for name, url in ((n, getattr(p, n)) for n in m.ENDPOINT_NAMES) if url}
 
 
 def _iso(wall: float | None) -> str | None:

@@ -28,13 +28,14 @@ from urllib.parse import urlsplit
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import messages as m
+from devicelink.oauth import metadata as md
 from devicelink.oauth.steps import (MAX_RETRY_AFTER, Backoff, Send, Show, Step, backoff_delay, exchange,
                                     reply_time, transient_delay)
 from devicelink.text import sanitize
 from devicelink.tokens.model import TokenSet
 
 __all__ = ["Backoff", "Send", "Show", "Step", "VerificationRule", "backoff_delay", "device_flow", "discover",
-           "exchange", "probe", "reply_time", "resolve_endpoints", "transient_delay"]
+           "discovery_answer", "exchange", "probe", "reply_time", "resolve_endpoints", "transient_delay"]
 
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
 
@@ -46,16 +47,22 @@ EXPIRED = frozenset({"expired_token", "code_expired"})
 
 
 def discover(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, dict]:
-    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly.
+    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly."""
+    return md.parse_metadata((yield from discovery_answer(issuer, backoff)), issuer)
+
+
+def discovery_answer(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, m.Response]:
+    """The first 200 answer to RFC 8414's metadata request, then OpenID Connect discovery's
+    (:func:`metadata.parse_metadata` reads it; its headers say how long it may be kept).
 
     With a ``backoff``, no answer, a 5xx or a 429 is retried until the server answers (the
     daemon). Without one, each document is asked for once (``doctor``): an answer that is
     not 200 moves on to the next, and no answer at all raises :class:`GrantFailed`."""
     answers = []
-    for request in m.metadata_requests(issuer):
+    for request in md.metadata_requests(issuer):
         resp = yield from exchange(request, backoff)
         if resp.status == 200:
-            return m.parse_metadata(resp, issuer)
+            return resp
         answers.append(f"{request.url} answered {resp.status}")
     raise ProtocolViolation("no discovery document: " + "; ".join(answers)
                             + " (set the endpoints in [provider] for servers without discovery)")
@@ -83,8 +90,11 @@ def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints
     if not token or not device:
         missing = "token_endpoint" if not token else "device_authorization_endpoint"
         raise ProtocolViolation(f"the server's metadata has no {missing}; set it in [provider]")
+    methods = metadata.get(md.AUTH_METHODS)
     return m.Endpoints(token_endpoint=token, device_authorization_endpoint=device,
-                       revocation_endpoint=pick("revocation_endpoint"))
+                       revocation_endpoint=pick("revocation_endpoint"),
+                       revocation_auth_methods=tuple(sanitize(x, 80) for x in methods if isinstance(x, str))
+                       if isinstance(methods, list) else None)
 
 
 def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str | None:
@@ -92,7 +102,7 @@ def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str 
     as ``"name url"``; None when all are fine (RFC 8414 §2: endpoints MUST be https)."""
     from devicelink.config import transport_allowed
 
-    for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+    for name in m.ENDPOINT_NAMES:
         url = getattr(endpoints, name)
         if url and not transport_allowed(url, allow_insecure_http):
             return f"{name} {url}"

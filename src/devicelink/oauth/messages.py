@@ -89,11 +89,18 @@ class DeviceAuthorization:
         return f"DeviceAuthorization(user_code={self.user_code!r}, uri={self.verification_uri!r})"
 
 
+#: The endpoints a device uses, as RFC 8414 §2 and ``[provider]`` name them.
+ENDPOINT_NAMES = ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     token_endpoint: str
     device_authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
+    #: RFC 8414 §2 ``revocation_endpoint_auth_methods_supported``; None when the metadata did
+    #: not say, or the endpoints came from the config or the state file.
+    revocation_auth_methods: tuple[str, ...] | None = None
 
     @staticmethod
     def complete(configured: dict[str, str]) -> bool:
@@ -382,27 +389,3 @@ def revocation_request(endpoints: Endpoints, token: str, hint: str) -> Request:
     """RFC 7009 §2.1."""
     assert endpoints.revocation_endpoint
     return Request("revocation", endpoints.revocation_endpoint, (("token", token), ("token_type_hint", hint)))
-
-
-def metadata_requests(issuer: str) -> list[Request]:
-    """RFC 8414 §3 (well-known segment between host and path), then OIDC Discovery §4 (appended)."""
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    origin = f"{parts.scheme}://{parts.netloc}"
-    return [
-        Request("discovery", f"{origin}/.well-known/oauth-authorization-server{path}", method="GET",
-                authenticate=False),
-        Request("discovery", f"{origin}{path}/.well-known/openid-configuration", method="GET",
-                authenticate=False),
-    ]
-
-
-def parse_metadata(resp: Response, issuer: str) -> dict[str, Any]:
-    """RFC 8414 §3.2/§3.3: the issuer in the document MUST be identical to ours, else it MUST NOT be used."""
-    data = body_fields(resp)
-    if resp.status != 200 or data is None:
-        raise ProtocolViolation(f"the discovery document answered {resp.status} without a JSON object")
-    if data.get("issuer") != issuer:
-        raise ProtocolViolation(f"the discovery document names issuer {str(data.get('issuer'))[:80]!r}, "
-                                f"expected exactly {issuer!r} (RFC 8414 §3.3)")
-    return data
