@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, EndpointGone, GrantFailed, ProtocolViolation
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
 from devicelink.oauth import metadata as md
@@ -257,6 +257,20 @@ def test_a_refusal_carries_the_servers_words():
     with pytest.raises(GrantFailed) as info:
         f.poll(400, {"error": "something_new", "error_description": "\x1b[2J\u202eclient disabled"})
     assert str(info.value) == 'the authorization server ended the pairing: something_new ("[2Jclient disabled")'
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_device_authorization_endpoint_that_is_not_there_says_so(status):
+    """A 404 page is EndpointGone (a ProtocolViolation): pairing with a reused discovery
+    document asks for the document again (engine/pairing.py)."""
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(EndpointGone, match=f"https://id.example/device answered {status}"):
+        gen.send(answer(status, b"<html>Not Found</html>", 1.0, {"content-type": "text/html"}))
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(GrantFailed):  # an OAuth error on a 404 is the server's answer, not a missing endpoint
+        gen.send(answer(status, {"error": "invalid_client"}, 1.0))
 
 
 def test_device_authorization_retries_when_the_network_is_down():

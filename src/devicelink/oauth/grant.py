@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Generator, Iterable
 from urllib.parse import urlsplit
 
-from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, EndpointGone, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import messages as m
 from devicelink.oauth import metadata as md
@@ -44,6 +44,8 @@ DENIED = frozenset({"access_denied", "authorization_declined"})
 #: Errors that mean the code is dead. Entra/ADAL say code_expired (G22); Auth0 says
 #: invalid_grant after its one expired_token.
 EXPIRED = frozenset({"expired_token", "code_expired"})
+#: Statuses without an OAuth error that say an endpoint is not (or no longer) there.
+GONE = frozenset({404, 410})
 
 
 def discover(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, dict]:
@@ -173,6 +175,9 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
     if (error := m.oauth_error(resp)) is not None:
         raise GrantFailed(f"the authorization server refused the device authorization request: "
                           f"{m.error_text(resp)}", error)
+    if resp.status in GONE:  # a 404 page: the endpoint moved, or the metadata we reused is stale
+        url = sanitize(endpoints.device_authorization_endpoint or "", 120)
+        raise EndpointGone(f"the device authorization endpoint {url} answered {resp.status}")
     code = m.parse_device_authorization(resp)
     verification.check(code)
     yield Show(PairingCode(code.user_code, code.verification_uri, code.verification_uri_complete,
