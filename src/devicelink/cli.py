@@ -387,6 +387,8 @@ def _paired(status: dict) -> int:
         print(_code_line(status["pairing"]))
         return 0
     reason = status.get("last_error") or "the authorization server has not answered"
+    if status.get("state") != "pairing":  # it ended: the server refused, or the code was declined
+        return _fail(f"pairing failed: {reason}", EXIT_UPSTREAM)
     return _fail(f"no code came within 30 s: {reason}; the daemon keeps trying "
                  "(`devicelink status` shows the code when it comes)", EXIT_UPSTREAM)
 

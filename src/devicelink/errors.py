@@ -6,7 +6,8 @@
     ├─ ConfigError(ValueError)      our configuration is wrong (exit 78)
     ├─ HardwareUnavailable          configured hardware is missing
     ├─ ProtocolViolation            the server sent something malformed
-    │  └─ ScopeIgnored              ... or a broader scope than a narrowed refresh asked
+    │  ├─ ScopeIgnored              ... or a broader scope than a narrowed refresh asked
+    │  └─ EndpointGone              ... or an endpoint answered 404/410 (moved? discovery is asked again)
     ├─ GrantFailed                  the server said no, or could not be asked; .oauth_error
     │  ├─ AuthorizationDenied       the user declined (RFC 8628 §3.5 access_denied)
     │  ├─ DeviceCodeExpired         the code ran out before anyone approved it
@@ -58,6 +59,11 @@ class ProtocolViolation(DeviceLinkError):
 
 class ScopeIgnored(ProtocolViolation):
     """A narrowed refresh came back broader than asked: such a token is never served."""
+
+
+class EndpointGone(ProtocolViolation):
+    """An endpoint answered 404 or 410 without an OAuth error: it is not there (any more).
+    Pairing with a reused discovery document fetches the document again, once."""
 
 
 class GrantFailed(DeviceLinkError):

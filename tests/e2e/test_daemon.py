@@ -285,6 +285,17 @@ def test_with_the_server_unreachable_token_names_no_code_and_pair_says_it_waits(
         proc.communicate(timeout=30)
 
 
+def test_status_and_pair_say_what_the_server_said(short_tmp, dev_server, daemons):
+    """Item 13: the server's error_description, quoted, in `status` and in `pair`'s one line."""
+    dev_server.faults.endpoint("device").fail(400, error="unauthorized_client", times=None)
+    d = daemons(write_config(short_tmp, dev_server.issuer, dev_server.client_id))
+    d.wait_for(r"pairing failed: ")
+    said = 'the authorization server refused the device authorization request: unauthorized_client ("injected fault")'
+    assert f"last error: {said}" in d.cli("status").stdout.splitlines()
+    out = d.cli("pair")
+    assert out.returncode == 6 and out.stderr.splitlines()[-1] == f"devicelink: pairing failed: {said}"
+
+
 def test_a_second_daemon_on_the_same_state_dir_says_at_once_that_it_waits(short_tmp, dev_server, daemons):
     """Item 16: a second daemon waited 31 s for the state lock in silence before failing."""
     from tests.conftest import Daemon

@@ -797,3 +797,26 @@ def test_the_refresh_floor_is_read_from_the_config(tmp_path):
     assert device.refresh_floor == 5.0
     with pytest.raises(ConfigError, match="min_interval"):
         parse({**base, "refresh": {"min_interval": 0.5}}, tmp_path / "config.toml")
+
+
+@pytest.mark.parametrize("listed, warned", [(["client_secret_basic"], True), (["none", "client_secret_basic"], False),
+                                            (None, False)])
+def test_pairing_warns_when_the_revocation_endpoint_will_not_take_this_client(tmp_path, listed, warned, caplog):
+    """Issue 10, item 10: glewlwyd will not let a public client revoke. When discovery says so
+    (RFC 8414 revocation_endpoint_auth_methods_supported), the owner hears it at pairing,
+    not at unpair. No list in the document says nothing (RFC 8414's default would be
+    client_secret_basic, yet most servers that omit it take public clients)."""
+    async def main():
+        bench = Bench(tmp_path)
+        bench.fake.revocation_auth_methods = listed
+        with caplog.at_level("WARNING", "devicelink"):
+            device = await bench.paired()
+        warnings = shaped(device.status())["warnings"]
+        said = [w for w in warnings if "revocation endpoint does not accept client_auth 'none'" in w]
+        assert bool(said) is warned, warnings
+        assert any("revocation endpoint" in r.getMessage() for r in caplog.records) is warned
+        if warned:
+            assert "client_secret_basic" in said[0] and "stays valid" in said[0]
+        await bench.close(device)
+
+    run(main())

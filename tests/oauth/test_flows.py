@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from devicelink.errors import GrantFailed, RefreshRejected, ScopeIgnored, Target
 from devicelink.oauth import auth, grant
 from devicelink.oauth import messages as m
 from devicelink.oauth import refresh as flows
-from devicelink.oauth.http import ClientAuth, OAuthHttp
+from devicelink.oauth.http import ClientAuth, OAuthHttp, secrets_sent
 
 ENDPOINTS = m.Endpoints(token_endpoint="https://id.example/token",
                         device_authorization_endpoint="https://id.example/device",
@@ -74,6 +75,60 @@ def test_the_verdict_carries_retry_after():
     assert m.classify(answer(503, b"", headers={"retry-after": "120"})).retry_after == 120
 
 
+# -- the server's words (issue 10 item 13) -------------------------------------------------------
+
+
+def test_the_reason_quotes_the_servers_error_description():
+    verdict = m.classify(answer(400, {"error": "unauthorized_client",
+                                      "error_description": "device_code is not allowed for this client"}))
+    assert verdict.reason == 'HTTP 400 unauthorized_client ("device_code is not allowed for this client")'
+    assert m.classify(answer(400, {"error": "invalid_grant"})).reason == "HTTP 400 invalid_grant"  # none: as before
+    assert m.classify(answer(400, {"error": "invalid_grant", "error_description": ["not", "text"]})).reason \
+        == "HTTP 400 invalid_grant"
+    form = answer(200, b"error=bad_verification_code&error_description=The+code+is+wrong",  # GitHub, form-encoded
+                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert m.error_text(form) == 'bad_verification_code ("The code is wrong")'
+
+
+@pytest.mark.parametrize("description", [
+    "line one\nFORGED 12:00 devicelink: paired\r\n",
+    "\x1b]0;owned\x07\x1b[31mred\x1b[0m text",
+    "\u202edesrever\u202c and \u200bzero-width\u2066",
+    "Refused. " + "x" * 10_240,
+    "\n" * 5000 + "at the end",
+    '"); pair again ("',
+])
+def test_a_hostile_description_comes_out_as_one_clean_capped_line(description):
+    said = m.error_text(answer(400, {"error": "access_denied", "error_description": description}))
+    assert said.startswith('access_denied ("') and said.endswith('")')
+    quoted = said[len('access_denied ("'):-2]
+    assert quoted and len(quoted) <= 200 and '"' not in quoted
+    assert all(unicodedata.category(c)[0] != "C" for c in said)  # no control, bidi or zero-width character
+    assert quoted.endswith("…") is description.startswith("Refused.")  # the cut is marked
+
+
+def test_a_secret_the_server_echoes_is_blanked():
+    """Spring's "Invalid refresh token: <the token>": the token must not reach logs or last_error."""
+    rt = "rt-Zx8QmB3kLp0w"
+    echoed = m.Response(400, json.dumps({"error": "invalid_grant", "error_description":
+                                         f"Invalid refresh token: {rt[:5]}\u200b{rt[5:]} (" + "y" * 300 + f") {rt}"}
+                                        ).encode(), 1.0, {"content-type": "application/json"}, sent_secrets=(rt,))
+    said = m.error_text(echoed)
+    assert "rt-Zx" not in said and said.startswith('invalid_grant ("Invalid refresh token: [redacted] (yyy')
+    with pytest.raises(RefreshRejected) as info:
+        finish(refresh(), echoed)
+    assert "[redacted]" in str(info.value) and rt not in str(info.value)
+
+
+def test_the_driver_tells_the_answer_which_secrets_went_out():
+    out = auth.Outgoing("refresh", "POST", ENDPOINTS.token_endpoint, [("grant_type", "refresh_token"),
+                                                                      ("refresh_token", "rt-secret-1")])
+    ClientAuth("tv", "client_secret_basic", "s3cr:t/+é%x").prepare(out)
+    sent = secrets_sent(out)
+    assert "rt-secret-1" in sent and "s3cr:t/+é%x" in sent and out.headers["authorization"][6:] in sent
+    assert "refresh_token" not in sent and "tv" not in sent
+
+
 # -- refresh ---------------------------------------------------------------------------------
 
 
@@ -128,8 +183,9 @@ def test_narrowed_refresh_asks_for_less_and_refuses_more():
 def test_a_refused_target_is_forbidden_not_the_end_of_the_grant(error):
     with pytest.raises(TargetRefused) as info:
         finish(flows.narrowed(ENDPOINTS, "rt-1", ISSUER, CLIENT, scope="email", resource="https://x"),
-               answer(400, {"error": error}))
+               answer(400, {"error": error, "error_description": "not for this client"}))
     assert info.value.code == "forbidden" and info.value.oauth_error == error
+    assert f'{error} ("not for this client")' in str(info.value)
 
 
 # -- revocation --------------------------------------------------------------------------------
@@ -143,8 +199,8 @@ def test_revocation_is_done_on_any_200_even_empty():
 
 def test_a_refused_revocation_is_final_and_a_transient_one_is_retried_later():
     refused, _ = finish(flows.revoke(ENDPOINTS, "rt-1", "refresh_token"),
-                        answer(400, {"error": "unsupported_token_type"}))
-    assert "refused" in refused and "unsupported_token_type" in refused
+                        answer(400, {"error": "unsupported_token_type", "error_description": "only refresh tokens"}))
+    assert refused == 'the server refused the revocation (HTTP 400 unsupported_token_type ("only refresh tokens"))'
     with pytest.raises(GrantFailed) as info:
         finish(flows.revoke(ENDPOINTS, "rt-1", "refresh_token"), answer(503, b"", headers={"retry-after": "30"}))
     assert info.value.retry_after == 30

@@ -13,9 +13,10 @@ import random
 
 import pytest
 
-from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, EndpointGone, GrantFailed, ProtocolViolation
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
+from devicelink.oauth import metadata as md
 
 ENDPOINTS = m.Endpoints(token_endpoint="https://id.example/token",
                         device_authorization_endpoint="https://id.example/device",
@@ -243,6 +244,35 @@ def test_device_authorization_error_ends_the_flow():
     assert info.value.oauth_error == "invalid_client"
 
 
+def test_a_refusal_carries_the_servers_words():
+    """Issue 10 item 13: the server's error_description, quoted, cleaned and capped."""
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(GrantFailed) as info:
+        gen.send(answer(400, {"error": "unauthorized_client",
+                              "error_description": "device_code is not allowed\nfor this client"}, 1.0))
+    assert str(info.value) == ('the authorization server refused the device authorization request: '
+                               'unauthorized_client ("device_code is not allowed for this client")')
+    f = Flow()
+    with pytest.raises(GrantFailed) as info:
+        f.poll(400, {"error": "something_new", "error_description": "\x1b[2J\u202eclient disabled"})
+    assert str(info.value) == 'the authorization server ended the pairing: something_new ("[2Jclient disabled")'
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_device_authorization_endpoint_that_is_not_there_says_so(status):
+    """A 404 page is EndpointGone (a ProtocolViolation): pairing with a reused discovery
+    document asks for the document again (engine/pairing.py)."""
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(EndpointGone, match=f"https://id.example/device answered {status}"):
+        gen.send(answer(status, b"<html>Not Found</html>", 1.0, {"content-type": "text/html"}))
+    gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
+    next(gen)
+    with pytest.raises(GrantFailed):  # an OAuth error on a 404 is the server's answer, not a missing endpoint
+        gen.send(answer(status, {"error": "invalid_client"}, 1.0))
+
+
 def test_device_authorization_retries_when_the_network_is_down():
     gen = grant.device_flow(ENDPOINTS, None, (), ISSUER, CLIENT, random.Random(0))
     first = next(gen)
@@ -293,7 +323,7 @@ def test_account_from_id_token_checks_issuer_and_audience():
 
 
 def test_metadata_urls_rfc8414_then_oidc():
-    urls = [r.url for r in m.metadata_requests("https://id.example/realms/tv/")]
+    urls = [r.url for r in md.metadata_requests("https://id.example/realms/tv/")]
     assert urls == ["https://id.example/.well-known/oauth-authorization-server/realms/tv",
                     "https://id.example/realms/tv/.well-known/openid-configuration"]
 

@@ -23,7 +23,8 @@ to end against it as gpiozero tests against its MockFactory:
 
 The test plays the user with :meth:`approve`, :meth:`deny` and :meth:`expire`,
 turns the knobs (``lifetime``, ``rotate``, ``refusal``, ``poll_spacing``, ``code_grace``,
-and :attr:`device_answer` for a hostile server's fields) and
+:attr:`device_answer` for a hostile server's fields, :attr:`metadata_headers` and
+:attr:`revocation_auth_methods` for discovery), moves an endpoint with :meth:`move`, and
 injects faults with :meth:`fail_next`. Every request is kept in :attr:`seen`.
 """
 
@@ -161,6 +162,9 @@ class FakeAuthServer:
         path = urlsplit(issuer).path.rstrip("/")
         self._endpoints = {f"{path}/device": "device_authorization", f"{path}/token": "token",
                            f"{path}/revoke": "revocation"}
+        #: Headers of the metadata answer (``Cache-Control``), and what it names beyond the endpoints.
+        self.metadata_headers: dict[str, str] = {}
+        self.revocation_auth_methods: list[str] | None = [client_auth]
         self._metadata_paths = ({f"/.well-known/oauth-authorization-server{path}"} if "oauth" in discovery else set()) \
             | ({f"{path}/.well-known/openid-configuration"} if "openid" in discovery else set())
 
@@ -237,13 +241,23 @@ class FakeAuthServer:
                 "aud": list(access.audience), "acr": access.grant.acr}
 
     def metadata(self) -> dict[str, Any]:
-        return {"issuer": self.issuer,
-                "device_authorization_endpoint": f"{self.issuer}/device",
-                "token_endpoint": f"{self.issuer}/token",
-                "revocation_endpoint": f"{self.issuer}/revoke",
-                "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
-                "token_endpoint_auth_methods_supported": [self.client_auth],
-                "scopes_supported": sorted(self.scopes)}
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.issuer))
+        at = {endpoint: f"{origin}{path}" for path, endpoint in self._endpoints.items()}
+        document = {"issuer": self.issuer,
+                    "device_authorization_endpoint": at["device_authorization"],
+                    "token_endpoint": at["token"],
+                    "revocation_endpoint": at["revocation"],
+                    "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
+                    "token_endpoint_auth_methods_supported": [self.client_auth],
+                    "scopes_supported": sorted(self.scopes)}
+        if self.revocation_auth_methods is not None:
+            document["revocation_endpoint_auth_methods_supported"] = self.revocation_auth_methods
+        return document
+
+    def move(self, endpoint: str, path: str) -> None:
+        """The server moves ``endpoint`` (``device_authorization``, ``token``, ``revocation``) to
+        ``path``, as an upgrade of its software may: the old path answers 404, the metadata names the new."""
+        self._endpoints = {(path if name == endpoint else old): name for old, name in self._endpoints.items()}
 
     # -- HTTP -----------------------------------------------------------------------
 
@@ -273,7 +287,7 @@ class FakeAuthServer:
 
     def _route(self, request: httpx.Request, path: str, endpoint: str, seen: Seen) -> httpx.Response:
         if path in self._metadata_paths and request.method == "GET":
-            return _json(200, self.metadata())
+            return _json(200, self.metadata(), self.metadata_headers)
         handler = {"device_authorization": self._device_authorization, "token": self._token,
                    "revocation": self._revoke}.get(endpoint)
         if handler is None or request.method != "POST":

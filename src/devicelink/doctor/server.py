@@ -23,7 +23,7 @@ from devicelink.oauth.http import ClientAuth, run_sync
 SERVER_TIMEOUT = 10.0
 CLOCK_SKEW = 60  # seconds between our clock and the server's Date header worth a warning
 #: The endpoints [provider] may set; a config with the first two needs no discovery.
-ENDPOINTS = ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
+ENDPOINTS = m.ENDPOINT_NAMES
 
 
 def check_server(cfg: Config) -> list[Finding]:

@@ -448,8 +448,7 @@ def _no_refresh_message(tokens: TokenSet) -> str | None:
 
 
 def _configured_endpoints(p: ProviderConfig) -> dict[str, str]:
-    names = ("token_endpoint", "device_authorization_endpoint", "revocation_endpoint")
-    return {name: url for name, url in ((n, getattr(p, n)) for n in names) if url}
+    return {name: url for name, url in ((n, getattr(p, n)) for n in m.ENDPOINT_NAMES) if url}
 
 
 def _iso(wall: float | None) -> str | None:

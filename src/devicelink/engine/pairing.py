@@ -4,6 +4,9 @@ The timing rules live in the pure flow (``oauth/grant.py``); this room runs it,
 shows each code, and decides what an ending means: an expired code is replaced
 ``[pairing] restart_on_expiry`` times in a row, then the device waits for the
 user (RFC 8628 §3.5); a denial or a refusal waits for the user too.
+
+Discovery is asked only when no fresh document is kept (``engine/discovery.py``); a
+kept one whose device authorization endpoint answers 404 is asked for again, once.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from typing import TYPE_CHECKING
 
 from devicelink.clock import explain_failure
 from devicelink.engine.answers import CodeShown, Trouble
-from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.engine.discovery import Discovery
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, EndpointGone, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import Event
 from devicelink.oauth import grant
 from devicelink.oauth import messages as m
+from devicelink.oauth.metadata import Discovered
 
 if TYPE_CHECKING:
     from devicelink.engine.device import Device
@@ -32,6 +37,7 @@ class Pairing:
         self.device = device
         self.task: asyncio.Task[None] | None = None
         self.settled = asyncio.Event()  # a code is shown, or pairing has ended
+        self.discovery = Discovery(device.store.dir, device.provider.issuer, device.wall_clock)
 
     def start(self) -> None:
         if self.task is not None:
@@ -57,6 +63,7 @@ class Pairing:
     async def _until_done(self) -> None:
         device = self.device
         expired_in_a_row = 0
+        rediscovered = False
         while True:
             try:
                 endpoints = await self.resolve_endpoints()
@@ -83,6 +90,14 @@ class Pairing:
                 return
             except AuthorizationDenied as exc:
                 self._failed(Event.DENIED, str(exc))
+                return
+            except EndpointGone as exc:
+                if self.discovery.reused and not rediscovered:  # endpoints move: ask once more, not in a loop
+                    logger.warning("%s; the discovery document kept may be out of date: asking again", exc)
+                    rediscovered = True
+                    self.discovery.forget()
+                    continue
+                self._failed(Event.PAIRING_FAILED, str(exc))
                 return
             except (GrantFailed, ProtocolViolation) as exc:
                 self._failed(Event.PAIRING_FAILED, str(exc))
@@ -112,11 +127,16 @@ class Pairing:
         device = self.device
         if m.Endpoints.complete(device.configured):  # no discovery needed (GitHub has none)
             return m.Endpoints(**device.configured)
-        flow = grant.discover(device.provider.issuer, grant.Backoff(device.rng))
-        metadata = await device.http.run(flow, sleep=device.sleep, observe=self.observe)
-        endpoints = grant.resolve_endpoints(metadata, device.configured)
+        document = kept = await self.discovery.kept()
+        if document is None:
+            flow = grant.discovery_answer(device.provider.issuer, grant.Backoff(device.rng))
+            resp = await device.http.run(flow, sleep=device.sleep, observe=self.observe)
+            document = Discovered.of(resp, device.provider.issuer, device.wall_clock())
+        endpoints = grant.resolve_endpoints(document.metadata, device.configured)
         if (insecure := grant.insecure_endpoint(endpoints, device.provider.allow_insecure_http)) is not None:
             raise ProtocolViolation(f"the discovery document's {insecure} is not https")
+        if kept is None:  # only a document that could be used is kept
+            await self.discovery.keep(document)
         device.endpoints = endpoints
         return endpoints
 

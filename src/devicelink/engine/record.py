@@ -39,7 +39,7 @@ def build(issuer: str, client_id: str, endpoints: m.Endpoints | None, tokens: To
         "version": RECORD_VERSION,
         "issuer": issuer,
         "client_id": client_id,
-        "endpoints": vars(endpoints) if endpoints else None,
+        "endpoints": {name: getattr(endpoints, name) for name in m.ENDPOINT_NAMES} if endpoints else None,
         "tokens": tokens.to_record(now, wall) if tokens else None,
         "pending_revocations": revocations,
         # An expiry written by an unsynchronised clock is not trusted at the next start either.
@@ -57,7 +57,7 @@ def restore(record: dict[str, Any], issuer: str, client_id: str, configured: dic
     found = Restored(revocations=[(str(t), str(h)) for t, h in record.get("pending_revocations", [])])
     stored = record.get("endpoints")
     if stored:  # discovered at pairing; explicit endpoints in the config still win
-        found.endpoints = m.Endpoints(**{**stored, **configured})
+        found.endpoints = m.Endpoints(**{k: v for k, v in {**stored, **configured}.items() if k in m.ENDPOINT_NAMES})
     if record.get("tokens") is not None:
         found.trusted_clock = clock_synced is True and record.get("wall_clock_synced") is True
         found.tokens = TokenSet.from_record(record["tokens"], now, wall, found.trusted_clock)

@@ -21,7 +21,7 @@ def grant_warnings(tokens: TokenSet, endpoints: m.Endpoints | None, client_auth:
                      f"token expires (in {max(0, int(tokens.expires_in(now)))} s) and the device must then be "
                      f"paired again; ask for offline_access in [provider] scope, or allow refresh tokens for "
                      f"this client at the server")
-    methods = getattr(endpoints, "revocation_auth_methods", None)
+    methods = endpoints.revocation_auth_methods if endpoints is not None else None
     if endpoints is not None and endpoints.revocation_endpoint and methods is not None \
             and client_auth not in methods:
         # RFC 8414 §2: revocation_endpoint_auth_methods_supported. A public client a server

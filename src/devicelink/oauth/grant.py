@@ -25,16 +25,17 @@ from dataclasses import dataclass
 from typing import Generator, Iterable
 from urllib.parse import urlsplit
 
-from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
+from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, EndpointGone, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import PairingCode
 from devicelink.oauth import messages as m
+from devicelink.oauth import metadata as md
 from devicelink.oauth.steps import (MAX_RETRY_AFTER, Backoff, Send, Show, Step, backoff_delay, exchange,
                                     reply_time, transient_delay)
 from devicelink.text import sanitize
 from devicelink.tokens.model import TokenSet
 
 __all__ = ["Backoff", "Send", "Show", "Step", "VerificationRule", "backoff_delay", "device_flow", "discover",
-           "exchange", "probe", "reply_time", "resolve_endpoints", "transient_delay"]
+           "discovery_answer", "exchange", "probe", "reply_time", "resolve_endpoints", "transient_delay"]
 
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
 
@@ -43,19 +44,27 @@ DENIED = frozenset({"access_denied", "authorization_declined"})
 #: Errors that mean the code is dead. Entra/ADAL say code_expired (G22); Auth0 says
 #: invalid_grant after its one expired_token.
 EXPIRED = frozenset({"expired_token", "code_expired"})
+#: Statuses without an OAuth error that say an endpoint is not (or no longer) there.
+GONE = frozenset({404, 410})
 
 
 def discover(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, dict]:
-    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly.
+    """RFC 8414 metadata, then OpenID Connect discovery; the issuer must match exactly."""
+    return md.parse_metadata((yield from discovery_answer(issuer, backoff)), issuer)
+
+
+def discovery_answer(issuer: str, backoff: Backoff | None) -> Generator[Step, m.Reply, m.Response]:
+    """The first 200 answer to RFC 8414's metadata request, then OpenID Connect discovery's
+    (:func:`metadata.parse_metadata` reads it; its headers say how long it may be kept).
 
     With a ``backoff``, no answer, a 5xx or a 429 is retried until the server answers (the
     daemon). Without one, each document is asked for once (``doctor``): an answer that is
     not 200 moves on to the next, and no answer at all raises :class:`GrantFailed`."""
     answers = []
-    for request in m.metadata_requests(issuer):
+    for request in md.metadata_requests(issuer):
         resp = yield from exchange(request, backoff)
         if resp.status == 200:
-            return m.parse_metadata(resp, issuer)
+            return resp
         answers.append(f"{request.url} answered {resp.status}")
     raise ProtocolViolation("no discovery document: " + "; ".join(answers)
                             + " (set the endpoints in [provider] for servers without discovery)")
@@ -83,8 +92,11 @@ def resolve_endpoints(metadata: dict, configured: dict[str, str]) -> m.Endpoints
     if not token or not device:
         missing = "token_endpoint" if not token else "device_authorization_endpoint"
         raise ProtocolViolation(f"the server's metadata has no {missing}; set it in [provider]")
+    methods = metadata.get(md.AUTH_METHODS)
     return m.Endpoints(token_endpoint=token, device_authorization_endpoint=device,
-                       revocation_endpoint=pick("revocation_endpoint"))
+                       revocation_endpoint=pick("revocation_endpoint"),
+                       revocation_auth_methods=tuple(sanitize(x, 80) for x in methods if isinstance(x, str))
+                       if isinstance(methods, list) else None)
 
 
 def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str | None:
@@ -92,7 +104,7 @@ def insecure_endpoint(endpoints: m.Endpoints, allow_insecure_http: bool) -> str 
     as ``"name url"``; None when all are fine (RFC 8414 §2: endpoints MUST be https)."""
     from devicelink.config import transport_allowed
 
-    for name in ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint"):
+    for name in m.ENDPOINT_NAMES:
         url = getattr(endpoints, name)
         if url and not transport_allowed(url, allow_insecure_http):
             return f"{name} {url}"
@@ -161,7 +173,11 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
     backoff = Backoff(rng)
     resp = yield from exchange(m.device_authorization_request(endpoints, scope, resource, extra), backoff)
     if (error := m.oauth_error(resp)) is not None:
-        raise GrantFailed(f"the server refused the device authorization: {error}", error)
+        raise GrantFailed(f"the authorization server refused the device authorization request: "
+                          f"{m.error_text(resp)}", error)
+    if resp.status in GONE:  # a 404 page: the endpoint moved, or the metadata we reused is stale
+        url = sanitize(endpoints.device_authorization_endpoint or "", 120)
+        raise EndpointGone(f"the device authorization endpoint {url} answered {resp.status}")
     code = m.parse_device_authorization(resp)
     verification.check(code)
     yield Show(PairingCode(code.user_code, code.verification_uri, code.verification_uri_complete,
@@ -197,15 +213,15 @@ def device_flow(endpoints: m.Endpoints, scope: str | None, resource: tuple[str, 
         elif error == "slow_down":
             interval = max(interval + SLOW_DOWN_STEP, _interval_hint(reply))
         elif error in DENIED:
-            raise AuthorizationDenied("the request was declined on the phone", error)
+            raise AuthorizationDenied(f"the request was declined on the phone: {m.error_text(reply)}", error)
         elif error in EXPIRED:
-            raise DeviceCodeExpired("the code expired before it was approved", error)
+            raise DeviceCodeExpired(f"the code expired before it was approved: {m.error_text(reply)}", error)
         elif error is None:
             # No OAuth answer at all (an HTML page from a proxy): not an end, but no faster polling.
             next_at = at + max(interval, transient_delay(reply, backoff))
             continue
         else:
-            raise GrantFailed(f"the server ended the pairing: {error}", error)
+            raise GrantFailed(f"the authorization server ended the pairing: {m.error_text(reply)}", error)
         next_at = at + max(interval, min(m.retry_after(reply) or 0.0, MAX_RETRY_AFTER))
 
 

@@ -96,7 +96,7 @@ class OAuthHttp:
                 if len(body) > MAX_BODY:
                     return self._failed(out, f"answer larger than {MAX_BODY} bytes")
             return m.Response(resp.status_code, bytes(body), self.clock(),
-                              {k.lower(): v for k, v in resp.headers.items()})
+                              {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out))
 
     def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
@@ -180,6 +180,32 @@ def encode(out: Outgoing) -> bytes | None:
         return None
     out.headers["content-type"] = "application/x-www-form-urlencoded"
     return urlencode(out.form).encode()
+
+
+#: Form fields whose values are secrets. A server that echoes one in its error_description
+#: (Spring's "Invalid refresh token: <the token>") has it blanked (``messages.error_text``).
+SECRET_FIELDS = frozenset({"device_code", "refresh_token", "token", "client_secret", "client_assertion",
+                           "code", "code_verifier"})
+
+
+def secrets_sent(out: Outgoing) -> tuple[str, ...]:
+    """The secrets in ``out``: secret form values and the Authorization header's credentials
+    (for Basic, the client secret inside them too, as sent and as meant, RFC 6749 §2.3.1)."""
+    found = [value for name, value in out.form if name in SECRET_FIELDS and value]
+    scheme, _, credentials = out.headers.get("authorization", "").partition(" ")
+    if credentials:
+        found.append(credentials)
+    if scheme.lower() == "basic":
+        import base64
+        import binascii
+        from urllib.parse import unquote_plus
+
+        try:
+            secret = base64.b64decode(credentials).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            secret = ""
+        found += [secret, unquote_plus(secret)]
+    return tuple(found)
 
 
 def describe_exception(exc: Exception) -> str:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from devicelink.errors import ProtocolViolation
 from devicelink.oauth.id_token import account_from_id_token
-from devicelink.text import sanitize
+from devicelink.text import quotable, sanitize
 from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -54,6 +54,8 @@ class Response:
     body: bytes
     received_at: float  # monotonic
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    #: The secrets the request carried (``oauth/http.py`` fills it in): blanked where the answer is quoted.
+    sent_secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Response({self.status}, {len(self.body)} bytes)"
@@ -87,11 +89,18 @@ class DeviceAuthorization:
         return f"DeviceAuthorization(user_code={self.user_code!r}, uri={self.verification_uri!r})"
 
 
+#: The endpoints a device uses, as RFC 8414 §2 and ``[provider]`` name them.
+ENDPOINT_NAMES = ("device_authorization_endpoint", "token_endpoint", "revocation_endpoint")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     token_endpoint: str
     device_authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
+    #: RFC 8414 §2 ``revocation_endpoint_auth_methods_supported``; None when the metadata did
+    #: not say, or the endpoints came from the config or the state file.
+    revocation_auth_methods: tuple[str, ...] | None = None
 
     @staticmethod
     def complete(configured: dict[str, str]) -> bool:
@@ -143,7 +152,8 @@ class Verdict:
     ``"refused"`` (the server's real answer is no: ``error`` is its RFC 6749 §5.2
     code, or None when a 4xx came without one) or ``"transient"`` (no answer, or
     one that says "not now": worth retrying later). ``reason`` is one line for
-    logs and ``last_error``, never the body; ``retry_after`` is what the server asked.
+    logs and ``last_error`` (:func:`describe`: the status and the server's words, never the
+    rest of the body); ``retry_after`` is what the server asked.
     """
 
     outcome: str
@@ -320,11 +330,23 @@ def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool 
     )
 
 
-def describe(resp: Response) -> str:
-    """One line about an answer for logs and ``last_error``: the status and the OAuth error
-    code, never the body (it may echo a token)."""
+def error_text(resp: Response) -> str | None:
+    """The server's words on an error (RFC 6749 §5.2): its ``error`` code and, quoted, its
+    ``error_description`` as one clean line (:func:`~devicelink.text.quotable`, 200 characters
+    at most), e.g. ``unauthorized_client ("device_code is not allowed for this client")``."""
     error = oauth_error(resp)
-    return f"HTTP {resp.status}" + (f" {error}" if error else "")
+    if error is None:
+        return None
+    said = (body_fields(resp) or {}).get("error_description")
+    said = quotable(said, resp.sent_secrets).replace('"', "'") if isinstance(said, str) else ""
+    return f'{error} ("{said}")' if said else error
+
+
+def describe(resp: Response) -> str:
+    """One line about an answer for logs and ``last_error``: the status and :func:`error_text`,
+    never the rest of the body (it may echo a token)."""
+    said = error_text(resp)
+    return f"HTTP {resp.status}" + (f" {said}" if said else "")
 
 
 # -- building -----------------------------------------------------------------
@@ -367,27 +389,3 @@ def revocation_request(endpoints: Endpoints, token: str, hint: str) -> Request:
     """RFC 7009 §2.1."""
     assert endpoints.revocation_endpoint
     return Request("revocation", endpoints.revocation_endpoint, (("token", token), ("token_type_hint", hint)))
-
-
-def metadata_requests(issuer: str) -> list[Request]:
-    """RFC 8414 §3 (well-known segment between host and path), then OIDC Discovery §4 (appended)."""
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    origin = f"{parts.scheme}://{parts.netloc}"
-    return [
-        Request("discovery", f"{origin}/.well-known/oauth-authorization-server{path}", method="GET",
-                authenticate=False),
-        Request("discovery", f"{origin}{path}/.well-known/openid-configuration", method="GET",
-                authenticate=False),
-    ]
-
-
-def parse_metadata(resp: Response, issuer: str) -> dict[str, Any]:
-    """RFC 8414 §3.2/§3.3: the issuer in the document MUST be identical to ours, else it MUST NOT be used."""
-    data = body_fields(resp)
-    if resp.status != 200 or data is None:
-        raise ProtocolViolation(f"the discovery document answered {resp.status} without a JSON object")
-    if data.get("issuer") != issuer:
-        raise ProtocolViolation(f"the discovery document names issuer {str(data.get('issuer'))[:80]!r}, "
-                                f"expected exactly {issuer!r} (RFC 8414 §3.3)")
-    return data

@@ -40,12 +40,13 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
     if verdict.outcome == "ok":
         assert isinstance(reply, m.Response)
         return m.parse_tokens(reply, issuer, client_id, refreshable=True)
+    said = m.error_text(reply) if isinstance(reply, m.Response) else None
     if verdict.error == "invalid_grant":
-        raise RefreshRejected("the authorization server rejected the refresh token (invalid_grant); pair again",
+        raise RefreshRejected(f"the authorization server rejected the refresh token: {said}; pair again",
                               "invalid_grant")
     if verdict.error in ("invalid_scope", "invalid_target") and (scope or resource):
         what = f"scope {scope!r}" if verdict.error == "invalid_scope" else f"resource {resource!r}"
-        raise TargetRefused(f"the authorization server refused {what} ({verdict.error})", verdict.error)
+        raise TargetRefused(f"the authorization server refused {what}: {said}", verdict.error)
     if verdict.transient or _retryable(reply, verdict):
         raise GrantFailed(f"refresh failed: {verdict.reason}", verdict.error, retry_after=verdict.retry_after,
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
