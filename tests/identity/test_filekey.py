@@ -303,3 +303,22 @@ def test_the_key_code_is_imported_only_when_a_method_signs(tmp_path):
         assert out.returncode == 0, out.stderr
         results[method] = out.stdout.split("] ")[1].split()
     assert results == {"none": ["False", "False"], "private_key_jwt": ["True", "False"]}
+
+
+def test_the_daemon_and_provision_stop_with_one_line_on_a_damaged_key(tmp_path):
+    """What an operator sees: `devicelink run` and `devicelink provision` exit 1 with the one
+    line, and the damaged key is still there, untouched."""
+    cfg = cfg_for(tmp_path, '[socket]\npath = "agent.sock"')
+    ensure_private_dir(cfg.storage.state_dir)
+    key = cfg.storage.state_dir / "identity.jwk"
+    key.write_bytes(b"-----BEGIN EC PRIVATE KEY-----\n")
+    os.chmod(key, 0o600)
+    env = {**os.environ, "PYTHONPATH": SRC, "DEVICELINK_CLOCK_SYNCED": "1"}
+    for command in ("run", "provision"):
+        out = subprocess.run([sys.executable, "-m", "devicelink", "--config", str(cfg.path), command],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 1, out.stderr
+        [line] = [l for l in out.stderr.splitlines() if "identity.jwk" in l]
+        assert "not a device identity key: 31 bytes that are not JSON; it is never replaced" in line
+        assert "Traceback" not in out.stderr
+    assert key.read_bytes() == b"-----BEGIN EC PRIVATE KEY-----\n"
