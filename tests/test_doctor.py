@@ -417,3 +417,39 @@ def test_doctor_lists_state_files_set_aside_as_unreadable(short_tmp: Path) -> No
     [aside] = doctor.check_state_dir(state, os.geteuid())
     assert aside.level == doctor.WARN and "state.bin.unreadable-20261203T103000Z" in aside.what
     assert "restore the key that wrote it" in aside.fix
+
+
+@needs_root
+def test_config_and_policy_are_judged_as_the_daemons_user_not_doctors(short_tmp: Path) -> None:
+    """Doctor (root) used to judge file owners against itself: a config owned by the daemon's
+    user was a false FAIL, and one owned by another user passed when doctor ran as that user.
+    Now the daemon's uid decides, as at the daemon's own start."""
+    path = write_config(short_tmp, "https://id.example.com", "tv")
+    (short_tmp / "clients.d").mkdir()
+    drop_in = short_tmp / "clients.d" / "player.toml"
+    drop_in.write_text('[[client]]\nname = "player"\nuid = 4242\nadmin = true\n')
+    for owned in (path, drop_in):
+        os.chown(owned, NOBODY, NOBODY)
+
+    findings, cfg = doctor.check_config(path, NOBODY)  # the daemon runs as nobody: its own files
+    assert [f.level for f in findings] == [doctor.OK] and cfg is not None
+    assert [f.level for f in doctor.check_policy(cfg, NOBODY)] == [doctor.OK]
+
+    [refused], none = doctor.check_config(path, 4000)  # another daemon user: nobody's file is refused
+    assert none is None and refused.level == doctor.FAIL and "owned by nobody" in refused.what
+    [policy] = doctor.check_policy(cfg, 4000)
+    assert policy.level == doctor.FAIL and f"{drop_in}: refused: owned by nobody" in policy.what
+
+    # as a whole: with no unit and no socket, the daemon's user is whoever runs doctor (root)
+    out = run_doctor(path)
+    assert any(line.startswith(f"FAIL  config: {path}: refused: owned by nobody") for line in lines(out)), out
+
+
+def test_the_daemons_user_comes_from_the_socket_when_systemd_does_not_know_the_unit(short_tmp: Path,
+                                                                                 monkeypatch) -> None:
+    from devicelink.doctor import local
+
+    monkeypatch.setattr(local, "_service_uid", lambda: None)
+    assert local.daemon_uid(4000) == 4000 and local.daemon_uid(None) == os.geteuid()
+    monkeypatch.setattr(local, "_service_uid", lambda: 123)
+    assert local.daemon_uid(4000) == 123  # the unit's User= wins: devicelink.socket makes the socket as root

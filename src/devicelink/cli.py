@@ -348,6 +348,7 @@ def _status(status: dict, as_json: bool) -> int:
     for key in ("last_refresh", "last_error", "message"):
         if status.get(key):
             lines.append(f"{key.replace('_', ' ')}: {status[key]}")
+    lines += [f"warning: {warning}" for warning in status.get("warnings") or ()]
     print("\n".join(lines))
     return 0
 
@@ -411,13 +412,18 @@ def _paired(status: dict) -> int:
 
 
 def _unpaired(answer: dict) -> int:
-    if answer.get("revoked"):
+    """Exit 6 when the grant may still be valid at the server (RFC 7009 §2.2.1): owed and
+    retried (``pending``), or refused for good (``refused``); the message says which."""
+    revocation = answer.get("revocation") or ("revoked" if answer.get("revoked") else "none")
+    if revocation == "revoked":
         print("unpaired; the grant was revoked at the server")
         return 0
-    if answer.get("revocation_error"):
-        print("unpaired on this device")
-        return _fail(answer["revocation_error"], EXIT_UPSTREAM)
     print("unpaired on this device")
+    error = answer.get("revocation_error")
+    if revocation in ("pending", "refused"):
+        return _fail(error or "the revocation did not go through", EXIT_UPSTREAM)
+    if error:  # unsupported: the server has no revocation endpoint
+        sys.stderr.write(f"devicelink: {error}\n")
     return 0
 
 

@@ -11,6 +11,7 @@
     │  ├─ AuthorizationDenied       the user declined (RFC 8628 §3.5 access_denied)
     │  ├─ DeviceCodeExpired         the code ran out before anyone approved it
     │  ├─ RefreshRejected           invalid_grant on refresh: pair again
+    │  ├─ ClientRejected            the server refused this client (401, invalid_client): the config
     │  └─ TargetRefused             invalid_scope / invalid_target on a narrowed refresh
     ├─ Refused                      the engine refuses a local caller; .code says why
     ├─ StoreError                   the state file could not be written
@@ -91,6 +92,11 @@ class RefreshRejected(GrantFailed):
     """The refresh token is no longer valid (``invalid_grant``): the device must pair again."""
 
     code = "reauth_required"
+
+
+class ClientRejected(GrantFailed):
+    """The server did not accept this client (401, ``invalid_client``): its id, secret or key
+    in the config, not the grant, which works again once the config is fixed."""
 
 
 class TargetRefused(GrantFailed):

@@ -339,6 +339,7 @@ def _switch(state_dir: Path, target: str, key: bytes, sealed: bytes | None, cred
     if target == "file":
         with _as_owner(state_dir):
             atomic_write(state_dir / keys.KEY_FILE, key)
+        keys.forget_exposed(state_dir)
         return
     assert sealed is not None
     try:
@@ -346,6 +347,7 @@ def _switch(state_dir: Path, target: str, key: bytes, sealed: bytes | None, cred
     except OSError as exc:
         raise StoreError(f"{credential.parent}: cannot create: {exc.strerror}") from None
     atomic_write(credential, sealed)
+    keys.forget_exposed(state_dir)
     if new_credential is not None:
         try:
             os.unlink(new_credential)

@@ -358,3 +358,26 @@ def test_an_app_without_a_policy_entry_is_pointed_at_this_config(short_tmp, dev_
     description = json.loads(body)["error_description"]
     assert description.startswith("uid 65534 is not allowed to use devicelink")
     assert f"see {d.config} and {short_tmp / 'clients.d'}" in description and "/etc/devicelink" not in description
+
+
+def test_a_refused_revocation_says_the_grant_stays_valid_and_doctor_claims_no_retry(short_tmp, dev_server, daemons):
+    """Issue 10, item 10: glewlwyd answers a public client's revocation with 401. The token
+    is served no more, nothing is retried, and nobody is told the grant is gone at the server."""
+    cfg = write_config(short_tmp, dev_server.issuer, dev_server.client_id)
+    d = daemons(cfg)
+    pair(d, dev_server)
+    access_token = d.cli("token").stdout.strip()
+    dev_server.faults.revocation.fail(401, error="invalid_client", times=None)
+    out = d.cli("unpair")
+    assert out.returncode == 6, out
+    assert "unpaired on this device" in out.stdout and out.stderr.count("\n") == 1
+    assert "stays valid at the server" in out.stderr and "retr" not in out.stderr
+    assert d.cli("token").returncode == 3  # served no more
+    assert httpx.get(dev_server.issuer + "/userinfo",  # and, as said, still valid at the server
+                     headers={"authorization": f"Bearer {access_token}"}).status_code == 200
+    status = json.loads(d.cli("status", "--json").stdout)
+    assert status["last_error_kind"] == "not_revoked" and status["pending_revocations"] == 0
+    assert "warning: " in d.cli("status").stdout
+    doctor = d.cli("doctor").stdout
+    assert "stays valid at the server" in doctor and "retries" not in doctor and "retried" not in doctor
+    assert len(dev_server.faults.hits("revocation")) == 1

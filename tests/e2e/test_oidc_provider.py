@@ -266,6 +266,24 @@ def test_refresh_rotation_and_restart(short_tmp, provider, daemons):
     assert_no_secrets(issued, [d, d2], short_tmp, served)
 
 
+def test_no_offline_access_is_said_at_pairing(short_tmp, provider, daemons, monkeypatch):
+    """Issue 10, item 12: without offline_access oidc-provider issues no refresh token. The
+    daemon says so when it pairs (log, screen message, status warnings), not an hour later."""
+    monkeypatch.setenv("OP_REFRESH_NEEDS_OFFLINE_ACCESS", "1")  # oidc-provider's own default
+    op, issued = provider(access_token_ttl=600, device_poll_interval=1)
+    cfg = write_config(short_tmp, op.issuer, op.client_id, scope="openid profile")
+    d = daemons(cfg)
+    pair(d, op)
+    assert not issued.values("refresh_token.saved")  # the premise: none was issued
+    d.wait_for(r"issued no refresh token")
+    s = status(d)
+    [warning] = s["warnings"]
+    assert "no refresh token" in warning and "offline_access" in warning
+    assert "No refresh token" in s["message"]
+    assert "warning: the authorization server issued no refresh token" in d.cli("status").stdout
+    assert d.stop() == 0
+
+
 def test_denied_pairing_is_reauth_required(short_tmp, provider, daemons):
     op, issued = provider(access_token_ttl=60, device_poll_interval=1)
     cfg = write_config(short_tmp, op.issuer, op.client_id, scope=SCOPE)

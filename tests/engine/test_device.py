@@ -8,6 +8,8 @@ when each timer fires.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import json
 import os
 import random
@@ -381,11 +383,59 @@ def test_no_refresh_token_is_served_until_it_expires(tmp_path):
         rig.srv.around_token = _strip("refresh_token")
         device = await rig.paired()
         rig.clock.advance(90)
+        assert any("no refresh token" in w for w in shaped(device.status())["warnings"])
         assert (shaped(await device.token(TokenQuery())))["expires_in"] <= 10  # not dropped early
         assert device.state is State.PAIRED
         rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
         await rig.states.wait(State.REAUTH_REQUIRED)
         assert rig.refreshes() == 0 and "no refresh token" in shaped(device.status())["last_error"]
+        await rig.close(device)
+
+    run(main())
+
+
+def test_no_refresh_token_is_said_at_pairing_on_screen_and_in_status(tmp_path, caplog):
+    """Issue 10, item 12: oidc-provider issues no refresh token without offline_access. The
+    owner learns it when the device pairs, not an hour later when the grant silently ends."""
+    from devicelink.display.terminal import TerminalDisplay
+
+    class Tty(io.StringIO):  # the terminal is the hardware edge
+        def isatty(self) -> bool:
+            return True
+
+    async def main():
+        rig = Rig(tmp_path, lifetime=3600)
+        rig.srv.around_token = _strip("refresh_token")
+        device = rig.device()
+        screen = Tty()
+        device.screen.display = TerminalDisplay(screen)
+        with caplog.at_level(logging.WARNING, "devicelink"):
+            status = shaped(await device.pair())
+            rig.srv.approve(status["pairing"]["user_code"], subject="alice", name="Alice")
+            rig.clock.advance(5)
+            await rig.states.wait(State.PAIRED)
+        status = shaped(device.status())
+        (warning,) = status["warnings"]
+        assert "no refresh token" in warning and "(in 3600 s)" in warning and "offline_access" in warning
+        assert "No refresh token" in status["message"]
+        assert "No refresh token" in screen.getvalue().rsplit("Paired", 1)[-1]  # drawn on the paired screen
+        assert any("no refresh token" in r.getMessage() for r in caplog.records)  # logged at pairing
+        await rig.close(device)
+        restarted = rig.device()  # and again after a restart
+        await restarted.start()
+        assert "No refresh token" in shaped(restarted.status())["message"]
+        assert shaped(restarted.status())["warnings"]
+        await rig.close(restarted)
+
+    run(main())
+
+
+def test_a_refresh_token_means_no_warning(tmp_path):
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        status = shaped(device.status())
+        assert status["warnings"] == [] and status["message"] is None and status["last_error_kind"] is None
         await rig.close(device)
 
     run(main())

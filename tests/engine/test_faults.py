@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from devicelink.config import Config, ProviderConfig, StorageConfig
+from devicelink.doctor.daemon import judge_status
 from devicelink.engine import Device
 from devicelink.errors import Refused
 from devicelink.ipc import routes
@@ -546,7 +547,7 @@ def test_unpair_with_a_faulty_revocation_endpoint_stops_serving_and_retries(tmp_
         refresh_token = device.tokens.refresh_token
         REVOCATION_FAULTS[fault](rig.faults.revocation)
         answer = shaped(await device.unpair())
-        assert answer["revoked"] is False and answer["revocation_error"]
+        assert answer["revoked"] is False and answer["revocation"] == "pending" and answer["revocation_error"]
         assert device.state is State.UNPAIRED and shaped(device.status())["pending_revocations"] == 1
         with pytest.raises(Refused) as info:  # not served from this instant
             shaped(await device.token(TokenQuery()))
@@ -581,7 +582,34 @@ def test_a_refused_revocation_is_not_reported_as_revoked(tmp_path, answer):
         result = shaped(await device.unpair())
         try:
             assert not rig.srv.revoked(refresh_token)
-            assert result["revoked"] is False and result["revocation_error"]
+            assert result["revoked"] is False and result["revocation"] == "refused" and result["revocation_error"]
+        finally:
+            await rig.close()
+
+    run(main())
+
+
+def test_a_public_clients_refused_revocation_says_the_grant_stays_valid_and_claims_no_retry(tmp_path):
+    """Issue 10, item 10: glewlwyd refuses revocation from a public client with 401. Unpair
+    stops serving and does not retry a definite refusal, but neither the answer, the status
+    nor doctor may suggest the grant is gone at the server or that anything is retried."""
+    async def main():
+        rig = FaultRig(tmp_path)
+        device = await rig.paired()
+        refresh_token = device.tokens.refresh_token
+        rig.faults.revocation.fail(401, error="invalid_client", times=None)
+        result = shaped(await device.unpair())
+        status = shaped(device.status())
+        try:
+            assert result["revoked"] is False and result["revocation"] == "refused"
+            assert "stays valid at the server" in result["revocation_error"]
+            assert "401" in result["revocation_error"] and "retried" not in result["revocation_error"]
+            assert status["last_error_kind"] == "not_revoked" and status["pending_revocations"] == 0
+            assert any("stays valid at the server" in w for w in status["warnings"])
+            advice = " ".join(f"{f.what} {f.fix}" for f in judge_status(status))
+            assert "retr" not in advice and "remove this device in your account" in advice
+            assert not rig.clock.timers()  # nothing is scheduled: no retry
+            assert len(rig.hits("revocation")) == 1 and not rig.srv.revoked(refresh_token)
         finally:
             await rig.close()
 
@@ -860,17 +888,22 @@ def test_a_refusal_of_the_grant_ends_it_after_one_confirming_retry(tmp_path, no_
 
         await rig.step()  # the proactive refresh is refused: believed only when it comes again
         assert device.state is State.OFFLINE and (tmp_path / "state.bin").exists()
-        last_error = shaped(device.status())["last_error"]
+        status = shaped(device.status())
+        last_error = status["last_error"]
         assert "the authorization server refused the grant" in last_error and "confirming" in last_error
+        assert status["last_error_kind"] == "refused"
+        assert all("retries by itself" not in f.fix for f in judge_status(status))
         assert (shaped(await device.token(TokenQuery())))["access_token"] == cached  # served meanwhile
 
         await rig.step()  # the one confirming retry, after the backoff
         first, second = rig.hits("refresh")
         check_retries([first, second], REFRESH_BASE)  # spaced as any retry: never at once
         assert device.state is State.REAUTH_REQUIRED and not (tmp_path / "state.bin").exists()
-        last_error = shaped(device.status())["last_error"]
+        status = shaped(device.status())
+        last_error = status["last_error"]
         assert "the authorization server refused the grant" in last_error and "pair again" in last_error
-        assert "cannot be reached" not in last_error
+        assert "cannot be reached" not in last_error and status["last_error_kind"] == "grant_ended"
+        assert all("retries by itself" not in f.fix for f in judge_status(status))
         with pytest.raises(Refused) as info:
             shaped(await device.token(TokenQuery()))
         assert info.value.code == "reauth_required"
@@ -949,8 +982,12 @@ def test_a_full_disk_stops_rotation_until_the_grant_is_saved(small_tmpfs, no_cra
         while rig.clock.now < start + 3600:
             await rig.step()
             assert len(rig.hits("refresh")) == 1, "rotated again while the grant was unsaved"
-            last_error = shaped(device.status())["last_error"]
+            status = shaped(device.status())
+            last_error = status["last_error"]
             assert why in last_error and "not used again until the grant is saved" in last_error
+            assert status["last_error_kind"] == "storage"
+            found = [f for f in judge_status(status) if f.what.startswith("last error")]
+            assert found[0].level == "fail" and "free space" in found[0].fix and "retries" not in found[0].fix
             if device.tokens.valid_for(0, rig.clock.now):
                 assert shaped(await device.token(TokenQuery()))["access_token"] == served  # served while valid
             else:

@@ -70,3 +70,13 @@ def test_record_from_a_clock_that_went_backwards_counts_as_expired():
     rec = tokens().to_record(now=100.0, wall_now=1_000_000.0)
     back = TokenSet.from_record(rec, now=5.0, wall_now=10.0)  # booted in 1970
     assert not back.valid_for(0, 5.0)
+
+
+def test_a_record_from_before_sanitising_is_cleaned_when_read_back():
+    """Issue 10, item 7: a grant saved before names were cleaned kept the server's words;
+    read back, its name and scope reach the log, status and screen without control or bidi characters."""
+    rec = tokens(account=Account("u1", "Alice\x1b]0;owned\x07\nINFO fake line\u202e")).to_record(100.0, 1_000_000.0)
+    rec["scope"] = "openid\x1b[2J profile"
+    back = TokenSet.from_record(rec, now=5.0, wall_now=1_000_000.0)
+    assert back.account.name == "Alice]0;owned INFO fake line" and back.account.sub == "u1"
+    assert back.scope == "openid[2J profile"

@@ -23,6 +23,8 @@
 //                             section 3.2) and never answers `slow_down`, so
 //                             this only tells a client how fast it may poll;
 //                             it changes nothing on the server.
+//   OP_REFRESH_NEEDS_OFFLINE_ACCESS  if "1", the library's default: a refresh
+//                             token only for grants with offline_access.
 //   OP_EXIT_ON_STDIN_CLOSE    if "1", exit when stdin reaches end of file, so
 //                             the server dies with the test process that
 //                             spawned it with a stdin pipe even if that process
@@ -238,6 +240,9 @@ const configuration = {
   // A refresh token for every grant of a client allowed the refresh_token
   // grant (the default also demands the offline_access scope).
   async issueRefreshToken(ctx, client, code) {
+    if (process.env.OP_REFRESH_NEEDS_OFFLINE_ACCESS === '1') {
+      return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
+    }
     return client.grantTypeAllowed('refresh_token');
   },
   // Rotate on every use: the old refresh token is consumed, and presenting it

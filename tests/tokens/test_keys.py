@@ -124,6 +124,22 @@ def test_loose_key_file_is_tightened(state_dir):
     assert stat.S_IMODE((state_dir / "state.key").stat().st_mode) == 0o600
 
 
+def test_a_tightened_key_still_asks_doctor_for_a_rekey_until_one_is_done(state_dir):
+    """Issue 10, item 18: the daemon fixes the mode at start, which used to leave doctor
+    saying ok and hid that the key could have been read. It stays a FAIL until re-keyed."""
+    from devicelink.doctor.local import check_key
+
+    start("file", state_dir)
+    os.chmod(state_dir / "state.key", 0o644)
+    start("file", state_dir)  # the daemon tightens it
+    (finding,) = check_key(config(state_dir), None)
+    assert finding.level == "fail" and "mode 0644 until" in finding.what and "devicelink rekey" in finding.fix
+    assert stat.S_IMODE((state_dir / keys.EXPOSED_NOTE).stat().st_mode) == 0o600
+    rekey(config(state_dir))
+    (finding,) = check_key(config(state_dir), None)
+    assert finding.level == "ok" and not (state_dir / keys.EXPOSED_NOTE).exists()
+
+
 @pytest.mark.parametrize("content, found", [
     (b"", "empty"),
     (b"short", "5 bytes of text"),
@@ -200,6 +216,14 @@ def test_missing_credential_is_a_config_error_naming_the_unit_line(state_dir, tm
     with pytest.raises(ConfigError, match=r"has none.*LoadCredentialEncrypted=devicelink.key:/etc/credstore"):
         start("credential", state_dir)
     assert not (state_dir / "state.key").exists()
+
+
+def test_a_symlinked_credential_is_not_followed(state_dir, creds, tmp_path):
+    elsewhere = tmp_path / "someone-elses.key"
+    elsewhere.write_bytes(os.urandom(32))
+    (creds / "devicelink.key").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match=r"devicelink.key .*cannot be read"):
+        start("credential", state_dir)
 
 
 def test_unreadable_credential_is_a_config_error(state_dir, creds):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from devicelink.doctor.daemon import check_daemon, check_socket
 from devicelink.doctor.findings import EXIT_FOR_CHECK, FAIL, OK, WARN, Finding, exit_code
 from devicelink.doctor.hardware import check_display, check_gpio
-from devicelink.doctor.local import check_clock, check_config, check_key, check_policy, check_state_dir
+from devicelink.doctor.local import check_clock, check_config, check_key, check_policy, check_state_dir, daemon_uid
 from devicelink.doctor.server import check_server, describe_network_failure
 
 __all__ = ["EXIT_FOR_CHECK", "FAIL", "OK", "WARN", "Finding", "check_clock", "check_config", "check_daemon",
@@ -51,19 +51,18 @@ def main(config_path: Path, as_json: bool = False) -> int:
 def run(config_path: Path) -> list[Finding]:
     """All the findings, in the order they are printed. The daemon is asked first
     (its answer says which key source it really uses), but reported after the clock."""
-    from devicelink.ipc.client import default_socket_path
-
-    config_findings, cfg = _guarded("config", check_config, config_path)
-    sock = str(cfg.socket.path) if cfg is not None else default_socket_path()
+    sock = _socket_path(config_path)
     socket_findings, sock_stat = _guarded("socket", check_socket, sock)
     daemon_findings, status = (_guarded("daemon", check_daemon, sock)
                                if sock_stat is not None else ([], None))
+    # Files are judged as the daemon's user would judge them, not as doctor's (issue 10).
+    uid = daemon_uid(sock_stat.st_uid if sock_stat is not None else None)
+    config_findings, cfg = _guarded("config", check_config, config_path, uid)
     findings = list(config_findings)
     if cfg is not None:
-        findings += _guarded("policy", check_policy, cfg)[0]
-        daemon_uid = sock_stat.st_uid if sock_stat is not None else None
+        findings += _guarded("policy", check_policy, cfg, uid)[0]
         findings += _guarded("key", check_key, cfg, status)[0]
-        findings += _guarded("state", check_state_dir, cfg.storage.state_dir, daemon_uid)[0]
+        findings += _guarded("state", check_state_dir, cfg.storage.state_dir, uid)[0]
     findings += _guarded("clock", check_clock)[0]
     findings += socket_findings + daemon_findings
     if cfg is not None:
@@ -71,6 +70,18 @@ def run(config_path: Path) -> list[Finding]:
         findings += _guarded("display", check_display, cfg)[0]
         findings += _guarded("gpio", check_gpio, cfg)[0]
     return findings
+
+
+def _socket_path(config_path: Path) -> str:
+    """Where the daemon listens: the config's ``[socket] path`` (read without judging the
+    file's owner, which needs the daemon's user, known from the socket), else the default."""
+    from devicelink.config import parse, read_toml
+    from devicelink.ipc.client import default_socket_path
+
+    try:
+        return str(parse(read_toml(config_path), config_path).socket.path)
+    except Exception:  # noqa: BLE001 - the config check says what is wrong with it
+        return default_socket_path()
 
 
 def _guarded(check: str, fn: Callable[..., Any], *args: Any) -> tuple[list[Finding], Any]:

@@ -15,6 +15,27 @@ DAEMON_TIMEOUT = 5.0
 START = "start the daemon: systemctl start devicelink (journalctl -u devicelink says why it stopped)"
 
 
+DETAILS = "journalctl -u devicelink has the details"
+#: What to do about ``last_error``, by its ``last_error_kind`` (engine/answers.py ``Trouble``):
+#: only what the daemon really gets past by itself is said to be retried.
+ADVICE = {
+    "upstream": (WARN, "the daemon retries by itself with backoff; the server check below and " + DETAILS),
+    "budget": (WARN, "the daemon waits for its hourly request budget, then retries by itself"),
+    "refused": (WARN, "the daemon confirms the refusal with one more attempt, then asks to pair again"),
+    "client": (FAIL, "the server did not accept this client: check client_id and client_secret_file in "
+                     "[provider] (the grant is kept, and works again once they are right)"),
+    "storage": (FAIL, "free space in the state directory, or move away what sits at state.bin; the daemon "
+                      "saves by itself once it can, and until then do not stop it: the grant on disk is stale"),
+    "unreadable": (FAIL, "the state was set aside: restore the key that encrypted it and rename the file back "
+                         "(docs/files.md), or pair again"),
+    "grant_ended": (WARN, "pair again: devicelink pair (or the button)"),
+    "pairing": (WARN, "fix what the error names, then pair again: devicelink pair (or the button)"),
+    "not_revoked": (WARN, "this is final: remove this device in your account at the provider to end "
+                          "the grant there"),
+    "lifetime": (WARN, "the provider's access-token lifetime for this client is very short; lengthen it there"),
+}
+
+
 def check_socket(path: str) -> tuple[list[Finding], os.stat_result | None]:
     try:
         st = os.lstat(path)
@@ -60,7 +81,7 @@ def check_daemon(path: str) -> tuple[list[Finding], dict | None]:
     except DaemonError as exc:
         return [Finding(FAIL, "daemon", f"the daemon answered {exc.status} {exc.code}: {exc.description}",
                         "journalctl -u devicelink; systemctl restart devicelink")], None
-    return _judge_status(status), status
+    return judge_status(status), status
 
 
 def _unreachable_fix(exc: Exception, path: str) -> str:
@@ -76,7 +97,7 @@ def _unreachable_fix(exc: Exception, path: str) -> str:
     return START
 
 
-def _judge_status(status: dict) -> list[Finding]:
+def judge_status(status: dict) -> list[Finding]:
     state = status.get("state")
     account = status.get("account") or {}
     who = f" as {account.get('name') or account.get('sub')}" if account else ""
@@ -89,8 +110,10 @@ def _judge_status(status: dict) -> list[Finding]:
     else:
         findings.append(Finding(OK, "daemon", f"the daemon answers: state {state}{who}"))
     if status.get("last_error"):
-        findings.append(Finding(WARN, "daemon", f"last error: {status['last_error']}",
-                                "the daemon retries by itself; journalctl -u devicelink has the details"))
+        level, fix = ADVICE.get(status.get("last_error_kind") or "", (WARN, DETAILS))
+        findings.append(Finding(level, "daemon", f"last error: {status['last_error']}", fix))
+    findings += [Finding(WARN, "daemon", f"warning: {warning}") for warning in status.get("warnings") or ()
+                 if warning != status.get("last_error")]
     if status.get("pending_revocations"):
         findings.append(Finding(WARN, "daemon", f"{status['pending_revocations']} revocation(s) not yet "
                                 "confirmed by the server", "retried in the background until the server answers"))

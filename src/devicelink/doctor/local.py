@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from devicelink.config import Config, load
+from devicelink.config import Config, load, trusted_owners
 from devicelink.doctor.findings import AS_ROOT, FAIL, OK, WARN, Finding, mode_of, user_name
 from devicelink.errors import ConfigError
 
@@ -16,9 +16,11 @@ from devicelink.errors import ConfigError
 # -- config and per-app policy ---------------------------------------------------------
 
 
-def check_config(path: Path) -> tuple[list[Finding], Config | None]:
+def check_config(path: Path, daemon_uid: int | None = None) -> tuple[list[Finding], Config | None]:
+    """The config as the daemon running as ``daemon_uid`` (default: this user) would load it:
+    owned by root or that user, not writable by others."""
     try:
-        cfg = load(path)
+        cfg = load(path, trusted_owners(daemon_uid))
     except ConfigError as exc:
         fix = (f"fix {path} (docs/config.md); the daemon will not start" if os.path.lexists(path) else
                "write one (docs/config.md), or pass --config PATH / set DEVICELINK_CONFIG")
@@ -48,12 +50,13 @@ def _secret_file(path: Path) -> Finding:
     return Finding(OK, "config", f"client secret file {path} present, mode {mode_of(st)}")
 
 
-def check_policy(cfg: Config) -> list[Finding]:
-    """The entries and drop-ins the daemon would skip (``policy.load(cfg).problems``), one line each."""
+def check_policy(cfg: Config, daemon_uid: int | None = None) -> list[Finding]:
+    """The entries and drop-ins the daemon running as ``daemon_uid`` (default: this user) would
+    skip (``policy.load(cfg).problems``), one line each, or refuse."""
     from devicelink import policy
 
     try:
-        loaded = policy.load(cfg)
+        loaded = policy.load(cfg, daemon_uid)
     except ConfigError as exc:
         return [Finding(FAIL, "policy", str(exc), "fix it; the daemon will not start")]
     fix = "fix or remove it; until then the daemon skips it (systemctl reload devicelink after)"
@@ -99,6 +102,9 @@ def check_key(cfg: Config, status: dict | None) -> list[Finding]:
     if st.st_size != keys.KEY_BYTES:
         return [Finding(FAIL, "key", f"{path} is {st.st_size} bytes, a key is exactly {keys.KEY_BYTES}",
                         "restore the key file (removing it makes a new key: the device starts unpaired)")]
+    if (was := keys.exposed(cfg.storage.state_dir)) is not None:  # the daemon tightened it: still re-key
+        return [Finding(FAIL, "key", f"{path} was readable by other users ({was}); the daemon set it to 0600, "
+                        "but the key could have been read", "re-key: devicelink rekey (docs/keys.md)")]
     return [Finding(OK, "key", f"key file {path}{said}: {keys.KEY_BYTES} bytes, mode {mode_of(st)}, "
                     f"owner {user_name(st.st_uid)}")]
 
@@ -136,17 +142,23 @@ def _state_files(state_dir: Path) -> bool:
         return False
 
 
-def check_state_dir(state_dir: Path, daemon_uid: int | None) -> list[Finding]:
-    """The state directory as the daemon's user would find it at start: owned by it, not
-    writable by others, nothing planted in it, writable by it; and grants set aside as
-    unreadable. The daemon's user: devicelink.service's ``User=`` when systemd knows the
-    unit (the socket belongs to root when devicelink.socket made it), else the socket's
-    owner (``daemon_uid``), else whoever runs doctor."""
-    from devicelink.tokens.store import UNREADABLE, give_fix, state_dir_problems
-
+def daemon_uid(socket_owner: int | None) -> int:
+    """The daemon's user, whom the files are judged for: devicelink.service's ``User=`` when
+    systemd knows the unit (the socket belongs to root when devicelink.socket made it), else
+    the socket's owner, else whoever runs doctor."""
     uid = _service_uid()
     if uid is None:
-        uid = daemon_uid if daemon_uid is not None else os.geteuid()
+        uid = socket_owner if socket_owner is not None else os.geteuid()
+    return uid
+
+
+def check_state_dir(state_dir: Path, daemon_uid: int | None) -> list[Finding]:
+    """The state directory as the daemon's user (``daemon_uid``, default: this user) would find
+    it at start: owned by it, not writable by others, nothing planted in it, writable by it;
+    and grants set aside as unreadable."""
+    from devicelink.tokens.store import UNREADABLE, give_fix, state_dir_problems
+
+    uid = daemon_uid if daemon_uid is not None else os.geteuid()
     try:
         st = os.stat(state_dir)
     except FileNotFoundError:

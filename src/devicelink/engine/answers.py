@@ -6,6 +6,7 @@ No token value ever reaches a log through these: their ``repr`` leaves it out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from devicelink.lifecycle import PairingCode
 from devicelink.tokens.model import Account
@@ -30,6 +31,22 @@ class Issued:
     scope: str
 
 
+class Trouble(StrEnum):
+    """What ``last_error`` is about (status ``last_error_kind``): whether the daemon gets
+    past it by itself, and what a person must do when it cannot. ``doctor`` advises on it."""
+
+    UPSTREAM = "upstream"          # no answer, 5xx, 429, a malformed answer: retried with backoff
+    BUDGET = "budget"              # the hourly request budget is spent: waits for it
+    REFUSED = "refused"            # the server refused the grant: one confirming attempt to come
+    CLIENT = "client"              # the server refused this client: the config, not the grant
+    STORAGE = "storage"            # the grant cannot be saved: nothing rotates until it is
+    UNREADABLE = "unreadable"      # the state could not be read and was set aside
+    GRANT_ENDED = "grant_ended"    # the server ended the grant: pair again
+    PAIRING = "pairing"            # a pairing failed: pair again, after fixing what it names
+    NOT_REVOKED = "not_revoked"    # unpaired here, but the grant stays valid at the server
+    LIFETIME = "lifetime"          # the server issues tokens shorter than the refresh floor
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """The device as ``devicelink status`` shows it (never a token)."""
@@ -41,6 +58,8 @@ class Status:
     access_token_expires_in: int | None
     last_refresh: str | None  # ISO 8601, from the wall clock
     last_error: str | None
+    last_error_kind: Trouble | None
+    warnings: tuple[str, ...]  # standing conditions of the grant a person should know of
     message: str | None
     clock_synced: bool | None
     key_source: str | None
@@ -68,8 +87,12 @@ class StepUpDone:
 @dataclass(frozen=True, slots=True)
 class Unpaired:
     state: str
-    revoked: bool
+    revocation: str  # revoked | pending (owed, retried) | refused | unsupported (no endpoint) | none (no grant)
     revocation_error: str | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revocation == "revoked"
 
 
 # -- events (``GET /v1/events``): what happened, never a token value ----------------------

@@ -36,7 +36,8 @@ from devicelink.display.base import Display, Screen
 from devicelink.display.port import ScreenPort
 from devicelink.engine import narrowing
 from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone, StepUpPending, TokenQuery,
-                                       Unpaired)
+                                       Trouble, Unpaired)
+from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
@@ -100,6 +101,9 @@ class Device:
         self.pairing: PairingCode | None = None  # shown while pairing
         self.message: str | None = None
         self.last_error: str | None = None
+        self.last_error_kind: Trouble | None = None
+        #: Why the last grant given up is still valid at the server (until the next pairing).
+        self.not_revoked: str | None = None
         self.last_refresh: float | None = None  # wall clock, for status only
         self.last_refresh_at: float | None = None  # monotonic, for the metrics' age of the last good refresh
         self.reset_in: int | None = None  # factory-reset countdown while the button is held
@@ -131,6 +135,13 @@ class Device:
 
             self._step_ups = StepUps(self)
         return self._step_ups
+
+    def report(self, kind: Trouble, text: str) -> None:
+        """``last_error``, and what it is about (status ``last_error_kind``)."""
+        self.last_error, self.last_error_kind = text, kind
+
+    def clear_error(self) -> None:
+        self.last_error = self.last_error_kind = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -183,6 +194,7 @@ class Device:
         tokens = await self.state_file.load()
         if tokens is not None:
             self.tokens = tokens
+            self.message = _no_refresh_message(tokens)
             self.move(Event.RESTORED)
             logger.info("restored the grant%s", self._account_suffix())
             self.refresher.start()
@@ -204,13 +216,17 @@ class Device:
 
     async def paired(self, tokens: TokenSet) -> None:
         """Pairing ended with a grant: keep it, and keep it fresh."""
-        self.last_error = None
-        self.message = None
+        self.clear_error()
+        self.not_revoked = None
         self.tokens = tokens
+        # No refresh token (no offline_access granted): say so now, not at the first expiry.
+        self.message = _no_refresh_message(tokens)
         await self.state_file.save(tokens)
         self.metrics.inc("devicelink_pairings_total")
         self.move(Event.PAIRED)
         logger.info("paired%s", self._account_suffix())
+        for warning in self.warnings():
+            logger.warning("%s", warning)
         self.refresher.start()
 
     def refreshed(self) -> None:
@@ -220,7 +236,7 @@ class Device:
     async def end_grant(self, reason: str) -> None:
         """The server ended the grant (``invalid_grant``): forget it, and ask for a pairing."""
         logger.error("%s", reason)
-        self.last_error = reason
+        self.report(Trouble.GRANT_ENDED, reason)
         self.tokens = None
         self.message = "Pairing needed again. Press the button or run `devicelink pair`."
         try:
@@ -302,9 +318,15 @@ class Device:
             state=self.state.value, pairing=code, pairing_expires_in=code.expires_in(now) if code else None,
             account=self.tokens.account if self.tokens else None,
             access_token_expires_in=max(0, int(self.tokens.expires_in(now))) if holds else None,  # type: ignore[union-attr]
-            last_refresh=_iso(self.last_refresh), last_error=self.last_error, message=self.message,
-            clock_synced=self.clock_synced(), key_source=self.key_source,
+            last_refresh=_iso(self.last_refresh), last_error=self.last_error, last_error_kind=self.last_error_kind,
+            warnings=self.warnings(), message=self.message, clock_synced=self.clock_synced(), key_source=self.key_source,
             pending_revocations=len(self.revocations), version=__version__)
+
+    def warnings(self) -> tuple[str, ...]:
+        """Standing conditions of the grant (or of the last one given up) a person should know of."""
+        found = grant_warnings(self.tokens, self.endpoints, self.provider.client_auth, self.clock()) \
+            if self.tokens is not None and self.state in HOLDS_GRANT else ()
+        return found + ((self.not_revoked,) if self.not_revoked else ())
 
     @property
     def pending_revocations(self) -> int:
@@ -336,21 +358,15 @@ class Device:
                 tokens = self.tokens
                 self.tokens = None  # served no more
                 self.message = "Unpaired. Press the button or run `devicelink pair` to pair again."
-                if tokens is not None and self.can_revoke():
+                if tokens is not None:
                     # RFC 7009 §2.2.1: until the server answers 200 the token may still be valid, so it
                     # is owed a revocation, kept encrypted on disk and retried until it goes through.
-                    self.revocations.owe(*((tokens.refresh_token, "refresh_token") if tokens.refresh_token
-                                           else (tokens.access_token, "access_token")))
-                elif tokens is not None:
-                    logger.warning("the server has no revocation endpoint; the grant was only forgotten locally")
+                    self.revocations.owe_grant(tokens)
                 await self.state_file.save(None)  # the grant is gone from disk; owed revocations stay
                 self.move(Event.UNPAIRED)
         finally:
             self.unpairing = False
-        error = await self.revocations.try_all()
-        if self.revocations.owed:
-            self.revocations.start(first_delay=self.revocations.next_delay)
-        return Unpaired(self.state.value, error is None and bool(tokens and self.can_revoke()), error)
+        return await self.revocations.after_unpair(tokens)
 
     # -- the button (gpio/button.py) ----------------------------------------------
 
@@ -424,6 +440,11 @@ class Device:
     def _account_suffix(self) -> str:
         account = self.tokens.account if self.tokens else None
         return f" as {account.name or account.sub}" if account else ""
+
+
+def _no_refresh_message(tokens: TokenSet) -> str | None:
+    """What the screen says of a grant that cannot renew itself (issue 10, item 12)."""
+    return None if tokens.refresh_token else "No refresh token: pair again when this sign-in ends."
 
 
 def _configured_endpoints(p: ProviderConfig) -> dict[str, str]:

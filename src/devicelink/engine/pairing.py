@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from devicelink.clock import explain_failure
-from devicelink.engine.answers import CodeShown
+from devicelink.engine.answers import CodeShown, Trouble
 from devicelink.errors import AuthorizationDenied, DeviceCodeExpired, GrantFailed, ProtocolViolation
 from devicelink.lifecycle import Event
 from devicelink.oauth import grant
@@ -103,7 +103,7 @@ class Pairing:
         device = self.device
         logger.error("pairing failed: %s", reason)
         self.settled.set()
-        device.last_error = reason
+        device.report(Trouble.PAIRING, reason)
         device.message = "Pairing failed. Press the button or run `devicelink pair` to try again."
         device.move(event)
 
@@ -123,7 +123,7 @@ class Pairing:
     def _show(self, step: grant.Show) -> None:
         device, code = self.device, step.code
         device.pairing = code
-        device.last_error = None
+        device.clear_error()
         logger.info("pairing: enter code %s at %s", code.user_code, code.verification_uri)
         self.settled.set()
         device.redraw()
@@ -139,6 +139,6 @@ class Pairing:
                 device.metrics.inc("devicelink_slow_downs_total")
         if isinstance(reply, m.Failure):
             reason = explain_failure(reply.reason, device.clock_synced())
-            device.last_error = f"cannot reach the authorization server: {reason}"
+            device.report(Trouble.UPSTREAM, f"cannot reach the authorization server: {reason}")
         elif verdict.transient:
-            device.last_error = f"the authorization server answered {verdict.reason}"
+            device.report(Trouble.UPSTREAM, f"the authorization server answered {verdict.reason}")

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from devicelink.budget import RequestBudget
 from devicelink.clock import explain_failure
-from devicelink.engine.answers import TokenRotated
-from devicelink.errors import GrantFailed, ProtocolViolation, RefreshRejected
+from devicelink.engine.answers import TokenRotated, Trouble
+from devicelink.errors import ClientRejected, GrantFailed, ProtocolViolation, RefreshRejected
 from devicelink.lifecycle import HOLDS_GRANT, Event, State
 from devicelink.oauth import refresh as flows
 from devicelink.oauth.steps import Backoff, backoff_delay
@@ -89,7 +89,7 @@ class Refresher:
         logger.info("the grant is saved again")
         self.save_backoff.reset()
         self.save_retry_at = 0.0
-        device.last_error = None
+        device.clear_error()
         if device.tokens is not None:
             self.note_lifetime(device.tokens)
         self.changed.set()
@@ -99,16 +99,16 @@ class Refresher:
         device = self.device
         delay = self.save_backoff.next_delay()
         self.save_retry_at = device.clock() + delay
-        device.last_error = (f"{device.last_error}; the refresh token is not used again until the grant is saved "
-                             f"(next try in {delay:.0f} s)")
+        device.report(Trouble.STORAGE, f"{device.last_error}; the refresh token is not used again until the grant "
+                      f"is saved (next try in {delay:.0f} s)")
         self.changed.set()
 
     def note_lifetime(self, tokens: TokenSet) -> None:
         """Say so when the server issues tokens shorter than the refresh floor."""
         floor = self.device.refresh_floor
         if tokens.lifetime < floor:
-            self.device.last_error = (
-                f"the authorization server issued an access token that lasts {tokens.lifetime:.0f} s "
+            self.device.report(
+                Trouble.LIFETIME, f"the authorization server issued an access token that lasts {tokens.lifetime:.0f} s "
                 f"(expires_in), shorter than the {floor:.0f} s refresh floor: it is served as it is "
                 f"and refreshed at most every {floor:.0f} s")
             logger.warning("%s", self.device.last_error)
@@ -136,8 +136,8 @@ class Refresher:
         allowance = RequestBudget.allowance(tokens.lifetime)
         if not device.budget.allows(now, allowance):
             self.retry_at = max(device.budget.next_free(now, allowance), now + MIN_REFRESH_SPACING)
-            device.last_error = (f"hourly request budget spent ({device.budget.limit} requests beyond what the "
-                                 f"token lifetime needs); next refresh in {self.retry_at - now:.0f} s")
+            device.report(Trouble.BUDGET, f"hourly request budget spent ({device.budget.limit} requests beyond what "
+                          f"the token lifetime needs); next refresh in {self.retry_at - now:.0f} s")
             logger.warning("%s", device.last_error)
             self.changed.set()
             device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="budget")
@@ -154,7 +154,7 @@ class Refresher:
             raise
         except Exception as exc:  # a bug or an answer nobody foresaw: never wedge in "refreshing"
             logger.exception("refresh failed unexpectedly")
-            self._failed(f"refresh failed: unexpected {type(exc).__name__}", None)
+            self._failed(f"refresh failed: unexpected {type(exc).__name__}", None, Trouble.UPSTREAM)
 
     async def _exchange(self, tokens: TokenSet) -> None:
         device = self.device
@@ -169,7 +169,7 @@ class Refresher:
                 # attempt, after the backoff (never at once), confirms it.
                 self.refused = str(exc)
                 self._failed(f"{str(exc).removesuffix('; pair again')}; confirming with one more attempt "
-                             "before asking to pair again", exc.retry_after)
+                             "before asking to pair again", exc.retry_after, Trouble.REFUSED)
                 return
             # RFC 6749 §5.2: revoked, expired, or (under rotation) replayed. The grant is gone.
             device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="rejected")
@@ -177,10 +177,11 @@ class Refresher:
             await device.end_grant(str(exc))
             return
         except GrantFailed as exc:
-            self._failed(self._explain(exc), exc.retry_after)
+            self._failed(self._explain(exc), exc.retry_after,
+                         Trouble.CLIENT if isinstance(exc, ClientRejected) else Trouble.UPSTREAM)
             return
         except ProtocolViolation as exc:
-            self._failed(f"refresh failed: {exc}", None)
+            self._failed(f"refresh failed: {exc}", None, Trouble.UPSTREAM)
             return
         fresh = tokens.rotated(parsed)
         if fresh.scope and tokens.scope and not set(tokens.scope.split()) <= set(fresh.scope.split()):
@@ -189,7 +190,7 @@ class Refresher:
             logger.warning("the grant's scope shrank at this refresh: %r -> %r", tokens.scope, fresh.scope)
         # Rotation (RFC 6749 §6): the new refresh token must be on disk before the new access
         # token is served, or a crash now would leave only a dead refresh token behind.
-        device.last_error = None  # the save sets it again if the disk fails
+        device.clear_error()  # the save sets it again if the disk fails
         await device.state_file.save(fresh)
         device.tokens = fresh
         if device.state_file.unsaved:
@@ -212,12 +213,12 @@ class Refresher:
             return f"refresh failed: {explain_failure(exc.unanswered, self.device.clock_synced())}"
         return str(exc)
 
-    def _failed(self, reason: str, retry_after: float | None) -> None:
+    def _failed(self, reason: str, retry_after: float | None, kind: Trouble) -> None:
         device = self.device
         delay = backoff_delay(self.backoff, retry_after)
         device.metrics.inc("devicelink_refreshes_total", kind="grant", outcome="failed")
         self.retry_at = device.clock() + delay
-        device.last_error = reason
+        device.report(kind, reason)
         logger.warning("%s; keeping the grant for now, next try in %.0f s" if self.refused else
                        "%s; keeping the grant, next try in %.0f s", reason, delay)
         device.move(Event.REFRESH_FAILED)

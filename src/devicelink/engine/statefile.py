@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from devicelink.engine import record
+from devicelink.engine.answers import Trouble
 from devicelink.errors import StoreError, StoreUnreadable
 from devicelink.tokens.model import TokenSet
 
@@ -38,7 +39,7 @@ class StateFile:
             stored = await asyncio.to_thread(device.store.load)
         except StoreUnreadable as exc:
             logger.error("%s; starting unpaired", exc)
-            device.last_error = str(exc)
+            device.report(Trouble.UNREADABLE, str(exc))
             return None
         if stored is None:
             return None
@@ -83,5 +84,5 @@ class StateFile:
             # Keep serving from memory (the old refresh token may already be dead at the
             # server). The refresher retries this save, and rotates nothing until it lands.
             self.unsaved = True
-            device.last_error = str(exc)
+            device.report(Trouble.STORAGE, str(exc))
             logger.error("%s; the grant is held in memory only", exc)

@@ -38,6 +38,8 @@ def status(s: Status) -> dict[str, Any]:
         "access_token_expires_in": s.access_token_expires_in,
         "last_refresh": s.last_refresh,
         "last_error": s.last_error,
+        "last_error_kind": s.last_error_kind,
+        "warnings": list(s.warnings),
         "message": s.message,
         "clock_synced": s.clock_synced,
         "key_source": s.key_source,
@@ -73,4 +75,4 @@ def event(data: Any) -> Any:
 
 
 def unpaired(u: Unpaired) -> dict[str, Any]:
-    return {"state": u.state, "revoked": u.revoked, "revocation_error": u.revocation_error}
+    return {"state": u.state, "revoked": u.revoked, "revocation": u.revocation, "revocation_error": u.revocation_error}

@@ -12,7 +12,8 @@ answer means is decided here, once, through :func:`messages.classify`:
 - recognised retryable answers (no answer, 5xx, 429, 408, ``temporarily_unavailable``,
   ``server_error``, ``slow_down``, a 200 that is not JSON) and a refused *client*
   (401, or ``invalid_client``: the client id or secret in the config, not the grant):
-  :class:`GrantFailed` with the server's code (if any) and ``Retry-After``. The grant is kept.
+  :class:`GrantFailed` (:class:`ClientRejected` for the client) with the server's code (if
+  any) and ``Retry-After``. The grant is kept.
 - any other 4xx, or an OAuth error in a 200, empty or HTML body included (glewlwyd
   answers a reused refresh token with an empty 400): :class:`RefreshRejected` that is
   not :func:`definite`; the engine confirms it with one more attempt, after its backoff,
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Generator
 
-from devicelink.errors import GrantFailed, RefreshRejected, ScopeIgnored, TargetRefused
+from devicelink.errors import ClientRejected, GrantFailed, RefreshRejected, ScopeIgnored, TargetRefused
 from devicelink.oauth import messages as m
 from devicelink.oauth.steps import Send, Step
 from devicelink.tokens.model import TokenSet
@@ -49,7 +50,7 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
         raise GrantFailed(f"refresh failed: {verdict.reason}", verdict.error, retry_after=verdict.retry_after,
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
     if _client_refused(reply, verdict):
-        raise GrantFailed(f"refresh failed: the server refused it ({verdict.reason}): it did not accept this "
+        raise ClientRejected(f"refresh failed: the server refused it ({verdict.reason}): it did not accept this "
                           "client; check client_id and client_secret in the config (the grant is kept)", verdict.error,
                           retry_after=verdict.retry_after)
     if _refuses_grant(reply, verdict):

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 KEY_FILE = "state.key"
+EXPOSED_NOTE = "state.key.exposed"  # the key was readable by others: re-key (doctor says so)
 LOCK_FILE = "state.lock"
 JOURNAL_DIR = "rekey"
 #: In the journal: the switch to the new key may have happened (written durably just before it).
@@ -119,8 +120,8 @@ def read_credential() -> bytes:
         raise ConfigError(f"[storage] key: the systemd credential {CREDENTIAL_NAME} is needed, but "
                           f"$CREDENTIALS_DIRECTORY ({path.parent}) has none: add "
                           f"LoadCredentialEncrypted={CREDENTIAL_NAME}:{CREDSTORE_PATH} to the unit (docs/keys.md)")
-    try:
-        with open(path, "rb") as f:
+    try:  # O_NOFOLLOW as for every file we trust (systemd's own credentials are never symlinks)
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
             data = f.read(_READ_LIMIT + 1)
     except OSError as exc:
         raise ConfigError(f"[storage] key: the systemd credential {CREDENTIAL_NAME} ({path}) cannot be read: "
@@ -203,8 +204,10 @@ def read_key_file(path: Path) -> bytes:
     writable by others (such a key may be an attacker's: it is never used)."""
     try:
         data = read_owned(path, _READ_LIMIT)
-        if os.lstat(path).st_mode & 0o077:
-            logger.warning("%s was readable by other users; setting mode 0600", path)
+        if (loose := os.lstat(path).st_mode & 0o7777) & 0o077:
+            logger.warning("%s was readable by other users (mode %04o); setting mode 0600. It could have been "
+                           "read: re-key (devicelink rekey, docs/keys.md)", path, loose)
+            note_exposed(path, loose)
             os.chmod(path, 0o600)  # checked just above; only we can write in the directory
     except UnsafeFile as exc:
         raise StoreError(f"{path} is {exc.strerror}: it is not a key this daemon made, and is never used; remove "
@@ -217,6 +220,31 @@ def read_key_file(path: Path) -> bytes:
                          "the file (removing it makes a new key, and the device starts unpaired)")
     _warn_if_text(data, str(path))
     return data
+
+
+def note_exposed(path: Path, mode: int) -> None:
+    """Remember that the key was readable by others, for ``doctor``: tightening its mode
+    hides it, but not that it could have been read. ``devicelink rekey`` removes the note."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        atomic_write(path.parent / EXPOSED_NOTE, f"mode {mode:04o} until {when}\n".encode())
+    except StoreError as exc:
+        logger.warning("%s", exc)
+
+
+def exposed(state_dir: Path) -> str | None:
+    """Why the state key must be re-keyed (it was readable by others), or None."""
+    try:
+        return read_owned(Path(state_dir) / EXPOSED_NOTE, 200).decode("ascii", "replace").strip() or "yes"
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
+def forget_exposed(state_dir: Path) -> None:
+    """A new key: the old one's exposure no longer matters."""
+    _unlink(Path(state_dir) / EXPOSED_NOTE)
 
 
 def _state_exists(state_dir: Path) -> bool:

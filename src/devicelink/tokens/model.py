@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
+from devicelink.text import sanitize
+
 #: When the server sends no ``expires_in`` (it is only RECOMMENDED, RFC 6749 §5.1),
 #: assume a short life and refresh early rather than serve a dead token.
 DEFAULT_LIFETIME = 300.0
@@ -101,8 +103,13 @@ class TokenSet:
             access_token=str(record["access_token"]),
             token_type=str(record["token_type"]),
             refresh_token=record.get("refresh_token"),
-            scope=record.get("scope"),
+            scope=_clean(record.get("scope")),
             obtained_at=now + remaining - lifetime,
             expires_at=now + max(0.0, remaining),
-            account=Account(str(account["sub"]), account.get("name")) if account else None,
+            # cleaned again: a record written before issue 10 kept the server's words as they came
+            account=Account(sanitize(str(account["sub"]), 255), _clean(account.get("name"))) if account else None,
         )
+
+
+def _clean(text: Any) -> str | None:
+    return (sanitize(text) or None) if isinstance(text, str) else None
