@@ -104,3 +104,41 @@ def shaped(answer):
         response = answers.step_up_response(answer)
         return response.status, json.loads(response.body)
     return answer
+
+
+def refresh_with_retries(client_auth, failures: int = 2, on_sleep=None):
+    """One refresh through the real sending path (``OAuthHttp`` over httpx's ``MockTransport``)
+    against a server that answers 503 (``Retry-After: 1``) ``failures`` times, then tokens;
+    retried as the flows retry. Returns the final reply and every request sent. ``on_sleep``
+    sees each wait (to move another clock with it). For the tests that show client
+    authentication is prepared afresh on every send."""
+    import random
+
+    import httpx
+
+    from devicelink.oauth import grant
+    from devicelink.oauth import messages as m
+    from devicelink.oauth.http import OAuthHttp
+
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= failures:
+            return httpx.Response(503, headers={"retry-after": "1"})
+        return httpx.Response(200, json={"access_token": "at-2", "token_type": "Bearer", "expires_in": 600})
+
+    now = [100.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if on_sleep is not None:
+            on_sleep(seconds)
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as client:
+            http = OAuthHttp(client, client_auth, clock=lambda: now[0])
+            request = m.refresh_request(m.Endpoints(token_endpoint="https://id.example/token"), "rt-1")
+            return await http.run(grant.exchange(request, grant.Backoff(random.Random(1))), sleep=sleep)
+
+    return asyncio.run(main()), seen

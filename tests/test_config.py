@@ -59,6 +59,19 @@ def test_good_config_and_relative_paths(tmp_path):
     (GOOD.replace("https://id.example.com/realms/tv", "https://[::1"), "[provider] issuer", "https://"),
     (GOOD.replace('scope = ', "resource = ['https://[x']\nscope = "), "[provider] resource", "absolute URIs"),
     (GOOD + "\n[socket]\npath = '/" + "x" * 120 + "'\n", "[socket] path", "AF_UNIX"),
+    # issue 11: the device's identity, private_key_jwt
+    (GOOD + "\n[identity]\nkey = 'tpm2'\n", "[identity] key", "expected one of 'file'"),
+    (GOOD + "\n[identity]\nserial = 'SN 42'\n", "[identity] serial", "printable ASCII characters without spaces"),
+    (GOOD + "\n[identity]\nserial = ''\n", "[identity] serial", "1-128"),
+    (GOOD + "\n[identity]\nserail = 'x'\n", "[identity] serail", "unknown key"),
+    (GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nassertion_audience = 'resource'\nscope = "),
+     "[provider] assertion_audience", "'issuer', 'token_endpoint', 'endpoint', or a list of them"),
+    (GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nassertion_audience = ['issuer', 'issuer']\n"
+                  "scope = "), "[provider] assertion_audience", "without repeats"),
+    (GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nassertion_audience = []\nscope = "),
+     "[provider] assertion_audience", "or a list of them"),
+    (GOOD.replace('scope = ', "assertion_audience = 'issuer'\nscope = "),
+     "[provider] assertion_audience", "only for client_auth = 'private_key_jwt', not 'none'"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):
     path = write(tmp_path, text)
@@ -68,6 +81,21 @@ def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected
     assert message.startswith(f"{path}: ")
     assert key in message and expected in message
     assert "\n" not in message
+
+
+def test_private_key_jwt_and_the_identity_section(tmp_path):
+    cfg = config.load(write(tmp_path, GOOD))
+    assert cfg.identity == config.IdentityConfig(key="file", serial=None)
+    assert cfg.provider.client_auth == "none" and cfg.provider.assertion_audience is None
+    text = GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nassertion_audience = ['issuer', 'endpoint']\n"
+                        "scope = ") + '\n[identity]\nkey = "file"\nserial = "10000000a1b2c3d4"\n'
+    cfg = config.load(write(tmp_path, text))  # no longer refused as "arrives with per-device identity"
+    assert cfg.provider.client_auth == "private_key_jwt"
+    assert cfg.provider.assertion_audience == ("issuer", "endpoint")
+    assert cfg.identity == config.IdentityConfig(key="file", serial="10000000a1b2c3d4")
+    one = config.load(write(tmp_path, GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\n"
+                                                   "assertion_audience = 'token_endpoint'\nscope = ")))
+    assert one.provider.assertion_audience == ("token_endpoint",)
 
 
 def test_loopback_http_allowed_when_asked(tmp_path):

@@ -51,6 +51,9 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
             grant_types_supported=[DEVICE_CODE_GRANT_TYPE, "refresh_token"],
             token_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
             revocation_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
+            # private_key_jwt (RFC 8414 §2): what client assertions may be signed with.
+            token_endpoint_auth_signing_alg_values_supported=["ES256"],
+            revocation_endpoint_auth_signing_alg_values_supported=["ES256"],
             # No authorization endpoint, so no response types (RFC 8414 §2).
             response_types_supported=[],
             scopes_supported=list(settings.scopes),

@@ -38,6 +38,7 @@ from .settings import (
     CONFIDENTIAL_CLIENT_ID,
     DEFAULT_RESOURCES,
     DEFAULT_SCOPES,
+    KEY_CLIENT_ID,
     PUBLIC_CLIENT_ID,
     Settings,
     asked_acr,
@@ -228,6 +229,27 @@ class DevServer:
         with self._state.lock:
             self._state.pending(user_code).decision = (None, False)
         logger.info("user code %s denied", user_code)
+
+    def register_device_key(self, jwks: dict, client_id: str = KEY_CLIENT_ID) -> str:
+        """Register (or replace) a `private_key_jwt` client whose assertions must be signed by
+        one of `jwks`: a JWKS (`{"keys": [...]}`) or a single public JWK, as `devicelink
+        provision` prints it. Returns the client_id."""
+        if "keys" not in jwks:
+            jwks = {"keys": [jwks]}
+        if any("d" in key for key in jwks["keys"]):
+            raise ValueError("a private key: register the public key only")
+        default_scope = "profile" if "profile" in self.settings.scopes else ""
+        with self._state.lock:
+            self._state.clients[client_id] = Client(client_id, frozenset({"private_key_jwt"}), default_scope,
+                                                    jwks=jwks)
+        return client_id
+
+    @property
+    def assertions(self) -> list[dict]:
+        """The claims of every client assertion that passed its signature and claim checks,
+        in order (for tests: a new jti each, the aud sent)."""
+        with self._state.lock:
+            return list(self._state.assertions)
 
     def pending_user_codes(self) -> list[str]:
         """User codes that are live and still waiting for a decision."""

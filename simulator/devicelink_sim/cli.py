@@ -16,7 +16,7 @@ import signal
 import sys
 
 from devicelink_sim.faults import parse_spec
-from devicelink_sim.settings import CONFIDENTIAL_CLIENT_ID, DEFAULT_RESOURCES
+from devicelink_sim.settings import CONFIDENTIAL_CLIENT_ID, DEFAULT_RESOURCES, KEY_CLIENT_ID
 
 EXIT_USAGE = 2
 
@@ -120,6 +120,9 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
                         help="ignore acr_values and max_age (RFC 9470), as a server without step-up does")
     parser.add_argument("--client-secret", default=None,
                         help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
+    parser.add_argument("--client-jwks", type=_jwks, default=None, metavar="FILE",
+                        help=f"register {KEY_CLIENT_ID}, a private_key_jwt client, with the public keys in FILE "
+                             "(a JWKS or a JWK; the output of `devicelink provision` too)")
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[,FIELD=VALUE...]",
                         help="inject a fault (repeatable, applied in order), e.g. token:status,status=503,times=3 "
                              "or token:reset,probability=0.2,times=none; see docs/faults.md")
@@ -150,6 +153,8 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
         )
     except ValueError as exc:
         parser.error(str(exc))
+    if args.client_jwks is not None:
+        server.register_device_key(args.client_jwks)
     server.faults.seed(args.fault_seed)
     for endpoint, fault in faults:
         server.faults.endpoint(endpoint).add(fault)
@@ -160,14 +165,29 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
     try:
         print(f"issuer {server.issuer}", flush=True)
         logger.info(
-            "clients: %s (public), %s (confidential)",
+            "clients: %s (public), %s (confidential)%s",
             server.client_id,
             server.confidential_client_id,
+            f", {KEY_CLIENT_ID} (private_key_jwt)" if args.client_jwks is not None else "",
         )
         signal.sigwait(stop_signals)
     finally:
         server.stop()
     return 0
+
+
+def _jwks(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+    data = data.get("jwks", data) if isinstance(data, dict) else None  # `devicelink provision` wraps it
+    if not isinstance(data, dict) or any("d" in k for k in data.get("keys", [data]) if isinstance(k, dict)):
+        raise argparse.ArgumentTypeError(f"{path}: expected a JWKS or a public JWK")
+    return data
 
 
 def _missing_extra(exc: ImportError) -> int:

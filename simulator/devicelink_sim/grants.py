@@ -23,6 +23,9 @@ What a device may send beyond the plain device flow:
   was issued for with `DevServer.access_token_info`.
 - `acr_values` and `max_age` (RFC 9470, OIDC) on the device authorization
   request, honoured unless `honour_step_up=False`; see `DevServer.approve`.
+
+Clients authenticate with `none`, `client_secret_basic`, `client_secret_post`
+or `private_key_jwt` (client_auth.py) at every endpoint, as their record allows.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
 
+from .client_auth import METHOD as PRIVATE_KEY_JWT, PrivateKeyJwt
 from .records import DeviceCode, RefreshToken, normalize_user_code
 from .settings import ALL_CLIENT_AUTH, DEVICE_CODE_GRANT_TYPE, Settings
 from .signing import SigningKey
@@ -65,6 +69,7 @@ class DevAuthorizationServer(AuthorizationServer):
         self.register_grant(_RefreshTokenGrant)
         self.register_endpoint(_DeviceAuthorizationEndpoint(self))
         self.register_endpoint(_RevocationEndpoint)
+        self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions))
 
     def query_client(self, client_id):
         return self.state.clients.get(client_id)
@@ -117,6 +122,8 @@ class DevAuthorizationServer(AuthorizationServer):
 
 
 class _DeviceAuthorizationEndpoint(DeviceAuthorizationEndpoint):
+    CLIENT_AUTH_METHODS = ALL_CLIENT_AUTH
+
     def __init__(self, server: DevAuthorizationServer):
         super().__init__(server)
         self.EXPIRES_IN = server.settings.device_code_lifetime
@@ -176,6 +183,7 @@ class _DeviceAuthorizationEndpoint(DeviceAuthorizationEndpoint):
 
 
 class _DeviceCodeGrant(DeviceCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_CLIENT_AUTH
     # Authlib checks, in order: expiry (expired_token), the user's decision
     # (tokens or access_denied), then should_slow_down, else authorization_pending.
     # A fast poll after approval therefore still gets its tokens.

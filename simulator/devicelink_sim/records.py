@@ -55,6 +55,8 @@ class Client(ClientMixin):
     auth_methods: frozenset[str]  # token_endpoint_auth_method values it may use
     default_scope: str  # RFC 6749 §3.3: used when a request omits scope
     client_secret: str | None = field(default=None, repr=False)
+    #: private_key_jwt: the client's public keys, a JWKS (RFC 7517 §5).
+    jwks: dict | None = field(default=None, compare=False, hash=False)
     grant_types: frozenset[str] = frozenset({DEVICE_CODE_GRANT_TYPE, "refresh_token"})
 
     def get_client_id(self):

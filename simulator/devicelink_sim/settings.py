@@ -19,9 +19,11 @@ DEFAULT_RESOURCES = ("https://api.example.com", "https://media.example.com")
 ACR_PWD = "urn:devicelink:acr:pwd"
 ACR_MFA = "urn:devicelink:acr:mfa"
 ACR_VALUES_SUPPORTED = (ACR_PWD, ACR_MFA)
-AUTH_METHODS_SUPPORTED = ["none", "client_secret_basic", "client_secret_post"]
-# Authlib's grants and endpoints try methods in this order.
-ALL_CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "none"]
+KEY_CLIENT_ID = "devicelink-sim-device"  # private_key_jwt, with the keys DevServer.register_device_key gives it
+AUTH_METHODS_SUPPORTED = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+# Authlib's grants and endpoints try methods in this order; an assertion is checked first, so a bad
+# one is invalid_client rather than a public client's request.
+ALL_CLIENT_AUTH = ["private_key_jwt", "client_secret_basic", "client_secret_post", "none"]
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ class State:
         self.user_codes: dict[str, DeviceCode] = {}  # by normalize_user_code()
         self.access_tokens: dict[str, AccessToken] = {}
         self.refresh_tokens: dict[str, RefreshToken] = {}
+        #: private_key_jwt (client_auth.py): (client_id, jti) seen, until when; every assertion checked.
+        self.assertion_ids: dict[tuple[str, str], float] = {}
+        self.assertions: list[dict] = []
         self._token_requests: Counter[str] = Counter()
         self._token_log: list[TokenEvent] = []
         self._device_authorizations = 0

@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a credential already sealed with the new key, instead of making one")
     rekey.add_argument("--seal", choices=("auto", "host", "tpm2", "host+tpm2"), default="auto",
                        help="what systemd-creds seals a new credential to")
+    command("provision", "make the device's identity key; print it to register",
+            "Make the device's identity key (state_dir/identity.jwk) unless it exists, and print the "
+            "serial number and the public key as a JWKS, in JSON, for the authorization server's client "
+            "registration (private_key_jwt). Never replaces a key (docs/identity.md).")
     return parser
 
 
@@ -151,6 +155,8 @@ def _main(argv: list[str]) -> int:
             return _run(args)
         if args.command == "rekey":
             return _rekey(args)
+        if args.command == "provision":
+            return _provision(args)
         if args.command == "doctor":
             from devicelink import config, doctor
 
@@ -280,6 +286,20 @@ def _rekey(args: argparse.Namespace) -> int:
     except (DeviceLinkError, OSError) as exc:
         return _fail(str(exc), 1)
     print(done)  # outside the try: a closed stdout is not a failed rekey
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    import json
+
+    from devicelink.identity.provision import provision
+
+    cfg = _load_config(args)
+    try:
+        done = provision(cfg)
+    except (DeviceLinkError, OSError) as exc:
+        return _fail(str(exc), 1)
+    print(json.dumps(done, indent=2))
     return 0
 
 

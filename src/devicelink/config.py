@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from devicelink import paths
 from devicelink.errors import ConfigError
+from devicelink.identity import settings as identity
+from devicelink.identity.settings import IdentityConfig
 
 DEFAULT_PATH = paths.CONFIG_PATH
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
@@ -52,6 +54,8 @@ class ProviderConfig:
     allow_insecure_http: bool = False
     #: Hosts, besides the issuer's, that a code's verification URI may name (Google's, Microsoft's).
     verification_hosts: tuple[str, ...] = ()
+    #: What a private_key_jwt assertion's aud names (identity.settings.AUDIENCES); None: the issuer.
+    assertion_audience: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     gpio: GpioConfig | None = None
     clients: tuple[ClientPolicy, ...] = ()
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
 
 def default_path() -> Path:
@@ -209,7 +214,7 @@ def load_drop_in(path: Path, owners: frozenset[int] | None = None) -> tuple[Clie
 def parse(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
     v = _Validator(path)
-    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client"})
+    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity"})
     if "provider" not in raw:
         v.fail("[provider]", "missing section; it needs at least issuer and client_id")
 
@@ -218,7 +223,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         "device_authorization_endpoint": v.url, "token_endpoint": v.url, "revocation_endpoint": v.url,
         "client_auth": v.choice(CLIENT_AUTH_METHODS), "client_secret_file": v.path,
         "resource": v.resources, "dpop": v.boolean, "allow_insecure_http": v.boolean,
-        "verification_hosts": v.hosts,
+        "verification_hosts": v.hosts, "assertion_audience": identity.audience(v),
     }, required=("issuer", "client_id"))
     v.check_transport(provider)
     v.check_client_auth(provider)
@@ -241,7 +246,8 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     clients = v.clients(raw)
     refresh = v.section(raw, "refresh", RefreshConfig, {"min_interval": v.number(1, 3600)})
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
-                  display=display, gpio=gpio, clients=clients, refresh=refresh)
+                  display=display, gpio=gpio, clients=clients, refresh=refresh,
+                  identity=identity.identity_section(v, raw))
 
 
 class _Validator:
@@ -408,9 +414,7 @@ class _Validator:
     def check_client_auth(self, p: ProviderConfig) -> None:
         if p.client_auth in ("client_secret_basic", "client_secret_post") and p.client_secret_file is None:
             self.fail("[provider] client_secret_file", f"missing; client_auth = {p.client_auth!r} needs it")
-        if p.client_auth == "private_key_jwt":
-            self.fail("[provider] client_auth", "'private_key_jwt' arrives with per-device identity; "
-                      "expected 'none', 'client_secret_basic' or 'client_secret_post' in this version")
+        identity.check_private_key_jwt(self, p.client_auth, p.assertion_audience)
         if p.dpop:
             self.fail("[provider] dpop", "DPoP arrives with per-device identity; expected false in this version")
 

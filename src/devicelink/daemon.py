@@ -13,7 +13,7 @@ import os
 import signal
 from contextlib import AsyncExitStack
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from devicelink.config import Config
 from devicelink.errors import ConfigError, StoreError
@@ -68,6 +68,19 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
         return current
 
 
+def signing_params(cfg: Config, endpoints: Callable[[], Any]) -> dict[str, Any]:
+    """What ``private_key_jwt`` needs (the device's key, loaded or made now; the issuer; the
+    audience; the token endpoint as ``endpoints()`` knows it when a request goes), or nothing
+    for the methods that do not sign: then no key code (``cryptography``'s EC) is imported."""
+    p = cfg.provider
+    if p.client_auth != "private_key_jwt":
+        return {}
+    from devicelink.identity.signer import open_signer
+
+    return {"signer": open_signer(cfg), "issuer": p.issuer, "audience": p.assertion_audience or ("issuer",),
+            "token_endpoint": lambda: (found := endpoints()) and found.token_endpoint}
+
+
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT arrive)."""
     from devicelink import systemd
@@ -89,6 +102,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
     store = EncryptedFileStore(cfg.storage.state_dir, key, set_aside=True)
+    # Under the state lock, as it may make the key. `device` is made below; the lambda reads it at a send.
+    signing = signing_params(cfg, lambda: device.endpoints)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +120,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
         stack.callback(display.close)
         # No HTTP client yet: OAuthHttp makes one when a request is due and closes it when idle.
-        auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret)
+        auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret, **signing)
         device = Device(cfg, store, OAuthHttp(None, auth), display=display, key_source=key_source)
         await device.start()
         stack.push_async_callback(device.stop)

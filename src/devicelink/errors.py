@@ -17,7 +17,8 @@
     ├─ Refused                      the engine refuses a local caller; .code says why
     ├─ StoreError                   the state file could not be written
     │  ├─ StoreUnreadable           ... or read back (corrupt, wrong key)
-    │  └─ StateDirBusy              another process holds the state directory
+    │  ├─ StateDirBusy              another process holds the state directory
+    │  └─ IdentityError             the device's identity key cannot be used (never replaced)
     ├─ SocketInUse                  another daemon answers on our socket path
     ├─ DaemonUnreachable            a client could not reach the daemon (ConnectionError)
     ├─ DaemonError                  a client got an error answer from the daemon
@@ -137,6 +138,11 @@ class StateDirBusy(StoreError):
     def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class IdentityError(StoreError):
+    """The device's identity key (``state_dir/identity.jwk``) is unusable: planted, damaged or
+    unreadable. It is never replaced on its own: the key is the device's identity."""
 
 
 class SocketInUse(DeviceLinkError):

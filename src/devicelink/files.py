@@ -19,7 +19,9 @@ import os
 import re
 import secrets
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 #: Our temp files: ``.<name>.<16 hex>.tmp`` (and ``.<name>.tmp``, the name before they were random).
 TEMP_NAME = re.compile(r"\..+?(?:\.[0-9a-f]{16})?\.tmp")
@@ -137,6 +139,28 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+@contextmanager
+def as_owner(directory: Path) -> Iterator[None]:
+    """Root writes in the state directory as its owner (``rekey``, ``provision``), so the
+    daemon can read what it wrote; anyone else writes as themselves."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        yield
+        return
+    if os.geteuid() != 0 or st.st_uid == 0:
+        yield
+        return
+    egid = os.getegid()
+    os.setegid(st.st_gid)
+    os.seteuid(st.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -75,12 +75,12 @@ import logging
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from devicelink.config import Config
 from devicelink.errors import ConfigError, StoreError, StoreUnreadable
+from devicelink.files import as_owner as _as_owner
 from devicelink.tokens import keys
 from devicelink.tokens.store import EncryptedFileStore, atomic_write, fsync_dir
 
@@ -371,23 +371,3 @@ def _done(cfg: Config, state_dir: Path, target: str, old_source: str | None, had
 def _state_files(state_dir: Path) -> list[Path]:
     return sorted(state_dir.glob("state*.bin"))
 
-
-@contextmanager
-def _as_owner(directory: Path) -> Iterator[None]:
-    """Root writes in the state directory as its owner, so the daemon can read what it wrote."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        yield
-        return
-    if os.geteuid() != 0 or st.st_uid == 0:
-        yield
-        return
-    egid = os.getegid()
-    os.setegid(st.st_gid)
-    os.seteuid(st.st_uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(egid)

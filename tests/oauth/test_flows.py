@@ -10,7 +10,6 @@ import json
 import random
 import unicodedata
 
-import httpx
 import pytest
 
 from devicelink.errors import GrantFailed, RefreshRejected, ScopeIgnored, TargetRefused
@@ -18,6 +17,7 @@ from devicelink.oauth import auth, grant
 from devicelink.oauth import messages as m
 from devicelink.oauth import refresh as flows
 from devicelink.oauth.http import ClientAuth, OAuthHttp, secrets_sent
+from tests.helpers import refresh_with_retries
 
 ENDPOINTS = m.Endpoints(token_endpoint="https://id.example/token",
                         device_authorization_endpoint="https://id.example/device",
@@ -224,28 +224,7 @@ class Counting:
 def test_a_registered_method_signs_every_request_retries_included(monkeypatch):
     monkeypatch.setitem(auth.METHODS, "counting", Counting)
     client_auth = ClientAuth("tv", "counting")
-    seen: list[httpx.Request] = []
-
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if len(seen) < 3:
-            return httpx.Response(503, headers={"retry-after": "1"})
-        return httpx.Response(200, json=TOKENS)
-
-    now = [100.0]
-
-    async def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    async def main():
-        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as client:
-            http = OAuthHttp(client, client_auth, clock=lambda: now[0])
-            backoff = grant.Backoff(random.Random(1))
-            return await http.run(grant.exchange(m.refresh_request(ENDPOINTS, "rt-1"), backoff), sleep=sleep)
-
-    import asyncio
-
-    reply = asyncio.run(main())
+    reply, seen = refresh_with_retries(client_auth)
     assert reply.status == 200 and len(seen) == 3
     proofs = [r.headers["x-proof"] for r in seen]
     assert [p.split("@")[0] for p in proofs] == ["1", "2", "3"]  # made afresh for each send
@@ -263,8 +242,8 @@ def test_discovery_takes_no_client_authentication_and_token_requests_do():
 
 
 def test_an_unknown_method_is_refused():
-    with pytest.raises(ValueError, match="private_key_jwt"):
-        ClientAuth("tv", "private_key_jwt")
+    with pytest.raises(ValueError, match="unknown client authentication method 'client_secret_jwt'"):
+        ClientAuth("tv", "client_secret_jwt")
 
 
 # -- issue 10 item 9: a 4xx that is not a recognised retryable answer refuses the grant ---------

@@ -40,6 +40,14 @@
 //                             it to prove none of them leaks into the device's
 //                             files or logs, and to see what the device
 //                             presented. Never set it elsewhere.
+//   OP_CLIENT_JWKS            if set, a JWKS (JSON) of public keys: a second
+//                             client, KEY_CLIENT_ID, is registered with
+//                             token_endpoint_auth_method private_key_jwt
+//                             (RFC 7523 section 2.2) and these keys, ES256
+//                             only. oidc-provider checks each assertion's
+//                             signature, iss, sub, aud (the issuer, the
+//                             token endpoint or the endpoint's URL), exp, and
+//                             that its jti was never seen before.
 //
 // Beyond the device flow, rotation and revocation, it is set up for what the
 // daemon sends on behalf of its apps:
@@ -79,6 +87,7 @@ console.info = (...args) => console.error(...args);
 const { default: Provider, errors } = await import('oidc-provider');
 
 const CLIENT_ID = 'devicelink-test';
+const KEY_CLIENT_ID = 'devicelink-test-key';
 const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
 // The resource servers this server issues tokens for (RFC 8707), the same URIs
@@ -117,6 +126,15 @@ if (portArg === undefined || !/^\d+$/.test(portArg) || Number(portArg) > 65535) 
   usage(`expected a port number, got ${JSON.stringify(portArg)}`);
 }
 const accessTokenTtl = positiveInt('OP_ACCESS_TOKEN_TTL', 60);
+let clientJwks;
+if (process.env.OP_CLIENT_JWKS) {
+  try {
+    clientJwks = JSON.parse(process.env.OP_CLIENT_JWKS);
+  } catch {
+    usage('OP_CLIENT_JWKS must be a JWKS in JSON');
+  }
+  if (!Array.isArray(clientJwks?.keys)) usage('OP_CLIENT_JWKS must be a JWKS ({"keys": [...]})');
+}
 const devicePollInterval = nonNegativeInt('OP_DEVICE_POLL_INTERVAL');
 
 // Listen first: the issuer has to carry the real port, and with PORT 0 that is
@@ -150,6 +168,16 @@ const configuration = {
       response_types: [],
       redirect_uris: [],
     },
+    ...(clientJwks ? [{
+      client_id: KEY_CLIENT_ID,
+      client_name: 'devicelink test device with its own key',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: clientJwks,
+      grant_types: [DEVICE_CODE_GRANT, 'refresh_token'],
+      response_types: [],
+      redirect_uris: [],
+    }] : []),
   ],
   // `profile` is a scope through its claims; `openid` and `offline_access`
   // are listed explicitly.

@@ -146,7 +146,9 @@ def test_discovery_metadata(srv, http, path):
         "none",
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
     }
+    assert meta["token_endpoint_auth_signing_alg_values_supported"] == ["ES256"]
     assert "openid" in meta["scopes_supported"]
     assert "response_types_supported" in meta
     assert http.get(meta["jwks_uri"]).json()["keys"][0]["alg"] == "RS256"

@@ -44,6 +44,8 @@ SERVER_DIR = REPO_ROOT / "tests" / "oidc_provider"
 SERVER_SCRIPT = SERVER_DIR / "server.mjs"
 
 CLIENT_ID = "devicelink-test"
+#: The private_key_jwt client server.mjs registers when given public keys (``client_jwks``).
+KEY_CLIENT_ID = "devicelink-test-key"
 #: The resource servers (RFC 8707) server.mjs issues JWT access tokens for, with their scopes.
 RESOURCE_SERVERS = {
     "https://api.example.com": "api:read api:write",
@@ -203,18 +205,22 @@ class OidcProvider:
     ``access_token_ttl`` becomes the server's ``OP_ACCESS_TOKEN_TTL``.
     ``device_poll_interval``, if given, makes the server add an ``interval``
     member to the device authorization response (oidc-provider itself sends
-    none and enforces none; see server.mjs).
+    none and enforces none; see server.mjs). ``client_jwks``, a JWKS of public keys, registers
+    :data:`KEY_CLIENT_ID`, a ``private_key_jwt`` client whose assertions those keys sign.
     """
 
     client_id: str = CLIENT_ID
+    key_client_id: str = KEY_CLIENT_ID
 
-    def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None) -> None:
+    def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
+                 client_jwks: dict | None = None) -> None:
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
             raise ValueError("device_poll_interval must not be negative")
         self.access_token_ttl = access_token_ttl
         self.device_poll_interval = device_poll_interval
+        self.client_jwks = client_jwks
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -258,6 +264,11 @@ class OidcProvider:
         env.pop("OP_DEVICE_POLL_INTERVAL", None)
         if self.device_poll_interval is not None:
             env["OP_DEVICE_POLL_INTERVAL"] = str(self.device_poll_interval)
+        env.pop("OP_CLIENT_JWKS", None)
+        if self.client_jwks is not None:
+            import json
+
+            env["OP_CLIENT_JWKS"] = json.dumps(self.client_jwks)
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 

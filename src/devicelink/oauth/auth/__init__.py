@@ -15,8 +15,12 @@ and ``[provider] client_auth`` names it. The flows in ``oauth/`` never see any o
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from devicelink.identity.signer import Signer
 
 
 @dataclass
@@ -35,12 +39,26 @@ class Outgoing:
         return f"Outgoing({self.kind} {self.method} {self.url})"
 
 
+def _unknown() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class AuthParams:
-    """What a method may need, from the config (the secret read from its file)."""
+    """What a method may need, from the config (the secret read from its file).
+
+    The methods that sign (``private_key_jwt``) also get the device's ``signer``, the
+    ``issuer``, what ``audience`` names (``[provider] assertion_audience``), the
+    ``token_endpoint`` as known when a request is sent (discovery may find it), and a
+    ``wall_clock``: ``prepare``'s ``now`` is monotonic, and a JWT's ``iat`` and ``exp`` are not."""
 
     client_id: str
     secret: str | None = field(default=None, repr=False)
+    signer: Signer | None = None
+    issuer: str | None = None
+    audience: tuple[str, ...] = ("issuer",)
+    token_endpoint: Callable[[], str | None] = field(default=_unknown, repr=False)
+    wall_clock: Callable[[], float] = field(default=time.time, repr=False)
 
 
 class Method(Protocol):
@@ -62,13 +80,14 @@ class ClientAuth:
     """The device's client authentication: the method ``[provider] client_auth`` names,
     applied to every request that takes it."""
 
-    def __init__(self, client_id: str, method: str = "none", secret: str | None = None) -> None:
+    def __init__(self, client_id: str, method: str = "none", secret: str | None = None, **params: Any) -> None:
+        """``params``: the rest of :class:`AuthParams`, for the methods that need them."""
         try:
             factory = METHODS[method]
         except KeyError:
             raise ValueError(f"unknown client authentication method {method!r}") from None
         self.client_id, self.method = client_id, method
-        self._method = factory(AuthParams(client_id, secret))
+        self._method = factory(AuthParams(client_id, secret, **params))
 
     def __repr__(self) -> str:
         return f"ClientAuth({self.client_id!r}, {self.method!r})"
@@ -83,4 +102,5 @@ class ClientAuth:
         self.prepare(out)
 
 
-from devicelink.oauth.auth import secret as _secret  # noqa: E402,F401  (registers its methods)
+from devicelink.oauth.auth import private_key_jwt as _private_key_jwt  # noqa: E402,F401  (registers its methods)
+from devicelink.oauth.auth import secret as _secret  # noqa: E402,F401
