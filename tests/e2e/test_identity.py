@@ -141,3 +141,5 @@ def test_oidc_provider_refuses_assertions_signed_by_another_key(short_tmp, daemo
     with OidcProvider(client_jwks=provision_elsewhere(short_tmp)["jwks"]) as op:
         d = daemons(write_config(short_tmp, op.issuer, op.key_client_id, scope=SCOPE, extra=PKJWT))
         d.wait_for(r"pairing failed: the authorization server refused the device authorization request: invalid_client")
+        status = json.loads(d.cli("status", "--json").stdout)
+        assert status["last_error_kind"] == "client" and "public key is registered" in status["last_error"]

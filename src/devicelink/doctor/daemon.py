@@ -22,8 +22,8 @@ ADVICE = {
     "upstream": (WARN, "the daemon retries by itself with backoff; the server check below and " + DETAILS),
     "budget": (WARN, "the daemon waits for its hourly request budget, then retries by itself"),
     "refused": (WARN, "the daemon confirms the refusal with one more attempt, then asks to pair again"),
-    "client": (FAIL, "the server did not accept this client: check client_id and client_secret_file in "
-                     "[provider] (the grant is kept, and works again once they are right)"),
+    "client": (FAIL, "the server did not accept this client: fix what the error names in [provider] "
+                     "(a grant held is kept, and works again once it is right)"),
     "storage": (FAIL, "free space in the state directory, or move away what sits at state.bin; the daemon "
                       "saves by itself once it can, and until then do not stop it: the grant on disk is stale"),
     "unreadable": (FAIL, "the state was set aside: restore the key that encrypted it and rename the file back "

@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 ANSWER_WAIT = 30.0  # how long POST /v1/pair waits for the code it will print
 
 
+#: What to check when the server refuses the client itself (``invalid_client``), by ``client_auth``.
+CLIENT_HINT = {
+    "none": "check [provider] client_id, and that the client may use the device flow at the server",
+    "client_secret_basic": "check [provider] client_id and the secret in client_secret_file",
+    "client_secret_post": "check [provider] client_id and the secret in client_secret_file",
+    "private_key_jwt": "check [provider] client_id, that this device's public key is registered for it "
+                       "(devicelink provision prints it) and that the clock is right",
+}
+
+
 class Pairing:
     def __init__(self, device: Device) -> None:
         self.device = device
@@ -99,7 +109,13 @@ class Pairing:
                     continue
                 self._failed(Event.PAIRING_FAILED, str(exc))
                 return
-            except (GrantFailed, ProtocolViolation) as exc:
+            except GrantFailed as exc:
+                if exc.oauth_error == "invalid_client":  # RFC 6749 §5.2: the config, not the user
+                    self._failed(Event.PAIRING_FAILED, f"{exc}; {CLIENT_HINT[provider.client_auth]}", Trouble.CLIENT)
+                else:
+                    self._failed(Event.PAIRING_FAILED, str(exc))
+                return
+            except ProtocolViolation as exc:
                 self._failed(Event.PAIRING_FAILED, str(exc))
                 return
             except Exception as exc:  # never leave a dead task behind a code on screen
@@ -114,11 +130,11 @@ class Pairing:
         p = self.device.provider
         return grant.VerificationRule.of(p.issuer, p.verification_hosts, p.allow_insecure_http)
 
-    def _failed(self, event: Event, reason: str) -> None:
+    def _failed(self, event: Event, reason: str, kind: Trouble = Trouble.PAIRING) -> None:
         device = self.device
         logger.error("pairing failed: %s", reason)
         self.settled.set()
-        device.report(Trouble.PAIRING, reason)
+        device.report(kind, reason)
         device.message = "Pairing failed. Press the button or run `devicelink pair` to try again."
         device.move(event)
 
