@@ -415,8 +415,6 @@ class _Validator:
         if p.client_auth in ("client_secret_basic", "client_secret_post") and p.client_secret_file is None:
             self.fail("[provider] client_secret_file", f"missing; client_auth = {p.client_auth!r} needs it")
         identity.check_private_key_jwt(self, p.client_auth, p.assertion_audience)
-        if p.dpop:
-            self.fail("[provider] dpop", "DPoP arrives with per-device identity; expected false in this version")
 
 
 def transport_allowed(url: str, allow_insecure_http: bool) -> bool:

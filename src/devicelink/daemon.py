@@ -69,16 +69,25 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
 
 
 def signing_params(cfg: Config, endpoints: Callable[[], Any]) -> dict[str, Any]:
-    """What ``private_key_jwt`` needs (the device's key, loaded or made now; the issuer; the
-    audience; the token endpoint as ``endpoints()`` knows it when a request goes), or nothing
-    for the methods that do not sign: then no key code (``cryptography``'s EC) is imported."""
+    """What signs with the device's key: ``private_key_jwt`` (the key, loaded or made now; the
+    issuer; the audience; the token endpoint as ``endpoints()`` knows it when a request goes)
+    and DPoP proofs (``dpop``, RFC 9449), the same key. Nothing for a daemon that does neither:
+    then no key code (``cryptography``'s EC) is imported."""
     p = cfg.provider
-    if p.client_auth != "private_key_jwt":
+    if p.client_auth != "private_key_jwt" and not p.dpop:
         return {}
     from devicelink.identity.signer import open_signer
 
-    return {"signer": open_signer(cfg), "issuer": p.issuer, "audience": p.assertion_audience or ("issuer",),
-            "token_endpoint": lambda: (found := endpoints()) and found.token_endpoint}
+    signer = open_signer(cfg)
+    params: dict[str, Any] = {}
+    if p.client_auth == "private_key_jwt":
+        params.update(signer=signer, issuer=p.issuer, audience=p.assertion_audience or ("issuer",),
+                      token_endpoint=lambda: (found := endpoints()) and found.token_endpoint)
+    if p.dpop:
+        from devicelink.oauth.auth.dpop import DPoP
+
+        params["dpop"] = DPoP(signer)
+    return params
 
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:

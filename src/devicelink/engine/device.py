@@ -288,7 +288,8 @@ class Device:
 
     def issue(self, tokens: TokenSet, now: float | None = None) -> Issued:
         now = self.clock() if now is None else now
-        return Issued(tokens.access_token, "Bearer", max(0, int(tokens.expires_in(now))),
+        token_type = "DPoP" if tokens.token_type.lower() == "dpop" else "Bearer"  # which header apps send
+        return Issued(tokens.access_token, token_type, max(0, int(tokens.expires_in(now))),
                       tokens.scope or self.provider.scope or "")
 
     async def refresh(self) -> None:

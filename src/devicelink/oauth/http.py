@@ -4,7 +4,8 @@ Every exchange with the authorization server is a generator in ``oauth/``
 (``grant.py``, ``refresh.py``) that yields :class:`~devicelink.oauth.steps.Send`
 and is sent the :class:`Response` or :class:`Failure`. :class:`OAuthHttp` sends
 them: it passes every request through the client-authentication hook
-(``oauth/auth``) just before it goes out, retries included, bounds every
+(``oauth/auth``: client authentication, and DPoP proofs) just before it goes out, retries
+included, sends once more with a DPoP server's nonce when it asks for it, bounds every
 exchange in time and size, and turns whatever the network does into a
 :class:`Failure` for the flow to judge. TLS verification is httpx's default and
 is never turned off.
@@ -28,6 +29,7 @@ from devicelink import __version__
 from devicelink.oauth import steps
 from devicelink.oauth import messages as m
 from devicelink.oauth.auth import ClientAuth, Outgoing
+from devicelink.oauth.auth.dpop import NONCE_ERROR
 
 __all__ = ["DEADLINE", "IDLE_CLOSE", "MAX_BODY", "ClientAuth", "OAuthHttp", "run_sync"]
 
@@ -59,13 +61,32 @@ class OAuthHttp:
         return self._client is not None
 
     async def send(self, request: m.Request) -> m.Reply:
-        """One exchange. Never raises for network trouble: that is a :class:`Failure`."""
-        httpx = _httpx()
+        """One exchange. Never raises for network trouble: that is a :class:`Failure`.
 
+        With DPoP, an answer ``use_dpop_nonce`` that brings a nonce (RFC 9449 §8) is followed
+        by one more send of the same request, prepared afresh (a new proof with that nonce, a
+        new client assertion); the caller gets the second answer only."""
         out = outgoing(request, self.auth, self.clock())
         self._busy += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        try:
+            reply = await self._bounded(out)
+            if self._nonce_asked(out, reply):
+                logger.info("%s request to %s: the server asked for a DPoP nonce; sending it again with it",
+                            out.kind, out.url)
+                out = outgoing(request, self.auth, self.clock())
+                reply = await self._bounded(out)
+                self._nonce_asked(out, reply)  # remembers its nonce for the next request; no third send
+            return reply
+        finally:
+            self._busy -= 1
+            if self._owned and self._busy == 0 and self._client is not None:
+                self._idle_timer = asyncio.get_running_loop().call_later(
+                    self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
+
+    async def _bounded(self, out: Outgoing) -> m.Reply:
+        httpx = _httpx()
         try:
             # wait_for, not asyncio.timeout: the exchange runs in a task of its own, so the
             # deadline still ends in TimeoutError under anyio 3 (httpcore 0.16, Debian 12),
@@ -77,11 +98,14 @@ class OAuthHttp:
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             return self._failed(out, describe_exception(exc), exc)
-        finally:
-            self._busy -= 1
-            if self._owned and self._busy == 0 and self._client is not None:
-                self._idle_timer = asyncio.get_running_loop().call_later(
-                    self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
+
+    def _nonce_asked(self, out: Outgoing, reply: m.Reply) -> bool:
+        """Whether ``reply`` to a request with a DPoP proof is ``use_dpop_nonce`` with a nonce to
+        use (RFC 9449 §8). Any answer's nonce is kept for the next proofs to that server."""
+        dpop = self.auth.dpop
+        if dpop is None or "dpop" not in out.headers or not isinstance(reply, m.Response):
+            return False
+        return dpop.answered(out.url, reply.headers) is not None and m.oauth_error(reply) == NONCE_ERROR
 
     async def _exchange(self, out: Outgoing) -> m.Reply:
         httpx = _httpx()
@@ -96,7 +120,8 @@ class OAuthHttp:
                 if len(body) > MAX_BODY:
                     return self._failed(out, f"answer larger than {MAX_BODY} bytes")
             return m.Response(resp.status_code, bytes(body), self.clock(),
-                              {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out))
+                              {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out),
+                              dpop="dpop" in out.headers)
 
     def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
