@@ -113,6 +113,8 @@ class ClientPolicy:
     scope: str | None = None  # the most this app may get; none: no tokens (status and events only)
     resource: tuple[str, ...] | None = None  # RFC 8707 resources it may ask for; none: [provider] resource
     admin: bool = False
+    #: DPoP proofs without an access token (docs/dpop.md): the app may bind tokens of its own to the device key.
+    dpop_proofs_without_token: bool = False
     origin: Path | None = None  # the file it came from, for messages
 
 
@@ -288,7 +290,8 @@ class _Validator:
         if not isinstance(entry, dict):
             self.fail(where, "expected a table")
         checks = {"name": self.name, "user": self.text, "uid": self.integer(0, 2**32 - 2),
-                  "group": self.text, "scope": self.scope, "resource": self.resources, "admin": self.boolean}
+                  "group": self.text, "scope": self.scope, "resource": self.resources, "admin": self.boolean,
+                  "dpop_proofs_without_token": self.boolean}
         self.only(entry, where, set(checks))
         if "name" not in entry:
             self.fail(f"{where} name", "missing; every client needs a name")

@@ -12,6 +12,7 @@ Its rooms, each in a module of its own:
 - ``refresher.py``: the silent refresh schedule and what a failure costs;
 - ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
 - ``stepup.py``: RFC 9470 step-up sessions;
+- ``proofs.py``: DPoP proofs for apps (RFC 9449), for the tokens each was handed;
 - ``revocations.py``: revocations owed to the server;
 - ``statefile.py`` and ``record.py`` (pure): what the state file holds, and when it is written.
 
@@ -39,6 +40,7 @@ from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone,
                                        Trouble, Unpaired)
 from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
+from devicelink.engine.proofs import AppProofs
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
 from devicelink.engine.statefile import StateFile
@@ -115,6 +117,7 @@ class Device:
         self.narrowed = Narrowed(self)
         self.revocations = Revocations(self)
         self.state_file = StateFile(self)
+        self.proofs = AppProofs(self)  # DPoP proofs for apps, for the tokens they were handed
         # Pairing and step-up are made on first use: a paired device that restarts may never
         # need them, and their modules (the device flow, discovery) are not even imported.
         self._pairer: Pairing | None = None
@@ -153,6 +156,7 @@ class Device:
             self.pairing = None
         if self.state not in HOLDS_GRANT:
             self.narrowed.forget()
+            self.proofs.forget()
             if self._step_ups is not None:
                 self._step_ups.discard_all()  # stronger tokens of an account no longer the device's
         self.redraw()
