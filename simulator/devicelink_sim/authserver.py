@@ -43,6 +43,7 @@ from .settings import (
     Settings,
     asked_acr,
 )
+from .dpop import Proofs
 from .signing import SigningKey
 from .state import State
 
@@ -71,6 +72,8 @@ class DevServer:
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         resources: tuple[str, ...] = DEFAULT_RESOURCES,
         honour_step_up: bool = True,
+        dpop: bool = True,
+        dpop_nonce: bool = False,
         client_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -83,7 +86,11 @@ class DevServer:
             scopes=scopes,
             resources=resources,
             honour_step_up=honour_step_up,
+            dpop=dpop,
+            dpop_nonce=dpop_nonce,
         )
+        #: DPoP proofs (RFC 9449, dpop.py): checked against the wall clock (iat), as a server's are.
+        self.proofs = Proofs(require_nonce=dpop_nonce)
         self._port = port
         self._clock = clock
         self.client_id = PUBLIC_CLIENT_ID
@@ -251,6 +258,18 @@ class DevServer:
         with self._state.lock:
             return list(self._state.assertions)
 
+    @property
+    def dpop_proofs(self) -> list[dict]:
+        """The claims of every DPoP proof that passed, in order, each with ``jkt``, the RFC 7638
+        thumbprint of its key (for tests: one per request, a new jti each, the nonce it carried)."""
+        with self._state.lock:
+            return list(self.proofs.checked)
+
+    def new_dpop_nonce(self) -> str:
+        """The server's DPoP nonce moves on (``dpop_nonce=True``): proofs with the old one get use_dpop_nonce."""
+        with self._state.lock:
+            return self.proofs.new_nonce()
+
     def pending_user_codes(self) -> list[str]:
         """User codes that are live and still waiting for a decision."""
         with self._state.lock:
@@ -284,7 +303,8 @@ class DevServer:
           request sent them, also when the server does not honour them;
         - `iat`, `exp`: seconds since the epoch, mapped from the server's clock at the
           time of the call; `expires_in`: seconds left on the server's clock;
-        - `grant`: a number for the grant (one device authorization) it belongs to.
+        - `grant`: a number for the grant (one device authorization) it belongs to;
+        - `token_type` (`DPoP` or `Bearer`), and `cnf` `{"jkt": ...}` for a DPoP-bound one (RFC 9449 §6.2).
         """
         with self._state.lock:
             token = self._state.access_tokens.get(access_token)
@@ -310,6 +330,8 @@ class DevServer:
                 "exp": int(wall + (token.expires_at - now)),
                 "expires_in": token.get_expires_in(),
                 "grant": grant.id,
+                "token_type": "DPoP" if token.jkt else "Bearer",
+                **({"cnf": {"jkt": token.jkt}} if token.jkt else {}),
             }
 
     def issued_refresh_tokens(self) -> list[str]:

@@ -118,6 +118,10 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
                              f"default {' '.join(DEFAULT_RESOURCES)}")
     parser.add_argument("--no-step-up", dest="honour_step_up", action="store_false",
                         help="ignore acr_values and max_age (RFC 9470), as a server without step-up does")
+    parser.add_argument("--no-dpop", dest="dpop", action="store_false",
+                        help="ignore DPoP proofs (RFC 9449) and issue Bearer tokens, as a server without DPoP does")
+    parser.add_argument("--dpop-nonce", action="store_true",
+                        help="want the server's nonce in every DPoP proof (use_dpop_nonce otherwise, RFC 9449 §8)")
     parser.add_argument("--client-secret", default=None,
                         help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
     parser.add_argument("--client-jwks", type=_jwks, default=None, metavar="FILE",
@@ -149,6 +153,8 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
             rotate_refresh_tokens=args.rotate_refresh_tokens,
             resources=DEFAULT_RESOURCES if args.resources is None else tuple(args.resources),
             honour_step_up=args.honour_step_up,
+            dpop=args.dpop,
+            dpop_nonce=args.dpop_nonce,
             client_secret=args.client_secret,
         )
     except ValueError as exc:

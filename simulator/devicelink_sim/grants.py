@@ -23,6 +23,9 @@ What a device may send beyond the plain device flow:
   was issued for with `DevServer.access_token_info`.
 - `acr_values` and `max_age` (RFC 9470, OIDC) on the device authorization
   request, honoured unless `honour_step_up=False`; see `DevServer.approve`.
+- a DPoP proof (RFC 9449; checked by app.py with dpop.py): the tokens are of type
+  `DPoP`, bound to its key (`cnf.jkt`), and so is a public client's refresh token,
+  which then refreshes only with a proof by the same key (else `invalid_grant`).
 
 Clients authenticate with `none`, `client_secret_basic`, `client_secret_post`
 or `private_key_jwt` (client_auth.py) at every endpoint, as their record allows.
@@ -41,6 +44,7 @@ from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
+from flask import g
 
 from .client_auth import METHOD as PRIVATE_KEY_JWT, PrivateKeyJwt
 from .records import DeviceCode, RefreshToken, normalize_user_code
@@ -88,8 +92,11 @@ class DevAuthorizationServer(AuthorizationServer):
         if "openid" in token.get("scope", "").split():
             token["id_token"] = self.keys.id_token(self.issuer(), request.client.get_client_id(), grant,
                                                     self.settings.access_token_lifetime)
+        jkt = g.get("dpop_jkt")  # app.py checked the request's DPoP proof
+        if jkt is not None and grant.jkt is None and "none" in request.client.auth_methods:
+            grant.jkt = jkt  # RFC 9449 §5: a public client's refresh tokens are bound to its key
         # The grant's validate_token_request set `audience` (RFC 8707).
-        self.state.store_tokens(grant, token, refresh_scope, request.audience)
+        self.state.store_tokens(grant, token, refresh_scope, request.audience, jkt=jkt)
 
     def check_resources(self, request, granted: tuple[str, ...]) -> tuple[str, ...]:
         """The `resource` values of a request (RFC 8707), each one the server knows and,
@@ -110,7 +117,7 @@ class DevAuthorizationServer(AuthorizationServer):
         # knows nothing of ID tokens, so build the response here.
         scope = client.get_allowed_scope(scope)
         token = {
-            "token_type": "Bearer",
+            "token_type": "DPoP" if g.get("dpop_jkt") else "Bearer",  # RFC 9449 §5
             "access_token": secrets.token_urlsafe(32),
             "expires_in": self.settings.access_token_lifetime,
         }
@@ -235,6 +242,8 @@ class _RefreshTokenGrant(RefreshTokenGrant):
         # request changes nothing: the refresh token is not rotated.
         super().validate_token_request()
         grant = self.request.refresh_token.grant
+        if grant.jkt is not None and g.get("dpop_jkt") != grant.jkt:  # RFC 9449 §5
+            raise InvalidGrantError("The refresh token is bound to a DPoP key this request has no proof of.")
         self.request.audience = self.server.check_resources(self.request, grant.resources) or grant.resources
 
     def authenticate_refresh_token(self, refresh_token):

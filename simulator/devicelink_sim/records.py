@@ -142,6 +142,8 @@ class Grant:
     max_age: int | None = None
     id: int = 0  # numbered by State.new_grant, from 1
     revoked: bool = False
+    #: RFC 9449 §5: the DPoP key its refresh tokens are bound to (a public client's, paired with a proof).
+    jkt: str | None = None
     #: The one refresh token of this grant that may be presented without question.
     current: RefreshToken | None = field(default=None, repr=False)
 
@@ -180,6 +182,8 @@ class AccessToken(_Token):
     revoked: bool = False
     #: The refresh token issued in the same response (None when none was).
     issued_with: str | None = field(default=None, repr=False)
+    #: RFC 9449 §6: the thumbprint of the DPoP key it is bound to (cnf.jkt); None for a Bearer token.
+    jkt: str | None = None
 
     def is_revoked(self):
         return self.revoked or self.grant.revoked

@@ -39,6 +39,11 @@ class Settings:
     #: RFC 9470: act on acr_values and max_age and advertise acr_values_supported.
     #: False plays a server that ignores them: every login is ACR_PWD.
     honour_step_up: bool = True
+    #: RFC 9449: check DPoP proofs and bind the tokens of a request with one to its key (dpop.py).
+    #: False plays a server that knows nothing of DPoP: the header is ignored, tokens are Bearer.
+    dpop: bool = True
+    #: RFC 9449 §8-9: every proof must carry the server's current nonce (use_dpop_nonce otherwise).
+    dpop_nonce: bool = False
 
     def __post_init__(self) -> None:
         if self.access_token_lifetime < 1 or self.device_code_lifetime < 1:

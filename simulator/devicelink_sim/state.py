@@ -89,7 +89,7 @@ class State:
         )
 
     def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None,
-                     resources: tuple[str, ...] = ()) -> None:
+                     resources: tuple[str, ...] = (), jkt: str | None = None) -> None:
         now = self.clock()
         self.access_tokens[token["access_token"]] = AccessToken(
             value=token["access_token"],
@@ -100,6 +100,7 @@ class State:
             resources=resources,
             issued_at=now,
             issued_with=token.get("refresh_token"),
+            jkt=jkt,
         )
         if "refresh_token" in token:
             lifetime = self.refresh_token_lifetime
