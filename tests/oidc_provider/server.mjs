@@ -48,6 +48,20 @@
 //                             signature, iss, sub, aud (the issuer, the
 //                             token endpoint or the endpoint's URL), exp, and
 //                             that its jti was never seen before.
+//   OP_DPOP_NONCE             if "1", DPoP (RFC 9449; oidc-provider's
+//                             features.dPoP, on by default, checks every proof
+//                             at the token endpoint and at /me and binds the
+//                             tokens of a request with one to its key) wants a
+//                             server nonce in every proof: nonceSecret is set
+//                             and requireNonce is true, so a proof without the
+//                             current nonce gets use_dpop_nonce with a
+//                             DPoP-Nonce header (at /me: 401 and
+//                             WWW-Authenticate: DPoP error="use_dpop_nonce").
+//   OP_ROTATE_REFRESH_TOKEN   "always" (default): every refresh rotates the
+//                             refresh token. "default": the library's own rule,
+//                             which does not rotate a public client's refresh
+//                             token that is sender-constrained (DPoP-bound),
+//                             as RFC 9700 section 4.14.2 allows.
 //
 // Beyond the device flow, rotation and revocation, it is set up for what the
 // daemon sends on behalf of its apps:
@@ -136,6 +150,8 @@ if (process.env.OP_CLIENT_JWKS) {
   if (!Array.isArray(clientJwks?.keys)) usage('OP_CLIENT_JWKS must be a JWKS ({"keys": [...]})');
 }
 const devicePollInterval = nonNegativeInt('OP_DEVICE_POLL_INTERVAL');
+const rotation = process.env.OP_ROTATE_REFRESH_TOKEN || 'always';
+if (!['always', 'default'].includes(rotation)) usage(`OP_ROTATE_REFRESH_TOKEN must be always or default, got ${JSON.stringify(rotation)}`);
 
 // Listen first: the issuer has to carry the real port, and with PORT 0 that is
 // only known once the socket is bound. Requests are only handled once the
@@ -203,6 +219,11 @@ const configuration = {
     // Python helper scripts them. Consent stays a real step: the helper
     // submits the consent form instead of the server skipping it.
     devInteractions: { enabled: true },
+    // DPoP is on in the library by default; with OP_DPOP_NONCE every proof needs
+    // the server's nonce (RFC 9449 section 8).
+    ...(process.env.OP_DPOP_NONCE === '1' ? {
+      dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+    } : {}),
     introspection: {
       enabled: true,
       // The library's default policy, spelled out so it does not warn: a
@@ -250,7 +271,7 @@ const configuration = {
   // before `resource` is resolved, so a refresh refused with invalid_target has
   // already consumed the token it presented (the scope check comes first, so
   // invalid_scope spends nothing).
-  rotateRefreshToken: true,
+  ...(rotation === 'always' ? { rotateRefreshToken: true } : {}),
   ttl: {
     AccessToken: accessTokenTtl,
     // The library's defaults, spelled out so it does not warn about them.

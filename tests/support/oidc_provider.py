@@ -207,13 +207,16 @@ class OidcProvider:
     member to the device authorization response (oidc-provider itself sends
     none and enforces none; see server.mjs). ``client_jwks``, a JWKS of public keys, registers
     :data:`KEY_CLIENT_ID`, a ``private_key_jwt`` client whose assertions those keys sign.
+    ``dpop_nonce`` makes every DPoP proof need the server's nonce (``OP_DPOP_NONCE``);
+    ``rotation`` ``"default"`` is the library's refresh-token rotation, which leaves a
+    DPoP-bound public client's refresh token as it is (``OP_ROTATE_REFRESH_TOKEN``).
     """
 
     client_id: str = CLIENT_ID
     key_client_id: str = KEY_CLIENT_ID
 
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
-                 client_jwks: dict | None = None) -> None:
+                 client_jwks: dict | None = None, dpop_nonce: bool = False, rotation: str = "always") -> None:
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -221,6 +224,9 @@ class OidcProvider:
         self.access_token_ttl = access_token_ttl
         self.device_poll_interval = device_poll_interval
         self.client_jwks = client_jwks
+        if rotation not in ("always", "default"):
+            raise ValueError("rotation must be 'always' or 'default'")
+        self.dpop_nonce, self.rotation = dpop_nonce, rotation
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -269,6 +275,10 @@ class OidcProvider:
             import json
 
             env["OP_CLIENT_JWKS"] = json.dumps(self.client_jwks)
+        env.pop("OP_DPOP_NONCE", None)
+        if self.dpop_nonce:
+            env["OP_DPOP_NONCE"] = "1"
+        env["OP_ROTATE_REFRESH_TOKEN"] = self.rotation
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 
