@@ -20,7 +20,7 @@ from devicelink.ipc.routes import ApiError, Peer, Request, TokenQuery
 from devicelink.lifecycle import State
 from devicelink.oauth.auth.dpop import DPoP, ath
 from devicelink.policy import App, Policy
-from tests.engine.test_engine_fake import FULL, Bench, run
+from tests.engine.test_engine_fake import MFA, Bench, confirm_step_up, run
 from tests.helpers import shaped
 
 PLAYER = App("player", scope=frozenset({"openid", "email"}), resources=None)
@@ -164,6 +164,25 @@ def test_an_app_gets_proofs_for_the_tokens_it_was_handed_and_no_other(tmp_path, 
         await device.unpair()  # the tokens it handed out are gone with the grant
         refused = await socket.refused(PLAYER, {"htm": "GET", "htu": API_URL, "access_token": token["access_token"]})
         assert refused.code == "forbidden"
+        await bench.close(device)
+
+    run(main())
+
+
+def test_a_stepped_up_token_is_bound_too_and_only_its_app_gets_proofs_for_it(tmp_path, signer):
+    async def main():
+        bench = dpop_bench(tmp_path, signer)
+        device = await bench.paired(dpop=True)
+        socket = Socket(device)
+        pending = await socket.ask("step_up", PLAYER, {"acr_values": MFA})
+        await confirm_step_up(bench, device, pending["user_code"])
+        stronger = await socket.ask("step_up", PLAYER, {"acr_values": MFA})
+        assert stronger["token_type"] == "DPoP" and stronger["acr"] == MFA
+        assert bench.fake.access_token_info(stronger["access_token"])["cnf"] == {"jkt": signer.kid}
+        claims = claims_of(await socket.proof(PLAYER, access_token=stronger["access_token"]), signer)
+        assert claims["ath"] == ath(stronger["access_token"])
+        refused = await socket.refused(AGENT, {"htm": "GET", "htu": API_URL, "access_token": stronger["access_token"]})
+        assert refused.code == "forbidden"  # the stronger token is PLAYER's alone
         await bench.close(device)
 
     run(main())

@@ -10,8 +10,8 @@ Who gets what (docs/dpop.md):
   for a token this daemon handed that very app (``GET /v1/token``, a step-up), so a
   token that reached another app (a leak, a log) is no use there, and the per-app
   policy holds for DPoP tokens as for the rest. :meth:`AppProofs.handed_out` keeps the
-  last :data:`LEDGER_SIZE` (token, app) pairs; a token rotated out of it is refused
-  and the app asks ``GET /v1/token`` again.
+  last :data:`LEDGER_SIZE` tokens handed out, with the apps each went to; a token
+  rotated out of it is refused and the app asks ``GET /v1/token`` again.
 - A proof *without a token* (no ``ath``: what a token endpoint takes) only for an app
   whose ``[[client]]`` entry says ``dpop_proofs_without_token = true``: it lets that app
   bind tokens of its own, from any server, to the device's key.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from devicelink.oauth.auth.dpop import DPoP
     from devicelink.policy import App
 
-#: (token, app) pairs remembered: every app's live tokens, many times over.
+#: Tokens remembered, with the apps each was handed to: every app's live tokens, many times over.
 LEDGER_SIZE = 1024
 
 
