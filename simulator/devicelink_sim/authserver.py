@@ -23,10 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import Response
 from werkzeug.serving import WSGIRequestHandler, make_server
+
+if TYPE_CHECKING:
+    import httpx
 
 from .app import build_app
 from . import fault_layer
@@ -160,6 +164,17 @@ class DevServer:
         self._thread.start()
         logger.info("authorization server listening at %s", self._issuer)
         return self
+
+    def serve_in_process(self, issuer: str = "http://127.0.0.1:9") -> httpx.AsyncBaseTransport:
+        """No socket: an httpx transport that calls the app directly (inprocess.py), for the
+        fleet on virtual time. ``issuer`` only names the server (a loopback address nothing
+        listens on, so that the daemon's http:// rule holds)."""
+        from .inprocess import InProcessTransport
+
+        if self._httpd is not None:
+            raise RuntimeError("DevServer already started")
+        self._issuer = issuer
+        return InProcessTransport(self._app)
 
     def stop(self) -> None:
         if self._httpd is None:

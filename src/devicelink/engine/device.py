@@ -197,7 +197,7 @@ class Device:
             self.message = _no_refresh_message(tokens)
             self.move(Event.RESTORED)
             logger.info("restored the grant%s", self._account_suffix())
-            self.refresher.start()
+            self.refresher.start(restored=True)
         else:
             self.pairer.start()
         if self.revocations.owed:
@@ -334,9 +334,20 @@ class Device:
         return len(self.revocations)
 
     def healthy(self) -> bool:
+        """Pairing, or a token held or to be had at once: a grant whose refresh was put off after
+        a restart (the restart spread, a clock not yet set) refreshes as soon as an app asks."""
         if self.state is State.PAIRING:
             return True
-        return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
+        tokens = self.tokens
+        if self.state not in HOLDS_GRANT or tokens is None:
+            return False
+        return tokens.valid_for(0, self.clock()) or (
+            self.state is not State.OFFLINE and bool(tokens.refresh_token) and self.refresher.refused is None)
+
+    async def halt(self) -> None:
+        """Stop every task at once and save nothing: what a power cut does (the simulator's
+        fleet). A write already under way lands whole or not at all (``files.write_atomic``)."""
+        await self._cancel_tasks()
 
     async def pair(self) -> Status:
         if self.state in HOLDS_GRANT:
@@ -430,12 +441,13 @@ class Device:
     async def _cancel_tasks(self) -> None:
         if self._step_ups is not None:
             self._step_ups.discard_all()
-        for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight):
+        for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight,
+                     self.refresher.trusting):
             await cancel(task)
         await self.revocations.cancel()
         if self._pairer is not None:
             self._pairer.task = None
-        self.refresher.task = self.refresher.inflight = None
+        self.refresher.task = self.refresher.inflight = self.refresher.trusting = None
 
     def _account_suffix(self) -> str:
         account = self.tokens.account if self.tokens else None
