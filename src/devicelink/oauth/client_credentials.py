@@ -60,9 +60,11 @@ def client_credentials(token_endpoint: str, issuer: str, client_id: str, *, scop
     if verdict.error in ("invalid_scope", "invalid_target"):
         what = f"scope {scope!r}" if verdict.error == "invalid_scope" else f"resource {resource!r}"
         raise TargetRefused(f"the authorization server refused {what} for this client: {said}", verdict.error)
+    if isinstance(reply, m.Failure):
+        raise GrantFailed(f"no answer from the authorization server: {reply.reason}", unanswered=reply.reason)
     if verdict.transient or retryable(reply, verdict):
-        raise GrantFailed(verdict.reason, verdict.error, retry_after=verdict.retry_after,
-                          unanswered=reply.reason if isinstance(reply, m.Failure) else None)
+        raise GrantFailed(f"the authorization server answered {verdict.reason}", verdict.error,
+                          retry_after=verdict.retry_after)
     if client_refused(reply, verdict):
         raise ClientRejected(f"the authorization server refused this client ({verdict.reason})", verdict.error,
                              retry_after=verdict.retry_after)
