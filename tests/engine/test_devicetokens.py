@@ -273,6 +273,24 @@ def test_no_answer_is_a_502_at_once_with_the_reason(tmp_path):
     run(main())
 
 
+def test_a_bug_is_said_once_and_backed_off_not_wedged(tmp_path, caplog):
+    async def main():
+        b = bench(tmp_path)
+        device = b.device()
+
+        async def broken(flow, **kw):
+            raise RuntimeError("a bug")
+
+        device.http.run = broken
+        with pytest.raises(Refused, match="cannot get a device-level token: unexpected RuntimeError"):
+            await device.token(DEVICE, ROOT)
+        assert "device-level token request failed unexpectedly" in caplog.text
+        assert await refused(device.token(DEVICE, ROOT), "next try in") == "upstream_unavailable"
+        await b.close(device)
+
+    run(main())
+
+
 def test_the_hourly_budget_bounds_new_keys_but_not_a_renewal_the_lifetime_calls_for(tmp_path):
     async def main():
         b = bench(tmp_path, lifetime=100)

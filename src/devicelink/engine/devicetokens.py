@@ -154,6 +154,10 @@ class DeviceTokens:
                 reason = str(exc)
             raise self._failed(key, "failed", Refused("upstream_unavailable", f"cannot get a device-level token: "
                                f"{reason}"), getattr(exc, "retry_after", None)) from None
+        except Exception as exc:  # a bug or an answer nobody foresaw: said, and backed off like any failure
+            logger.exception("device-level token request failed unexpectedly")
+            raise self._failed(key, "failed", Refused("upstream_unavailable", "cannot get a device-level token: "
+                               f"unexpected {type(exc).__name__}"), None) from None
         self._failures.succeeded(key)
         self._refusals.pop(key, None)
         if self.last_error is not None and generation == self._generation:
