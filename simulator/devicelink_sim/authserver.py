@@ -103,7 +103,7 @@ class DevServer:
                     frozenset({"client_secret_basic", "client_secret_post"}),
                     default_scope,
                     client_secret=self.client_secret,
-                ),
+                ).confidential(),
             ],
             refresh_token_lifetime,
         )
@@ -256,7 +256,7 @@ class DevServer:
         default_scope = "profile" if "profile" in self.settings.scopes else ""
         with self._state.lock:
             self._state.clients[client_id] = Client(client_id, frozenset({"private_key_jwt"}), default_scope,
-                                                    jwks=jwks)
+                                                    jwks=jwks).confidential()
         return client_id
 
     @property
@@ -291,10 +291,12 @@ class DevServer:
         token), for tests; like an RFC 7662 introspection response, but also for an
         expired or revoked token (then `active` is False):
 
-        - `active`, `client_id`, `sub`, `name`, `scope` (None when it has none);
+        - `active`, `client_id`, `sub`, `name`, `scope` (None when it has none); `sub` and
+          `name` are None for a client credentials token (the client's own, no user);
         - `aud`: its resource (RFC 8707) as a string, a list when there are several,
           None when there are none; `resource`: the same, always a tuple;
-        - `acr`, `auth_time` (seconds since the epoch) of the approval behind it;
+        - `acr`, `auth_time` (seconds since the epoch) of the approval behind it (None for a
+          client credentials token);
         - `acr_values` (a tuple) and `max_age` (int or None) as the device authorization
           request sent them, also when the server does not honour them;
         - `iat`, `exp`: seconds since the epoch, mapped from the server's clock at the
@@ -312,13 +314,13 @@ class DevServer:
             return {
                 "active": not token.is_expired() and not token.is_revoked(),
                 "client_id": grant.client_id,
-                "sub": grant.user.subject,
-                "name": grant.user.name,
+                "sub": grant.user and grant.user.subject,
+                "name": grant.user and grant.user.name,
                 "scope": token.scope,
                 "aud": None if not resources else resources[0] if len(resources) == 1 else list(resources),
                 "resource": resources,
-                "acr": grant.login.acr,
-                "auth_time": grant.login.auth_time,
+                "acr": grant.login and grant.login.acr,
+                "auth_time": grant.login and grant.login.auth_time,
                 "acr_values": grant.acr_values,
                 "max_age": grant.max_age,
                 "iat": int(wall - (now - token.issued_at)),

@@ -65,20 +65,22 @@ class App:
     ``scope`` None means the whole grant (the built-in ``root`` entry);
     otherwise the most this app may get, possibly empty (status and events
     only). ``resources`` None means any resource ``[provider] resource``
-    lists; otherwise exactly these.
+    lists; otherwise exactly these. ``device_scope`` is the most it may get of
+    device-level tokens (``[device_token]``): None all of them, empty none.
     """
 
     name: str
     scope: frozenset[str] | None
     resources: frozenset[str] | None
     admin: bool = False
+    device_scope: frozenset[str] | None = frozenset()
 
     def allows_scope(self, wanted: frozenset[str]) -> frozenset[str]:
         """The requested scopes this app may not have (empty when all are allowed)."""
         return frozenset() if self.scope is None else wanted - self.scope
 
 
-ROOT = App("root", scope=None, resources=None, admin=True)
+ROOT = App("root", scope=None, resources=None, admin=True, device_scope=None)
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _add(policy: Policy, entry: ClientPolicy, names: dict[str, Path | None]) -> 
     app = App(entry.name,
               scope=frozenset(entry.scope.split()) if entry.scope else frozenset(),
               resources=frozenset(entry.resource) if entry.resource is not None else None,
-              admin=entry.admin)
+              admin=entry.admin, device_scope=frozenset((entry.device_scope or "").split()))
     if entry.group is not None:
         try:
             gid = grp.getgrnam(entry.group).gr_gid

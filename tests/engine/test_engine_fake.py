@@ -62,6 +62,7 @@ class Bench:
         self.clients: list[httpx.AsyncClient] = []
         self._served = asyncio.Event()
         self.device_kw: dict = {}  # more Device arguments (refresh_floor)
+        self.config_kw: dict = {}  # more Config sections (device_token)
 
     def _serve(self, request: httpx.Request) -> httpx.Response:
         response = self.fake(request)
@@ -82,7 +83,7 @@ class Bench:
         """The one place the engine is built (as daemon.py builds it)."""
         cfg = Config(provider=ProviderConfig(**{"issuer": ISSUER, "client_id": CLIENT_ID, "scope": FULL,
                                                 "client_auth": self.auth, **provider}),
-                     storage=StorageConfig(state_dir=self.state_dir))
+                     storage=StorageConfig(state_dir=self.state_dir), **self.config_kw)
         client = httpx.AsyncClient(transport=httpx.MockTransport(self._serve))
         self.clients.append(client)
         http = OAuthHttp(client, ClientAuth(CLIENT_ID, self.auth, secret or self.secret), clock=self.clock)

@@ -11,6 +11,7 @@ Its rooms, each in a module of its own:
 - ``pairing.py``: discovery, codes, polling, until a grant is held;
 - ``refresher.py``: the silent refresh schedule and what a failure costs;
 - ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
+- ``devicetokens.py``: device-level tokens (client credentials), whatever the state;
 - ``stepup.py``: RFC 9470 step-up sessions;
 - ``revocations.py``: revocations owed to the server;
 - ``statefile.py`` and ``record.py`` (pure): what the state file holds, and when it is written.
@@ -37,6 +38,7 @@ from devicelink.display.port import ScreenPort
 from devicelink.engine import narrowing
 from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone, StepUpPending, TokenQuery,
                                        Trouble, Unpaired)
+from devicelink.engine.devicetokens import DeviceTokens
 from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
 from devicelink.engine.refresher import Refresher
@@ -113,6 +115,7 @@ class Device:
 
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
+        self.device_tokens = DeviceTokens(self)
         self.revocations = Revocations(self)
         self.state_file = StateFile(self)
         # Pairing and step-up are made on first use: a paired device that restarts may never
@@ -208,6 +211,7 @@ class Device:
         await self._settle_refresh()
         owed = len(self.revocations)
         await self._cancel_tasks()  # step-ups' own grants become owed revocations, kept for the next start
+        await self.device_tokens.cancel()
         await self.state_file.settled()
         await self.screen.settled()
         if (self.state_file.unsaved and self.tokens is not None) or len(self.revocations) != owed:
@@ -250,6 +254,8 @@ class Device:
     def token_now(self, query: TokenQuery, app: App = ROOT) -> Issued | None:
         """The answer if it needs no request upstream, else None (call :meth:`token`).
         Raises :class:`Refused` when ``app`` may not have what it asks for."""
+        if query.identity == "device":  # no user: whatever the state of the grant
+            return self.device_tokens.token_now(query, app)
         key = self._narrow_key(query, app)
         tokens = self.tokens if key is None else self.narrowed.cache.get(key)
         if tokens is None or self.tokens is None:
@@ -262,7 +268,9 @@ class Device:
         return None
 
     async def token(self, query: TokenQuery, app: App = ROOT) -> Issued:
-        """A token for ``app``: the grant's own access token, or a narrowed one."""
+        """A token for ``app``: the grant's own access token, or a narrowed one; or a device-level one."""
+        if query.identity == "device":
+            return await self.device_tokens.token(query, app)
         answer = self.token_now(query, app)
         if answer is not None:
             return answer
@@ -320,7 +328,7 @@ class Device:
             access_token_expires_in=max(0, int(self.tokens.expires_in(now))) if holds else None,  # type: ignore[union-attr]
             last_refresh=_iso(self.last_refresh), last_error=self.last_error, last_error_kind=self.last_error_kind,
             warnings=self.warnings(), message=self.message, clock_synced=self.clock_synced(), key_source=self.key_source,
-            pending_revocations=len(self.revocations), version=__version__)
+            pending_revocations=len(self.revocations), version=__version__, device_token=self.device_tokens.status())
 
     def warnings(self) -> tuple[str, ...]:
         """Standing conditions of the grant (or of the last one given up) a person should know of."""
@@ -374,6 +382,7 @@ class Device:
                     # is owed a revocation, kept encrypted on disk and retried until it goes through.
                     self.revocations.owe_grant(tokens)
                 await self.state_file.save(None)  # the grant is gone from disk; owed revocations stay
+                self.device_tokens.forget()  # the device's own tokens start afresh with the next owner too
                 self.move(Event.UNPAIRED)
         finally:
             self.unpairing = False
