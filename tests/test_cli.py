@@ -19,7 +19,7 @@ from devicelink.errors import ConfigError
 WORDS = ["token", "status", "--config", "--config=c.toml", "c.toml", "--scope", "--scope=openid profile",
          "--scope=-x", "openid", "--resource", "https://api.example.com", "--min-ttl", "--min-ttl=300", "300",
          "-5", "+5", "5_0", "\u0663", "", " ", "--min", "--sc", "-h", "--help", "--", "=", "--json", "token=1",
-         "--version", "-x"]
+         "--version", "-x", "--device", "--device=1", "--dev"]
 
 
 def argparse_reads(argv: list[str]):
@@ -38,15 +38,16 @@ def test_the_quick_reading_agrees_with_argparse(argv: list[str]) -> None:
         return  # argparse reads it
     args = argparse_reads(argv)
     assert args is not None, argv
-    assert (args.command, args.scope, args.resource, args.min_ttl) == \
-           (quick.command, quick.scope, quick.resource, quick.min_ttl), argv
+    assert (args.command, args.scope, args.resource, args.min_ttl, args.device) == \
+           (quick.command, quick.scope, quick.resource, quick.min_ttl, quick.device), argv
     assert args.config == (None if quick.config is None else Path(quick.config)), argv
 
 
 @pytest.mark.parametrize("argv", [
     ["token"], ["token", "--min-ttl", "300"], ["--config", "c.toml", "token", "--scope=openid profile"],
     ["--config=c.toml", "token", "--resource", "https://api.example.com", "--min-ttl=0", "--scope", "a"],
-    ["token", "--scope", "a", "--scope", "b"], ["token", "--scope", ""],
+    ["token", "--scope", "a", "--scope", "b"], ["token", "--scope", ""], ["token", "--device"],
+    ["token", "--device", "--scope", "telemetry.write", "--device"],
 ])
 def test_plain_token_command_lines_are_read_quickly(argv: list[str]) -> None:
     assert cli._quick_token(argv) is not None
@@ -55,6 +56,7 @@ def test_plain_token_command_lines_are_read_quickly(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", [
     [], ["status"], ["token", "--min", "5"], ["token", "-h"], ["token", "--min-ttl", "-5"], ["token", "x"],
     ["token", "--scope"], ["token", "--conf", "c.toml"], ["--conf", "c.toml", "token"], ["token", "--"],
+    ["--device", "token"], ["token", "--device=yes"], ["token", "--dev"],
 ])
 def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
     assert cli._quick_token(argv) is None

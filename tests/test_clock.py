@@ -435,7 +435,9 @@ def test_restart_with_an_unsynchronised_clock_refreshes_first(tmp_path):
         for _ in range(10):  # and that was the only one
             assert (shaped(await again.token(TokenQuery(min_ttl=300))))["access_token"] == answer["access_token"]
         assert rig.refreshes() == 1
-        assert await rig.clock.next_timer() - rig.clock.now >= 0.75 * 3600  # the normal schedule again
+        for _ in range(5):  # let the schedule see the refresh (answers from the cache never yield)
+            await asyncio.sleep(0)
+        assert await rig.clock.timer_beyond(10) - rig.clock.now >= 0.75 * 3600  # the normal schedule again
         assert rig.srv.stats.reuse_detections == 0 and rig.srv.stats.device_authorizations == 1
         assert again.state is State.PAIRED and shaped(again.status())["account"]["name"] == "Alice"
         await rig.close(again)
@@ -444,8 +446,11 @@ def test_restart_with_an_unsynchronised_clock_refreshes_first(tmp_path):
 
 
 @pending_device_api
-def test_restart_with_an_unsynchronised_clock_refreshes_on_its_own(tmp_path):
-    """Nobody asks for a token: the proactive refresh does it right after the start."""
+def test_restart_with_a_clock_that_never_syncs_refreshes_on_its_own_within_the_restart_spread(tmp_path):
+    """Nobody asks for a token and NTP never comes: the overdue refresh runs on its own, at a
+    random point of the restart spread (0.8 of a lifetime), healthy meanwhile; never at once,
+    or a fleet that lost power together would come back as one burst (docs/fleet.md)."""
+    from devicelink.engine.refresher import RESTART_SPREAD
 
     async def main():
         rig = Rig(tmp_path)
@@ -453,13 +458,71 @@ def test_restart_with_an_unsynchronised_clock_refreshes_on_its_own(tmp_path):
         await device.stop()
         again = rig.device(clock_synced=lambda: False)
         await again.start()
-        await rig.states.wait(State.PAIRED)  # restored ...
-        await rig.states.wait(State.PAIRED)  # ... and refreshed, with no clock advanced
-        assert rig.refreshes() == 1
+        started = rig.clock.now
+        await rig.states.wait(State.PAIRED)  # restored
+        assert again.healthy() and shaped(again.status())["access_token_expires_in"] == 0
+        while rig.refreshes() == 0:
+            assert rig.clock.now - started <= RESTART_SPREAD * 3600
+            rig.clock.advance(await rig.clock.next_timer() - rig.clock.now)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await rig.states.wait(State.PAIRED)
+        assert 0 < rig.clock.now - started <= RESTART_SPREAD * 3600 and rig.refreshes() == 1
         assert shaped(again.status())["access_token_expires_in"] >= 3599
         await rig.close(again)
 
     run(main())
+
+
+def test_a_restart_before_ntp_believes_the_stored_expiry_once_the_clock_syncs(tmp_path):
+    """A short power cut on a board without an RTC: the stored token is of unknown age at the
+    start, but was written by a synchronised clock. When NTP comes, its expiry is believed
+    again: no refresh at all, and the normal schedule from the original grant."""
+    from devicelink.engine.refresher import CLOCK_POLL
+
+    async def main():
+        rig = Rig(tmp_path)
+        device = await rig.paired()
+        token = shaped(await device.token(TokenQuery()))["access_token"]
+        await device.stop()
+        rig.clock.advance(30)  # the outage
+        synced = [False]
+        again = rig.device(clock_synced=lambda: synced[0])
+        await again.start()
+        await rig.states.wait(State.PAIRED)
+        assert shaped(again.status())["access_token_expires_in"] == 0  # unknown age: not served as it is
+        for moment in (10, CLOCK_POLL):  # NTP comes 10 s in; the daemon looks every CLOCK_POLL s
+            rig.clock.advance(moment)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            synced[0] = True
+        left = shaped(again.status())["access_token_expires_in"]
+        assert 3600 - 30 - 12 - 2 <= left <= 3600 - 30 - 12  # what was left at the cut, less the 42 s since
+        assert shaped(await again.token(TokenQuery()))["access_token"] == token and rig.refreshes() == 0
+        assert await rig.clock.timer_beyond(10) - rig.clock.now >= 0.75 * 3600 - 60  # the original schedule
+        await rig.close(again)
+
+    run(main())
+
+
+def test_restarts_of_a_fleet_spread_their_overdue_refreshes():
+    """The restart spread is random per device: 200 devices restored at once put their overdue
+    refreshes over 0.8 of a lifetime, not at one instant (the fleet's peak, docs/fleet.md)."""
+    from devicelink.engine.refresher import RESTART_SPREAD, Refresher
+    from devicelink.tokens.model import TokenSet
+
+    class Device:  # what Refresher._spread_restart reads
+        def __init__(self, seed):
+            self.rng, self.clock = random.Random(seed), (lambda: 5000.0)
+
+    due = []
+    for seed in range(200):
+        refresher = Refresher.__new__(Refresher)
+        refresher.device, refresher.not_before = Device(seed), 0.0
+        refresher._spread_restart(TokenSet("at", "Bearer", 1000.0, 4600.0, refresh_token="rt"))  # 3600 s, expired
+        due.append(refresher.not_before - 5000.0)
+    buckets = [sum(1 for d in due if k * 288 <= d < (k + 1) * 288) for k in range(10)]
+    assert max(due) <= RESTART_SPREAD * 3600 and min(buckets) >= 5 and max(buckets) <= 40, buckets
 
 
 @pending_device_api
@@ -477,14 +540,14 @@ def test_restart_with_an_unsynchronised_clock_waits_for_the_network(tmp_path):
         rig.srv.around_token = fail_with(503, {"error": "temporarily_unavailable"})
         again = rig.device(clock_synced=lambda: False)
         await again.start()
-        await rig.states.wait(State.OFFLINE)
-        for _ in range(20):
+        for _ in range(20):  # the first ask refreshes (the token's age is unknown), and fails
             with pytest.raises(Refused) as info:
                 shaped(await again.token(TokenQuery()))
             assert info.value.code == "upstream_unavailable"
+        await rig.states.wait(State.OFFLINE)
         assert rig.refreshes() == 1  # asking does not hammer the server
         assert again.state is State.OFFLINE and "503" in shaped(again.status())["last_error"]
-        retry = await rig.clock.next_timer()
+        retry = again.refresher.retry_at
         assert retry - rig.clock.now >= 2.5  # backoff, not a loop
 
         rig.srv.around_token = lambda respond: respond()  # the network is back

@@ -23,6 +23,9 @@ state_dir = "state"
 """
 
 
+CONFIDENTIAL = GOOD.replace('scope = ', "client_auth = 'client_secret_basic'\nclient_secret_file = 'secret'\nscope = ")
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text)
@@ -81,6 +84,17 @@ def test_good_config_and_relative_paths(tmp_path):
      "[provider] assertion_audience", "or a list of them"),
     (GOOD.replace('scope = ', "assertion_audience = 'issuer'\nscope = "),
      "[provider] assertion_audience", "only for client_auth = 'private_key_jwt', not 'none'"),
+    # issue 11 item 4: device-level tokens (client credentials)
+    (GOOD + "\n[device_token]\nscope = 'telemetry.write'\n", "[device_token]",
+     "needs a confidential client (RFC 6749 §4.4): set [provider] client_auth to client_secret_basic, "
+     "client_secret_post or private_key_jwt (it is 'none')"),
+    (CONFIDENTIAL + "\n[device_token]\nresource = ['https://t.example']\n", "[device_token] scope", "missing"),
+    (CONFIDENTIAL + "\n[device_token]\nscope = 'a\"b'\n", "[device_token] scope", "scope tokens"),
+    (CONFIDENTIAL + "\n[device_token]\nscope = 'a'\nresource = ['no uri']\n", "[device_token] resource",
+     "absolute URIs"),
+    (CONFIDENTIAL + "\n[device_token]\nscope = 'a'\nlifetime = 60\n", "[device_token] lifetime", "unknown key"),
+    (GOOD + "\n[[client]]\nname = 'x'\nuid = 5\ndevice_scope = 7\n", "[[client]] #1 device_scope",
+     "scope tokens"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):
     path = write(tmp_path, text)
@@ -105,6 +119,25 @@ def test_private_key_jwt_and_the_identity_section(tmp_path):
     one = config.load(write(tmp_path, GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\n"
                                                    "assertion_audience = 'token_endpoint'\nscope = ")))
     assert one.provider.assertion_audience == ("token_endpoint",)
+
+
+def test_the_device_token_section_and_a_clients_device_scope(tmp_path):
+    assert config.load(write(tmp_path, GOOD)).device_token is None  # device-level tokens are off
+    cfg = config.load(write(tmp_path, CONFIDENTIAL + """
+[device_token]
+scope = "telemetry.write  updates.read"
+resource = "https://telemetry.example.com"
+
+[[client]]
+name = "telemetry"
+user = "nobody"
+device_scope = "telemetry.write"
+"""))
+    assert cfg.device_token == config.DeviceTokenConfig("telemetry.write updates.read", ("https://telemetry.example.com",))
+    assert cfg.device_token.scopes == {"telemetry.write", "updates.read"}
+    assert cfg.clients[0].device_scope == "telemetry.write" and cfg.clients[0].scope is None
+    jwt = GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nscope = ") + "[device_token]\nscope = 'x'\n"
+    assert config.load(write(tmp_path, jwt)).device_token.scope == "x"
 
 
 def test_loopback_http_allowed_when_asked(tmp_path):

@@ -134,6 +134,16 @@ def test_resources_in_a_client_entry(tmp_path):
     assert app.resources == {"https://api.example.com"}
 
 
+def test_device_scope_in_a_client_entry(tmp_path):
+    cfg = write(tmp_path, main='[[client]]\nname = "telemetry"\nuid = 1001\ndevice_scope = "telemetry.write"\n'
+                               '[[client]]\nname = "player"\nuid = 1002\nscope = "openid"\n')
+    pol = policy.load(cfg, own_uid=0)
+    telemetry, player = pol.identify(peer(1001)), pol.identify(peer(1002))
+    assert telemetry.device_scope == {"telemetry.write"} and telemetry.scope == frozenset()
+    assert player.device_scope == frozenset()  # default deny: no device-level tokens
+    assert policy.ROOT.device_scope is None  # root and the daemon's own user: all of them
+
+
 @pytest.mark.parametrize(("entry", "message"), [
     ('name = "a b"\nuid = 5', "name: expected 1-64 letters"),
     ('name = "x"\nuid = 5\nscope = "bad\\"scope"', "scope: expected space-separated scope tokens"),

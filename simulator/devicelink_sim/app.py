@@ -22,7 +22,8 @@ from .dpop import ProofRefused
 from .faults import outcome_of
 from .grants import DevAuthorizationServer, userinfo_protector
 from .records import TokenEvent
-from .settings import ACR_PWD, ACR_VALUES_SUPPORTED, AUTH_METHODS_SUPPORTED, DEVICE_CODE_GRANT_TYPE, asked_acr
+from .settings import (ACR_PWD, ACR_VALUES_SUPPORTED, AUTH_METHODS_SUPPORTED, CLIENT_CREDENTIALS_GRANT_TYPE,
+                       DEVICE_CODE_GRANT_TYPE, asked_acr)
 from .signing import CLAIMS, SigningKey
 from .state import State
 
@@ -55,7 +56,7 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
             revocation_endpoint=f"{iss}/revoke",
             userinfo_endpoint=f"{iss}/userinfo",
             jwks_uri=f"{iss}/jwks",
-            grant_types_supported=[DEVICE_CODE_GRANT_TYPE, "refresh_token"],
+            grant_types_supported=[DEVICE_CODE_GRANT_TYPE, "refresh_token", CLIENT_CREDENTIALS_GRANT_TYPE],
             token_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
             revocation_endpoint_auth_methods_supported=AUTH_METHODS_SUPPORTED,
             # private_key_jwt (RFC 8414 §2): what client assertions may be signed with.
@@ -152,6 +153,8 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
                                                   "and a proof"), 401, True)
         with state.lock, protector.acquire() as access_token:
             user = access_token.grant.user
+        if user is None:  # a client credentials token: the client's own, nobody to describe
+            return jsonify(error="invalid_token", error_description="The token has no user."), 401
         return jsonify(sub=user.subject, name=user.name)
 
     @app.get("/device")

@@ -23,10 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import Response
 from werkzeug.serving import WSGIRequestHandler, make_server
+
+if TYPE_CHECKING:
+    import httpx
 
 from .app import build_app
 from . import fault_layer
@@ -106,7 +110,7 @@ class DevServer:
                     frozenset({"client_secret_basic", "client_secret_post"}),
                     default_scope,
                     client_secret=self.client_secret,
-                ),
+                ).confidential(),
             ],
             refresh_token_lifetime,
         )
@@ -167,6 +171,17 @@ class DevServer:
         self._thread.start()
         logger.info("authorization server listening at %s", self._issuer)
         return self
+
+    def serve_in_process(self, issuer: str = "http://127.0.0.1:9") -> httpx.AsyncBaseTransport:
+        """No socket: an httpx transport that calls the app directly (inprocess.py), for the
+        fleet on virtual time. ``issuer`` only names the server (a loopback address nothing
+        listens on, so that the daemon's http:// rule holds)."""
+        from .inprocess import InProcessTransport
+
+        if self._httpd is not None:
+            raise RuntimeError("DevServer already started")
+        self._issuer = issuer
+        return InProcessTransport(self._app)
 
     def stop(self) -> None:
         if self._httpd is None:
@@ -248,7 +263,7 @@ class DevServer:
         default_scope = "profile" if "profile" in self.settings.scopes else ""
         with self._state.lock:
             self._state.clients[client_id] = Client(client_id, frozenset({"private_key_jwt"}), default_scope,
-                                                    jwks=jwks)
+                                                    jwks=jwks).confidential()
         return client_id
 
     @property
@@ -295,10 +310,12 @@ class DevServer:
         token), for tests; like an RFC 7662 introspection response, but also for an
         expired or revoked token (then `active` is False):
 
-        - `active`, `client_id`, `sub`, `name`, `scope` (None when it has none);
+        - `active`, `client_id`, `sub`, `name`, `scope` (None when it has none); `sub` and
+          `name` are None for a client credentials token (the client's own, no user);
         - `aud`: its resource (RFC 8707) as a string, a list when there are several,
           None when there are none; `resource`: the same, always a tuple;
-        - `acr`, `auth_time` (seconds since the epoch) of the approval behind it;
+        - `acr`, `auth_time` (seconds since the epoch) of the approval behind it (None for a
+          client credentials token);
         - `acr_values` (a tuple) and `max_age` (int or None) as the device authorization
           request sent them, also when the server does not honour them;
         - `iat`, `exp`: seconds since the epoch, mapped from the server's clock at the
@@ -317,13 +334,13 @@ class DevServer:
             return {
                 "active": not token.is_expired() and not token.is_revoked(),
                 "client_id": grant.client_id,
-                "sub": grant.user.subject,
-                "name": grant.user.name,
+                "sub": grant.user and grant.user.subject,
+                "name": grant.user and grant.user.name,
                 "scope": token.scope,
                 "aud": None if not resources else resources[0] if len(resources) == 1 else list(resources),
                 "resource": resources,
-                "acr": grant.login.acr,
-                "auth_time": grant.login.auth_time,
+                "acr": grant.login and grant.login.acr,
+                "auth_time": grant.login and grant.login.auth_time,
                 "acr_values": grant.acr_values,
                 "max_age": grant.max_age,
                 "iat": int(wall - (now - token.issued_at)),

@@ -2,6 +2,7 @@
 
     devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
+    devicelink-sim fleet --devices N [--json]  # a fleet on virtual time (fleet.py)
 
 ``python -m devicelink_sim server`` is ``devicelink-sim server`` too. The
 simulator's web stack (Flask, Authlib) comes with the ``sim`` extra, so it is
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "server", add_help=False,
         help="run only the development authorization server (options: devicelink-sim server --help)",
         description="The development authorization server alone; devicelink-sim server --help lists its options.")
+    sub.add_parser(
+        "fleet", add_help=False,
+        help="N device engines, a fleet-wide power cut, the server's load (options: devicelink-sim fleet --help)",
+        description="Real device engines against the development server on virtual time; "
+                    "devicelink-sim fleet --help lists its options.")
     return parser
 
 
@@ -81,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
         return serve(rest)
+    if args.command == "fleet":
+        try:
+            from devicelink_sim import fleet
+        except ImportError as exc:
+            return _missing_extra(exc)
+        return fleet.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.approve_after < 0:

@@ -1,8 +1,8 @@
 """Authlib's grants and endpoints, filled in for the development server.
 
 Authlib does the protocol: `DeviceAuthorizationEndpoint` and `DeviceCodeGrant`
-(RFC 8628), `RefreshTokenGrant` (RFC 6749 §6), `RevocationEndpoint` (RFC 7009)
-and a Bearer `ResourceProtector` for /userinfo. This module fills in their
+(RFC 8628), `RefreshTokenGrant` (RFC 6749 §6), `ClientCredentialsGrant` (§4.4),
+`RevocationEndpoint` (RFC 7009) and a Bearer `ResourceProtector` for /userinfo. This module fills in their
 storage hooks from `state.State` and adds what Authlib leaves out: refresh-token
 rotation with reuse detection (RFC 9700 §4.14.2, the rules are in state.py), ID
 tokens (signing.py), resource indicators (RFC 8707) and step-up parameters
@@ -23,6 +23,10 @@ What a device may send beyond the plain device flow:
   was issued for with `DevServer.access_token_info`.
 - `acr_values` and `max_age` (RFC 9470, OIDC) on the device authorization
   request, honoured unless `honour_step_up=False`; see `DevServer.approve`.
+- the client credentials grant, for confidential clients only (RFC 6749 §4.4;
+  a public client is `unauthorized_client`): `scope` a subset of
+  `Settings.client_scopes` (else `invalid_scope`), at most one known `resource`;
+  an access token with no user and no refresh token (`/userinfo` refuses it).
 - a DPoP proof (RFC 9449; checked by app.py with dpop.py): the tokens are of type
   `DPoP`, bound to its key (`cnf.jkt`), and so is a public client's refresh token,
   which then refreshes only with a proof by the same key (else `invalid_grant`).
@@ -39,8 +43,8 @@ from collections.abc import Callable
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError, scope_to_list
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
@@ -48,7 +52,7 @@ from flask import g
 
 from .client_auth import METHOD as PRIVATE_KEY_JWT, PrivateKeyJwt
 from .records import DeviceCode, RefreshToken, normalize_user_code
-from .settings import ALL_CLIENT_AUTH, DEVICE_CODE_GRANT_TYPE, Settings
+from .settings import ALL_CLIENT_AUTH, CLIENT_CREDENTIALS_GRANT_TYPE, DEVICE_CODE_GRANT_TYPE, Settings
 from .signing import SigningKey
 from .state import State
 
@@ -71,6 +75,7 @@ class DevAuthorizationServer(AuthorizationServer):
         self.register_token_generator("default", self._generate_token)
         self.register_grant(_DeviceCodeGrant)
         self.register_grant(_RefreshTokenGrant)
+        self.register_grant(_ClientCredentialsGrant)
         self.register_endpoint(_DeviceAuthorizationEndpoint(self))
         self.register_endpoint(_RevocationEndpoint)
         self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions))
@@ -79,6 +84,10 @@ class DevAuthorizationServer(AuthorizationServer):
         return self.state.clients.get(client_id)
 
     def save_token(self, token, request):
+        if request.payload.grant_type == CLIENT_CREDENTIALS_GRANT_TYPE:
+            grant = self.state.client_grant(request.client.get_client_id(), token.get("scope"), request.audience)
+            self.state.store_tokens(grant, token, None, request.audience, jkt=g.get("dpop_jkt"))
+            return
         if request.payload.grant_type == DEVICE_CODE_GRANT_TYPE:
             grant = self.state.new_grant(request.credential, request.user, token.get("scope"))
             self.state.redeem(request.credential)
@@ -115,7 +124,8 @@ class DevAuthorizationServer(AuthorizationServer):
     ):
         # Authlib's BearerTokenGenerator drops expires_in when it is falsy and
         # knows nothing of ID tokens, so build the response here.
-        scope = client.get_allowed_scope(scope)
+        if grant_type != CLIENT_CREDENTIALS_GRANT_TYPE:  # the client's own token has the scope it asked, or none
+            scope = client.get_allowed_scope(scope)
         token = {
             "token_type": "DPoP" if g.get("dpop_jkt") else "Bearer",  # RFC 9449 §5
             "access_token": secrets.token_urlsafe(32),
@@ -257,6 +267,24 @@ class _RefreshTokenGrant(RefreshTokenGrant):
     def revoke_old_credential(self, refresh_token):
         if self.INCLUDE_NEW_REFRESH_TOKEN:
             self.server.state.rotated(refresh_token)
+
+
+class _ClientCredentialsGrant(ClientCredentialsGrant):
+    # Every method authenticates; only a confidential client's record allows the grant (RFC 6749
+    # §4.4), so a public client is told unauthorized_client rather than invalid_client.
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_CLIENT_AUTH
+
+    def validate_requested_scope(self):
+        scope = self.request.payload.scope
+        if scope and not set(scope_to_list(scope)) <= set(self.server.settings.client_scopes):
+            raise InvalidScopeError("A client may have only its own scopes, not a user's.")
+
+    def validate_token_request(self):
+        super().validate_token_request()
+        audience = self.server.check_resources(self.request, ())
+        if len(audience) > 1:
+            raise InvalidTargetError("One resource per token.")
+        self.request.audience = audience
 
 
 class _RevocationEndpoint(RevocationEndpoint):

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
 from authlib.oauth2.rfc8628 import DeviceCredentialMixin
 
-from .settings import DEVICE_CODE_GRANT_TYPE
+from .settings import CLIENT_CREDENTIALS_GRANT_TYPE, DEVICE_CODE_GRANT_TYPE
 
 Clock = Callable[[], float]
 
@@ -58,6 +58,11 @@ class Client(ClientMixin):
     #: private_key_jwt: the client's public keys, a JWKS (RFC 7517 §5).
     jwks: dict | None = field(default=None, compare=False, hash=False)
     grant_types: frozenset[str] = frozenset({DEVICE_CODE_GRANT_TYPE, "refresh_token"})
+
+    def confidential(self) -> Client:
+        """This client, also allowed the client credentials grant (RFC 6749 §4.4: confidential clients only)."""
+        return Client(self.client_id, self.auth_methods, self.default_scope, self.client_secret, self.jwks,
+                      self.grant_types | {CLIENT_CREDENTIALS_GRANT_TYPE})
 
     def get_client_id(self):
         return self.client_id
@@ -128,13 +133,13 @@ class Grant:
     """What one approval produced: every token issued from it, across refreshes.
 
     Revocation and refresh-token reuse detection (RFC 9700 §4.14.2) end it as a
-    whole.
+    whole. A client credentials token has one of its own, with no user and no login.
     """
 
     client_id: str
-    user: User
+    user: User | None
     scope: str | None
-    login: Login
+    login: Login | None
     #: What the device authorization named: the resources a refresh may ask for (all
     #: the server knows when empty), and the step-up parameters it sent.
     resources: tuple[str, ...] = ()

@@ -19,6 +19,9 @@ DEFAULT_RESOURCES = ("https://api.example.com", "https://media.example.com")
 ACR_PWD = "urn:devicelink:acr:pwd"
 ACR_MFA = "urn:devicelink:acr:mfa"
 ACR_VALUES_SUPPORTED = (ACR_PWD, ACR_MFA)
+#: What a confidential client may have for itself, with no user (the client credentials grant).
+CLIENT_SCOPES = ("telemetry.write", "updates.read")
+CLIENT_CREDENTIALS_GRANT_TYPE = "client_credentials"  # RFC 6749 §4.4
 KEY_CLIENT_ID = "devicelink-sim-device"  # private_key_jwt, with the keys DevServer.register_device_key gives it
 AUTH_METHODS_SUPPORTED = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
 # Authlib's grants and endpoints try methods in this order; an assertion is checked first, so a bad
@@ -39,6 +42,8 @@ class Settings:
     #: RFC 9470: act on acr_values and max_age and advertise acr_values_supported.
     #: False plays a server that ignores them: every login is ACR_PWD.
     honour_step_up: bool = True
+    #: Scopes the client credentials grant gives (a request for any other is invalid_scope).
+    client_scopes: tuple[str, ...] = CLIENT_SCOPES
     #: RFC 9449: check DPoP proofs and bind the tokens of a request with one to its key (dpop.py).
     #: False plays a server that knows nothing of DPoP: the header is ignored, tokens are Bearer.
     dpop: bool = True
@@ -59,6 +64,7 @@ class Settings:
                 raise ValueError(f"resource {resource!r} is not an absolute URI without a fragment (RFC 8707)")
         object.__setattr__(self, "scopes", tuple(self.scopes))
         object.__setattr__(self, "resources", tuple(self.resources))
+        object.__setattr__(self, "client_scopes", tuple(self.client_scopes))
 
 
 def is_resource_uri(value: str) -> bool:

@@ -88,6 +88,11 @@ class State:
             max_age=credential.max_age, id=self._grants,
         )
 
+    def client_grant(self, client_id: str, scope: str | None, resources: tuple[str, ...]) -> Grant:
+        """What one client credentials request (RFC 6749 §4.4) produced: the client's own, no user."""
+        self._grants += 1
+        return Grant(client_id, None, scope, None, resources=resources, id=self._grants)
+
     def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None,
                      resources: tuple[str, ...] = (), jkt: str | None = None) -> None:
         now = self.clock()

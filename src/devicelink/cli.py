@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--resource", help="the resource (RFC 8707) the token is for (default: none named)")
     token.add_argument("--min-ttl", type=int, metavar="SECONDS",
                        help="the token must stay valid this long (default: the daemon's, 60)")
+    token.add_argument("--device", action="store_true",
+                       help="the device's own token, with no user (client credentials; the app's policy must "
+                       "allow it), also while not paired")
     command("pair", "show a new pairing code now",
             "Ask the daemon for a new pairing code and print it with the address to enter it at. "
             "The daemon asks the authorization server, which can take up to 30 s.")
@@ -173,26 +176,33 @@ class _TokenArgs:
 
     command = "token"
 
-    def __init__(self, config: str | None, scope: str | None, resource: str | None, min_ttl: int | None) -> None:
+    def __init__(self, config: str | None, scope: str | None, resource: str | None, min_ttl: int | None,
+                 device: bool = False) -> None:
         self.config, self.scope, self.resource, self.min_ttl = config, scope, resource, min_ttl
+        self.device = device
 
 
 _GLOBAL_OPTIONS = {"--config": "config"}
 _TOKEN_OPTIONS = {"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl", "--config": "config"}
+_TOKEN_FLAGS = {"--device": "device"}
 
 
 def _quick_token(argv: list[str]) -> _TokenArgs | None:
-    """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N] [--config PATH]`` read without
-    argparse, when every word is in a form argparse reads the same way: the options' full
-    names, each value after a space or ``=`` and not starting with ``-``, a decimal
-    ``--min-ttl``; a repeated option's last value wins, as in argparse. None for anything
-    else (abbreviations, ``--help``, mistakes), which argparse then reads and judges."""
+    """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N] [--device] [--config PATH]``
+    read without argparse, when every word is in a form argparse reads the same way: the
+    options' full names, each value after a space or ``=`` and not starting with ``-``, a
+    decimal ``--min-ttl``, ``--device`` alone; a repeated option's last value wins, as in
+    argparse. None for anything else (abbreviations, ``--help``, mistakes), which argparse
+    then reads and judges."""
     values: dict[str, str] = {}
     options = _GLOBAL_OPTIONS
     words = iter(argv)
     for word in words:
         if options is _GLOBAL_OPTIONS and word == "token":
             options = _TOKEN_OPTIONS
+            continue
+        if options is _TOKEN_OPTIONS and word in _TOKEN_FLAGS:
+            values[_TOKEN_FLAGS[word]] = word
             continue
         name, equals, value = word.partition("=")
         if name not in options:
@@ -208,7 +218,7 @@ def _quick_token(argv: list[str]) -> _TokenArgs | None:
     if options is not _TOKEN_OPTIONS or min_ttl is not None and not (min_ttl.isascii() and min_ttl.isdigit()):
         return None
     return _TokenArgs(values.get("config"), values.get("scope"), values.get("resource"),
-                      None if min_ttl is None else int(min_ttl))
+                      None if min_ttl is None else int(min_ttl), "device" in values)
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
@@ -314,7 +324,8 @@ def _ask_daemon(args: argparse.Namespace | _TokenArgs) -> int:
             if args.command == "status":
                 return _status(client.status(), args.json)
             if args.command == "token":
-                answer = client.token(min_ttl=args.min_ttl, scope=args.scope, resource=args.resource)
+                answer = client.token(min_ttl=args.min_ttl, scope=args.scope, resource=args.resource,
+                                      identity="device" if args.device else None)
                 sys.stdout.write(answer["access_token"] + "\n")
                 return 0
             if args.command == "pair":

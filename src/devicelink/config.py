@@ -21,6 +21,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from devicelink import paths
+from devicelink.device_token import DeviceTokenConfig, device_token_section
 from devicelink.errors import ConfigError
 from devicelink.identity import settings as identity
 from devicelink.identity.settings import IdentityConfig
@@ -113,6 +114,7 @@ class ClientPolicy:
     scope: str | None = None  # the most this app may get; none: no tokens (status and events only)
     resource: tuple[str, ...] | None = None  # RFC 8707 resources it may ask for; none: [provider] resource
     admin: bool = False
+    device_scope: str | None = None  # the most it may get of device-level tokens ([device_token]); none: none
     #: DPoP proofs without an access token (docs/dpop.md): the app may bind tokens of its own to the device key.
     dpop_proofs_without_token: bool = False
     origin: Path | None = None  # the file it came from, for messages
@@ -130,6 +132,7 @@ class Config:
     gpio: GpioConfig | None = None
     clients: tuple[ClientPolicy, ...] = ()
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    device_token: DeviceTokenConfig | None = None  # [device_token]: client credentials, no user
 
 
 def default_path() -> Path:
@@ -216,7 +219,8 @@ def load_drop_in(path: Path, owners: frozenset[int] | None = None) -> tuple[Clie
 def parse(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
     v = _Validator(path)
-    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity"})
+    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity",
+                     "device_token"})
     if "provider" not in raw:
         v.fail("[provider]", "missing section; it needs at least issuer and client_id")
 
@@ -249,7 +253,8 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     refresh = v.section(raw, "refresh", RefreshConfig, {"min_interval": v.number(1, 3600)})
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients, refresh=refresh,
-                  identity=identity.identity_section(v, raw))
+                  identity=identity.identity_section(v, raw),
+                  device_token=device_token_section(v, raw, provider.client_auth))
 
 
 class _Validator:
@@ -291,7 +296,7 @@ class _Validator:
             self.fail(where, "expected a table")
         checks = {"name": self.name, "user": self.text, "uid": self.integer(0, 2**32 - 2),
                   "group": self.text, "scope": self.scope, "resource": self.resources, "admin": self.boolean,
-                  "dpop_proofs_without_token": self.boolean}
+                  "device_scope": self.scope, "dpop_proofs_without_token": self.boolean}
         self.only(entry, where, set(checks))
         if "name" not in entry:
             self.fail(f"{where} name", "missing; every client needs a name")

@@ -23,6 +23,7 @@ COUNTERS: Mapping[str, str] = {
     "devicelink_slow_downs_total": "slow_down answers to polls (RFC 8628 §3.5).",
     "devicelink_refreshes_total": "Refresh requests by kind (grant, narrowed) and outcome.",
     "devicelink_token_requests_total": "GET /v1/token requests by app and HTTP status.",
+    "devicelink_client_credentials_requests_total": "Device-level token requests (client credentials) by outcome.",
 }
 
 

@@ -65,13 +65,15 @@ class App:
     ``scope`` None means the whole grant (the built-in ``root`` entry);
     otherwise the most this app may get, possibly empty (status and events
     only). ``resources`` None means any resource ``[provider] resource``
-    lists; otherwise exactly these.
+    lists; otherwise exactly these. ``device_scope`` is the most it may get of
+    device-level tokens (``[device_token]``): None all of them, empty none.
     """
 
     name: str
     scope: frozenset[str] | None
     resources: frozenset[str] | None
     admin: bool = False
+    device_scope: frozenset[str] | None = frozenset()
     #: May have DPoP proofs that go with no token of its own (docs/dpop.md).
     dpop_proofs_without_token: bool = False
 
@@ -80,7 +82,7 @@ class App:
         return frozenset() if self.scope is None else wanted - self.scope
 
 
-ROOT = App("root", scope=None, resources=None, admin=True, dpop_proofs_without_token=True)
+ROOT = App("root", scope=None, resources=None, admin=True, device_scope=None, dpop_proofs_without_token=True)
 
 
 @dataclass
@@ -161,7 +163,8 @@ def _add(policy: Policy, entry: ClientPolicy, names: dict[str, Path | None]) -> 
     app = App(entry.name,
               scope=frozenset(entry.scope.split()) if entry.scope else frozenset(),
               resources=frozenset(entry.resource) if entry.resource is not None else None,
-              admin=entry.admin, dpop_proofs_without_token=entry.dpop_proofs_without_token)
+              admin=entry.admin, device_scope=frozenset((entry.device_scope or "").split()),
+              dpop_proofs_without_token=entry.dpop_proofs_without_token)
     if entry.group is not None:
         try:
             gid = grp.getgrnam(entry.group).gr_gid

@@ -500,3 +500,30 @@ def test_start_without_node_modules_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setattr(harness, "SERVER_DIR", tmp_path)
     with pytest.raises(OidcProviderError, match=r"run npm ci --prefix tests/oidc_provider"):
         OidcProvider().start()
+
+
+def test_client_credentials_for_the_confidential_clients_only(http):
+    """OP_CLIENT_SECRET and OP_CLIENT_CREDENTIALS: what tests/e2e/test_device_token.py relies on."""
+    with OidcProvider(client_secret="harness-secret", client_credentials=True) as provider:
+        token_endpoint = f"{provider.issuer}/token"
+        basic = provider.secret_client_ids["client_secret_basic"]
+        answer = http.post(token_endpoint, data={"grant_type": "client_credentials", "scope": "telemetry.write"},
+                           auth=(basic, "harness-secret"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["scope"] == "telemetry.write" and "refresh_token" not in answer.json()
+        info = provider.access_token_info(answer.json()["access_token"])
+        assert info["active"] and info["client_id"] == basic and "sub" not in info
+        post = http.post(token_endpoint, data={"grant_type": "client_credentials", "scope": "api:read",
+                                               "resource": API, "client_id": provider.secret_client_ids[
+                                                   "client_secret_post"], "client_secret": "harness-secret"})
+        assert post.status_code == 200, post.text
+        claims = provider.access_token_info(post.json()["access_token"])  # a JWT for the API
+        assert claims["aud"] == API and claims["scope"] == "api:read"
+        narrower = http.post(token_endpoint, data={"grant_type": "client_credentials", "scope": "updates.read"},
+                             auth=(basic, "harness-secret"))
+        assert narrower.json()["error"] == "invalid_scope"  # a known scope, not one this client may have
+        public = http.post(token_endpoint, data={"grant_type": "client_credentials", "client_id": provider.client_id})
+        assert public.json() == {"error": "invalid_request",  # not RFC 6749's unauthorized_client
+                                 "error_description": "requested grant type is not allowed for this client"}
+        wrong = http.post(token_endpoint, data={"grant_type": "client_credentials"}, auth=(basic, "wrong"))
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"

@@ -97,12 +97,12 @@ def test_a_bearer_answer_to_a_dpop_pairing_is_refused_and_nothing_is_kept(tmp_pa
 class Socket:
     """The socket API's handler over one device, with the apps above at their uids."""
 
-    def __init__(self, device) -> None:
-        policy = Policy(by_uid={uid: app for app, uid in UIDS.items()})
-        self.api = SocketApi(device, policy)
+    def __init__(self, device, uids: dict[App, int] = UIDS) -> None:
+        self.uids = uids
+        self.api = SocketApi(device, Policy(by_uid={uid: app for app, uid in uids.items()}))
 
     async def ask(self, handler: str, app: App | None, body: dict | bytes | None = None, query: bytes = b""):
-        uid = UIDS[app] if app is not None else 0  # None: root
+        uid = self.uids[app] if app is not None else 0  # None: root
         raw = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
         answer = self.api.handle(Request(handler, query, raw, Peer(1, uid, uid)))
         if not hasattr(answer, "status"):
@@ -240,6 +240,29 @@ def test_a_daemon_without_dpop_says_its_tokens_need_no_proof(tmp_path):
         assert token["token_type"] == "Bearer"
         refused = await socket.refused(PLAYER, {"htm": "GET", "htu": API_URL, "access_token": token["access_token"]})
         assert refused.code == "invalid_request" and "dpop = false" in refused.description
+        await bench.close(device)
+
+    run(main())
+
+
+def test_a_device_level_token_is_bound_too_and_its_app_gets_proofs_for_it(tmp_path, signer):
+    from devicelink.config import DeviceTokenConfig
+
+    telemetry = App("telemetry", scope=frozenset(), resources=None, device_scope=frozenset({"telemetry.write"}))
+
+    async def main():
+        bench = Bench(tmp_path, auth="client_secret_basic", secret="s3cret-for-the-client", dpop=True)
+        bench.dpop = DPoP(signer, wall_clock=bench.wall)
+        bench.config_kw = {"device_token": DeviceTokenConfig("telemetry.write")}
+        device = bench.device(dpop=True)  # never paired: device-level tokens need no grant
+        socket = Socket(device, {**UIDS, telemetry: 50005})
+        token = await socket.ask("token", telemetry, query=b"identity=device")
+        (request,) = bench.fake.requests("client_credentials")
+        assert request.proof["jkt"] == signer.kid and request.headers["authorization"].startswith("Basic ")
+        assert token["token_type"] == "DPoP"
+        assert bench.fake.access_token_info(token["access_token"])["cnf"] == {"jkt": signer.kid}
+        claims = claims_of(await socket.proof(telemetry, access_token=token["access_token"]), signer)
+        assert claims["ath"] == ath(token["access_token"])
         await bench.close(device)
 
     run(main())

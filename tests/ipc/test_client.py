@@ -413,6 +413,29 @@ def test_dpop_proof(canned: CannedDaemon) -> None:
     assert all(r.method == "POST" and r.path == "/v1/dpop-proof" for r in canned.seen)
 
 
+def test_a_device_token_is_asked_for_with_identity_device(canned: CannedDaemon) -> None:
+    async def token(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, 200, {"access_token": "device-at", "token_type": "Bearer", "expires_in": 900,
+                                   "scope": "telemetry.write"})
+
+    canned.routes["/v1/token"] = token
+    with Client(canned.path) as dl:
+        assert dl.token(identity="device", scope="telemetry.write").access_token == "device-at"
+        assert dl.token().scope == "telemetry.write"
+
+    async def main() -> Token:
+        async with AsyncClient(canned.path) as dl:
+            return await dl.token(identity="device", min_ttl=120)
+
+    assert asyncio.run(main()).expires_in == 900
+    assert [r.target for r in canned.seen] == ["/v1/token?identity=device&scope=telemetry.write", "/v1/token",
+                                               "/v1/token?identity=device&min_ttl=120"]
+    from devicelink.ipc import fastpath  # every one of them stays on the daemon's fast path
+
+    for r in canned.seen:
+        assert fastpath.simple_request(wire.request("GET", r.target))[1] == "token"
+
+
 def test_an_error_without_an_error_object(canned: CannedDaemon) -> None:
     async def broken(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 500 X\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops")

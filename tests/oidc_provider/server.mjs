@@ -48,6 +48,23 @@
 //                             signature, iss, sub, aud (the issuer, the
 //                             token endpoint or the endpoint's URL), exp, and
 //                             that its jti was never seen before.
+//   OP_CLIENT_SECRET          if set, two confidential clients are registered
+//                             with this client_secret: SECRET_CLIENTS below,
+//                             one client_secret_basic and one client_secret_post.
+//   OP_CLIENT_CREDENTIALS     if "1", the client credentials grant (RFC 6749
+//                             section 4.4, features.clientCredentials) for the
+//                             confidential clients (the secret ones and the
+//                             private_key_jwt one), never the public client. Its
+//                             tokens have no user; with a `resource` of
+//                             RESOURCE_SERVERS they are JWTs for it (one resource
+//                             per token), else opaque (introspection says who).
+//                             DEVICE_SCOPES become known scopes (oidc-provider
+//                             silently drops unknown ones, and then answers
+//                             without `scope`), and the confidential clients may
+//                             have only CONFIDENTIAL_SCOPE of them: a request for
+//                             `updates.read` is invalid_scope.
+//                             The record (OP_RECORD_ISSUED_TO) gets a
+//                             client_credentials.saved line for each.
 //   OP_DPOP_NONCE             if "1", DPoP (RFC 9449; oidc-provider's
 //                             features.dPoP, on by default, checks every proof
 //                             at the token endpoint and at /me and binds the
@@ -102,6 +119,14 @@ const { default: Provider, errors } = await import('oidc-provider');
 
 const CLIENT_ID = 'devicelink-test';
 const KEY_CLIENT_ID = 'devicelink-test-key';
+// Scopes a client may have for itself (OP_CLIENT_CREDENTIALS), and what the confidential clients may ask.
+const DEVICE_SCOPES = ['telemetry.write', 'updates.read'];
+const CONFIDENTIAL_SCOPE = 'openid profile offline_access telemetry.write';
+// The confidential clients OP_CLIENT_SECRET registers, by token_endpoint_auth_method.
+const SECRET_CLIENTS = {
+  client_secret_basic: 'devicelink-test-basic',
+  client_secret_post: 'devicelink-test-post',
+};
 const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
 // The resource servers this server issues tokens for (RFC 8707), the same URIs
@@ -150,6 +175,11 @@ if (process.env.OP_CLIENT_JWKS) {
   if (!Array.isArray(clientJwks?.keys)) usage('OP_CLIENT_JWKS must be a JWKS ({"keys": [...]})');
 }
 const devicePollInterval = nonNegativeInt('OP_DEVICE_POLL_INTERVAL');
+const clientSecret = process.env.OP_CLIENT_SECRET || undefined;
+const clientCredentials = process.env.OP_CLIENT_CREDENTIALS === '1';
+// What a confidential client may use; the public client never gets client_credentials.
+const confidentialGrants = [DEVICE_CODE_GRANT, 'refresh_token', ...(clientCredentials ? ['client_credentials'] : [])];
+const confidentialScope = clientCredentials ? { scope: CONFIDENTIAL_SCOPE } : {};
 const rotation = process.env.OP_ROTATE_REFRESH_TOKEN || 'always';
 if (!['always', 'default'].includes(rotation)) usage(`OP_ROTATE_REFRESH_TOKEN must be always or default, got ${JSON.stringify(rotation)}`);
 
@@ -190,14 +220,25 @@ const configuration = {
       token_endpoint_auth_method: 'private_key_jwt',
       token_endpoint_auth_signing_alg: 'ES256',
       jwks: clientJwks,
-      grant_types: [DEVICE_CODE_GRANT, 'refresh_token'],
+      grant_types: confidentialGrants,
+      ...confidentialScope,
       response_types: [],
       redirect_uris: [],
     }] : []),
+    ...(clientSecret ? Object.entries(SECRET_CLIENTS).map(([method, clientId]) => ({
+      client_id: clientId,
+      client_name: `devicelink test device with a secret (${method})`,
+      client_secret: clientSecret,
+      token_endpoint_auth_method: method,
+      grant_types: confidentialGrants,
+      ...confidentialScope,
+      response_types: [],
+      redirect_uris: [],
+    })) : []),
   ],
   // `profile` is a scope through its claims; `openid` and `offline_access`
   // are listed explicitly.
-  scopes: ['openid', 'profile', 'offline_access'],
+  scopes: ['openid', 'profile', 'offline_access', ...(clientCredentials ? DEVICE_SCOPES : [])],
   claims: {
     openid: ['sub'],
     profile: ['name'],
@@ -214,6 +255,7 @@ const configuration = {
   },
   features: {
     deviceFlow: { enabled: true },
+    clientCredentials: { enabled: clientCredentials },
     revocation: { enabled: true },
     // Development-only login and consent pages (any login, any password); the
     // Python helper scripts them. Consent stays a real step: the helper
@@ -328,7 +370,7 @@ if (recordTo) {
   const { appendFileSync } = await import('node:fs');
   const record = (entry) => appendFileSync(recordTo, `${JSON.stringify({ t: Date.now(), ...entry })}\n`, { mode: 0o600 });
   for (const event of ['access_token.saved', 'refresh_token.saved', 'refresh_token.consumed',
-    'refresh_token.destroyed', 'device_code.saved', 'device_code.consumed']) {
+    'refresh_token.destroyed', 'device_code.saved', 'device_code.consumed', 'client_credentials.saved']) {
     provider.on(event, (token) => record({ event, value: token.jti, grant_id: token.grantId ?? null }));
   }
   provider.on('grant.success', (ctx) => record({ event: 'grant.success', grant_type: ctx.oidc?.params?.grant_type ?? null }));

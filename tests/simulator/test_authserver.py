@@ -141,7 +141,7 @@ def test_discovery_metadata(srv, http, path):
     assert meta["token_endpoint"] == srv.issuer + "/token"
     assert meta["revocation_endpoint"] == srv.issuer + "/revoke"
     assert meta["jwks_uri"] == srv.issuer + "/jwks"
-    assert set(meta["grant_types_supported"]) == {DEVICE_CODE_GRANT_TYPE, "refresh_token"}
+    assert set(meta["grant_types_supported"]) == {DEVICE_CODE_GRANT_TYPE, "refresh_token", "client_credentials"}
     assert set(meta["token_endpoint_auth_methods_supported"]) == {
         "none",
         "client_secret_basic",
@@ -530,6 +530,44 @@ def test_confidential_client_must_authenticate(srv, http):
     assert error(response) == "invalid_client"
     # And the public client cannot redeem a device code issued to another client.
     assert error(poll(http, srv, code["device_code"])) == "unauthorized_client"
+
+
+# -- the client credentials grant (RFC 6749 §4.4) --
+
+
+def client_credentials(http, srv, **data):
+    return http.post("/token", data={"grant_type": "client_credentials", **data},
+                     auth=(srv.confidential_client_id, srv.client_secret))
+
+
+def test_client_credentials_give_the_confidential_client_a_token_of_its_own(srv, http, clock):
+    response = client_credentials(http, srv, scope="telemetry.write")
+    assert response.status_code == 200, response.text
+    tokens = response.json()
+    assert tokens["token_type"] == "Bearer" and tokens["scope"] == "telemetry.write" and tokens["expires_in"] == 3600
+    assert "refresh_token" not in tokens and "id_token" not in tokens  # §4.4.3
+    info = srv.access_token_info(tokens["access_token"])
+    assert info["active"] and info["client_id"] == srv.confidential_client_id and info["sub"] is None
+    assert info["acr"] is None and info["aud"] is None
+    assert userinfo(http, tokens["access_token"]).status_code == 401  # no user to describe
+    assert srv.stats.token_requests["client_credentials"] == 1
+
+    post = http.post("/token", data={"grant_type": "client_credentials", "scope": "updates.read", "resource": API,
+                                     "client_id": srv.confidential_client_id, "client_secret": srv.client_secret})
+    assert post.status_code == 200 and srv.access_token_info(post.json()["access_token"])["aud"] == API
+    assert http.post("/revoke", data={"token": tokens["access_token"]},
+                     auth=(srv.confidential_client_id, srv.client_secret)).status_code == 200
+    assert not srv.access_token_info(tokens["access_token"])["active"]
+
+
+def test_client_credentials_refusals(srv, http):
+    assert error(client_credentials(http, srv, scope="openid")) == "invalid_scope"  # a user's scope
+    assert error(client_credentials(http, srv, scope="telemetry.write", resource=[API, MEDIA])) == "invalid_target"
+    assert error(client_credentials(http, srv, resource="https://unknown.example")) == "invalid_target"
+    wrong = http.post("/token", data={"grant_type": "client_credentials"}, auth=(srv.confidential_client_id, "x"))
+    assert wrong.status_code == 401 and error(wrong) == "invalid_client"
+    public = http.post("/token", data={"grant_type": "client_credentials", "client_id": srv.client_id})
+    assert error(public) == "unauthorized_client"  # confidential clients only
 
 
 # -- ID tokens --

@@ -82,6 +82,20 @@ def test_a_good_assertion_pairs_and_every_request_needs_a_new_one(srv, device, a
     assert [a["sub"] for a in srv.assertions] == [KEY_CLIENT_ID] * 2
 
 
+def test_a_device_key_gets_client_credentials_with_a_new_assertion(srv, device):
+    def ask(token: str) -> httpx.Response:
+        return httpx.post(f"{srv.issuer}/token", data={
+            "grant_type": "client_credentials", "scope": "telemetry.write", "client_id": KEY_CLIENT_ID,
+            "client_assertion_type": ASSERTION_TYPE, "client_assertion": token})
+
+    token = assertion(device[0], srv.issuer)
+    answer = ask(token)
+    assert answer.status_code == 200, answer.text
+    assert srv.access_token_info(answer.json()["access_token"])["client_id"] == KEY_CLIENT_ID
+    assert "used before" in refused(ask(token))
+    refused(ask(assertion(new_key()[0], srv.issuer)))
+
+
 def test_what_a_strict_server_refuses(srv, device):
     other, _ = new_key()
     issuer = srv.issuer

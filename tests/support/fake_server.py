@@ -17,6 +17,10 @@ to end against it as gpiozero tests against its MockFactory:
   engine tests also run on Bookworm's packages), with ``acr`` and ``auth_time`` when the device
   authorization asked ``acr_values`` or ``max_age`` (RFC 9470 §4);
 - RFC 7009 revocation: 200, also for a token it does not know (§2.2);
+- the client credentials grant (RFC 6749 §4.4) for a confidential client only (a public one
+  gets ``unauthorized_client``): a token for a subset of :attr:`client_scopes` (else
+  ``invalid_scope``) and at most one of :attr:`client_resources` (else ``invalid_target``),
+  with no refresh token and no user (``access_token_info`` says ``sub`` None);
 - client authentication ``none``, ``client_secret_basic`` (id and secret
   form-encoded before base64, RFC 6749 §2.3.1) or ``client_secret_post``, checked
   strictly: missing, wrong, or two methods at once is ``401 invalid_client``;
@@ -52,6 +56,9 @@ import httpx
 ISSUER = "https://id.example.com"
 CLIENT_ID = "devicelink-test"
 SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+#: What a client may have for itself, with no user (client credentials).
+CLIENT_SCOPES = frozenset({"telemetry.write", "updates.read"})
+CLIENT_RESOURCES = frozenset({"https://api.example.com", "https://telemetry.example.com"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_LETTERS = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: base 20, no vowels
 SLOW_DOWN_STEP = 5  # RFC 8628 §3.5
@@ -108,7 +115,7 @@ class Authorization:
 
 @dataclass
 class AccessToken:
-    grant: Grant
+    grant: Grant | None  # None: the client's own (client credentials)
     scope: frozenset[str]
     audience: tuple[str, ...]
     expires_at: float
@@ -152,6 +159,7 @@ class FakeAuthServer:
         self.issuer, self.client_id = issuer, client_id
         self.client_auth, self.client_secret = client_auth, client_secret
         self.scopes, self.lifetime, self.rotate = scopes, lifetime, rotate
+        self.client_scopes, self.client_resources = CLIENT_SCOPES, CLIENT_RESOURCES
         #: How a refused refresh token is answered: "invalid_grant", or "empty" (glewlwyd: a bare 400).
         self.refusal = refusal
         self.interval, self.code_lifetime = interval, code_lifetime
@@ -250,9 +258,10 @@ class FakeAuthServer:
         access = self._access_tokens.get(token)
         if access is None:
             return None
-        active = not (access.revoked or access.grant.revoked) and self.clock() < access.expires_at
-        return {"active": active, "sub": access.grant.sub, "scope": " ".join(sorted(access.scope)),
-                "aud": list(access.audience), "acr": access.grant.acr,
+        grant = access.grant
+        active = not (access.revoked or (grant and grant.revoked)) and self.clock() < access.expires_at
+        return {"active": active, "sub": grant and grant.sub, "scope": " ".join(sorted(access.scope)),
+                "aud": list(access.audience), "acr": grant and grant.acr, "client_id": self.client_id,
                 **({"cnf": {"jkt": access.jkt}} if access.jkt else {})}
 
     def new_nonce(self) -> str:
@@ -267,7 +276,7 @@ class FakeAuthServer:
                     "device_authorization_endpoint": at["device_authorization"],
                     "token_endpoint": at["token"],
                     "revocation_endpoint": at["revocation"],
-                    "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token"],
+                    "grant_types_supported": [DEVICE_CODE_GRANT, "refresh_token", "client_credentials"],
                     "token_endpoint_auth_methods_supported": [self.client_auth],
                     "scopes_supported": sorted(self.scopes)}
         if self.revocation_auth_methods is not None:
@@ -288,7 +297,8 @@ class FakeAuthServer:
         kind = endpoint
         if endpoint == "token":
             grant_type = (form.get("grant_type") or [""])[0]
-            kind = {DEVICE_CODE_GRANT: "device_token", "refresh_token": "refresh"}.get(grant_type, "token")
+            kind = {DEVICE_CODE_GRANT: "device_token", "refresh_token": "refresh",
+                    "client_credentials": "client_credentials"}.get(grant_type, "token")
         seen = Seen(kind, form, request.headers, self.clock())
         self.seen.append(seen)
         try:
@@ -391,7 +401,25 @@ class FakeAuthServer:
             return self._poll(seen)
         if seen.kind == "refresh":
             return self._refresh(seen)
+        if seen.kind == "client_credentials":
+            return self._client_credentials(seen)
         raise Refused("unsupported_grant_type")
+
+    def _client_credentials(self, seen: Seen) -> httpx.Response:
+        if self.client_auth == "none":
+            raise Refused("unauthorized_client")  # RFC 6749 §4.4: confidential clients only
+        asked = seen.value("scope")
+        scope = self.client_scopes if asked is None else frozenset(asked.split())
+        if not scope <= self.client_scopes:
+            raise Refused("invalid_scope")
+        resources = tuple(seen.form.get("resource", ()))
+        if len(resources) > 1 or not set(resources) <= self.client_resources:
+            raise Refused("invalid_target")
+        access = "cc-" + secrets.token_urlsafe(24)
+        jkt = seen.proof and seen.proof["jkt"]
+        self._access_tokens[access] = AccessToken(None, scope, resources, self.clock() + self.lifetime, jkt=jkt)
+        return _json(200, {"access_token": access, "token_type": "DPoP" if jkt else "Bearer",
+                           "expires_in": self.lifetime, "scope": " ".join(sorted(scope))}, {"cache-control": "no-store"})
 
     def _poll(self, seen: Seen) -> httpx.Response:
         code = self._codes.get(seen.value("device_code") or "")

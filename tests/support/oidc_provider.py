@@ -46,6 +46,8 @@ SERVER_SCRIPT = SERVER_DIR / "server.mjs"
 CLIENT_ID = "devicelink-test"
 #: The private_key_jwt client server.mjs registers when given public keys (``client_jwks``).
 KEY_CLIENT_ID = "devicelink-test-key"
+#: The confidential clients server.mjs registers when given a ``client_secret``, by auth method.
+SECRET_CLIENT_IDS = {"client_secret_basic": "devicelink-test-basic", "client_secret_post": "devicelink-test-post"}
 #: The resource servers (RFC 8707) server.mjs issues JWT access tokens for, with their scopes.
 RESOURCE_SERVERS = {
     "https://api.example.com": "api:read api:write",
@@ -207,6 +209,9 @@ class OidcProvider:
     member to the device authorization response (oidc-provider itself sends
     none and enforces none; see server.mjs). ``client_jwks``, a JWKS of public keys, registers
     :data:`KEY_CLIENT_ID`, a ``private_key_jwt`` client whose assertions those keys sign.
+    ``client_secret`` registers :data:`SECRET_CLIENT_IDS`, confidential clients with that
+    secret; ``client_credentials`` lets the confidential clients use the client credentials
+    grant (RFC 6749 §4.4).
     ``dpop_nonce`` makes every DPoP proof need the server's nonce (``OP_DPOP_NONCE``);
     ``rotation`` ``"default"`` is the library's refresh-token rotation, which leaves a
     DPoP-bound public client's refresh token as it is (``OP_ROTATE_REFRESH_TOKEN``).
@@ -214,9 +219,11 @@ class OidcProvider:
 
     client_id: str = CLIENT_ID
     key_client_id: str = KEY_CLIENT_ID
+    secret_client_ids: dict[str, str] = SECRET_CLIENT_IDS
 
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
-                 client_jwks: dict | None = None, dpop_nonce: bool = False, rotation: str = "always") -> None:
+                 client_jwks: dict | None = None, client_secret: str | None = None,
+                 client_credentials: bool = False, dpop_nonce: bool = False, rotation: str = "always") -> None:
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -224,6 +231,8 @@ class OidcProvider:
         self.access_token_ttl = access_token_ttl
         self.device_poll_interval = device_poll_interval
         self.client_jwks = client_jwks
+        self.client_secret = client_secret
+        self.client_credentials = client_credentials
         if rotation not in ("always", "default"):
             raise ValueError("rotation must be 'always' or 'default'")
         self.dpop_nonce, self.rotation = dpop_nonce, rotation
@@ -275,6 +284,12 @@ class OidcProvider:
             import json
 
             env["OP_CLIENT_JWKS"] = json.dumps(self.client_jwks)
+        for name in ("OP_CLIENT_SECRET", "OP_CLIENT_CREDENTIALS"):
+            env.pop(name, None)
+        if self.client_secret is not None:
+            env["OP_CLIENT_SECRET"] = self.client_secret
+        if self.client_credentials:
+            env["OP_CLIENT_CREDENTIALS"] = "1"
         env.pop("OP_DPOP_NONCE", None)
         if self.dpop_nonce:
             env["OP_DPOP_NONCE"] = "1"
@@ -367,6 +382,9 @@ class OidcProvider:
         (oidc-provider cannot introspect structured tokens, so a revoked one still looks
         active). Opaque: the RFC 7662 introspection response (``{"active": False}`` for an
         unknown, expired or revoked token), which carries no ``aud``. Neither has ``acr``.
+        With a ``client_secret`` the confidential ``client_secret_basic`` client introspects,
+        which may ask about any client's token (a client credentials token has ``client_id``
+        and no ``sub``); else the public client, which may ask only about its own.
         """
         with httpx.Client(timeout=HTTP_TIMEOUT) as client:
             meta = client.get(f"{self.issuer}/.well-known/openid-configuration").json()
@@ -379,9 +397,13 @@ class OidcProvider:
                     options={"verify_aud": False, "verify_exp": False, "require": ["exp", "aud"]},
                 )
                 return {**claims, "active": claims["exp"] > time.time()}
-            response = client.post(
-                meta["introspection_endpoint"], data={"client_id": self.client_id, "token": access_token}
-            )
+            if self.client_secret is not None:
+                response = client.post(meta["introspection_endpoint"], data={"token": access_token}, auth=(
+                    SECRET_CLIENT_IDS["client_secret_basic"], self.client_secret))
+            else:
+                response = client.post(
+                    meta["introspection_endpoint"], data={"client_id": self.client_id, "token": access_token}
+                )
         if response.status_code != 200:
             raise OidcProviderError(f"introspection got HTTP {response.status_code}")
         return response.json()

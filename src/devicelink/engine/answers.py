@@ -19,6 +19,7 @@ class TokenQuery:
     min_ttl: int = 60
     scope: str | None = None
     resource: str | None = None
+    identity: str = "user"  # "device": a device-level token (client credentials, no user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,15 @@ class Status:
     key_source: str | None
     pending_revocations: int
     version: str
+    device_token: DeviceTokenStatus | None = None  # None: [device_token] is not configured
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTokenStatus:
+    """Device-level tokens (client credentials), for ``devicelink status``: never a token."""
+
+    held: int  # valid tokens cached, one per (scope, resource) asked for
+    last_error: str | None  # the last failure to get one, cleared by the next success
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ Its rooms, each in a module of its own:
 - ``pairing.py``: discovery, codes, polling, until a grant is held;
 - ``refresher.py``: the silent refresh schedule and what a failure costs;
 - ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
+- ``devicetokens.py``: device-level tokens (client credentials), whatever the state;
 - ``stepup.py``: RFC 9470 step-up sessions;
 - ``proofs.py``: DPoP proofs for apps (RFC 9449), for the tokens each was handed;
 - ``revocations.py``: revocations owed to the server;
@@ -38,6 +39,7 @@ from devicelink.display.port import ScreenPort
 from devicelink.engine import narrowing
 from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone, StepUpPending, TokenQuery,
                                        Trouble, Unpaired)
+from devicelink.engine.devicetokens import DeviceTokens
 from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
 from devicelink.engine.proofs import AppProofs
@@ -115,6 +117,7 @@ class Device:
 
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
+        self.device_tokens = DeviceTokens(self)
         self.revocations = Revocations(self)
         self.state_file = StateFile(self)
         self.proofs = AppProofs(self)  # DPoP proofs for apps, for the tokens they were handed
@@ -201,7 +204,7 @@ class Device:
             self.message = _no_refresh_message(tokens)
             self.move(Event.RESTORED)
             logger.info("restored the grant%s", self._account_suffix())
-            self.refresher.start()
+            self.refresher.start(restored=True)
         else:
             self.pairer.start()
         if self.revocations.owed:
@@ -212,6 +215,7 @@ class Device:
         await self._settle_refresh()
         owed = len(self.revocations)
         await self._cancel_tasks()  # step-ups' own grants become owed revocations, kept for the next start
+        await self.device_tokens.cancel()
         await self.state_file.settled()
         await self.screen.settled()
         if (self.state_file.unsaved and self.tokens is not None) or len(self.revocations) != owed:
@@ -254,6 +258,8 @@ class Device:
     def token_now(self, query: TokenQuery, app: App = ROOT) -> Issued | None:
         """The answer if it needs no request upstream, else None (call :meth:`token`).
         Raises :class:`Refused` when ``app`` may not have what it asks for."""
+        if query.identity == "device":  # no user: whatever the state of the grant
+            return self.device_tokens.token_now(query, app)
         key = self._narrow_key(query, app)
         tokens = self.tokens if key is None else self.narrowed.cache.get(key)
         if tokens is None or self.tokens is None:
@@ -266,7 +272,9 @@ class Device:
         return None
 
     async def token(self, query: TokenQuery, app: App = ROOT) -> Issued:
-        """A token for ``app``: the grant's own access token, or a narrowed one."""
+        """A token for ``app``: the grant's own access token, or a narrowed one; or a device-level one."""
+        if query.identity == "device":
+            return await self.device_tokens.token(query, app)
         answer = self.token_now(query, app)
         if answer is not None:
             return answer
@@ -325,7 +333,7 @@ class Device:
             access_token_expires_in=max(0, int(self.tokens.expires_in(now))) if holds else None,  # type: ignore[union-attr]
             last_refresh=_iso(self.last_refresh), last_error=self.last_error, last_error_kind=self.last_error_kind,
             warnings=self.warnings(), message=self.message, clock_synced=self.clock_synced(), key_source=self.key_source,
-            pending_revocations=len(self.revocations), version=__version__)
+            pending_revocations=len(self.revocations), version=__version__, device_token=self.device_tokens.status())
 
     def warnings(self) -> tuple[str, ...]:
         """Standing conditions of the grant (or of the last one given up) a person should know of."""
@@ -339,9 +347,20 @@ class Device:
         return len(self.revocations)
 
     def healthy(self) -> bool:
+        """Pairing, or a token held or to be had at once: a grant whose refresh was put off after
+        a restart (the restart spread, a clock not yet set) refreshes as soon as an app asks."""
         if self.state is State.PAIRING:
             return True
-        return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
+        tokens = self.tokens
+        if self.state not in HOLDS_GRANT or tokens is None:
+            return False
+        return tokens.valid_for(0, self.clock()) or (
+            self.state is not State.OFFLINE and bool(tokens.refresh_token) and self.refresher.refused is None)
+
+    async def halt(self) -> None:
+        """Stop every task at once and save nothing: what a power cut does (the simulator's
+        fleet). A write already under way lands whole or not at all (``files.write_atomic``)."""
+        await self._cancel_tasks()
 
     async def pair(self) -> Status:
         if self.state in HOLDS_GRANT:
@@ -368,6 +387,7 @@ class Device:
                     # is owed a revocation, kept encrypted on disk and retried until it goes through.
                     self.revocations.owe_grant(tokens)
                 await self.state_file.save(None)  # the grant is gone from disk; owed revocations stay
+                self.device_tokens.forget()  # the device's own tokens start afresh with the next owner too
                 self.move(Event.UNPAIRED)
         finally:
             self.unpairing = False
@@ -435,12 +455,13 @@ class Device:
     async def _cancel_tasks(self) -> None:
         if self._step_ups is not None:
             self._step_ups.discard_all()
-        for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight):
+        for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight,
+                     self.refresher.trusting):
             await cancel(task)
         await self.revocations.cancel()
         if self._pairer is not None:
             self._pairer.task = None
-        self.refresher.task = self.refresher.inflight = None
+        self.refresher.task = self.refresher.inflight = self.refresher.trusting = None
 
     def _account_suffix(self) -> str:
         account = self.tokens.account if self.tokens else None

@@ -12,23 +12,20 @@ one resource (RFC 8707), got with a refresh request (RFC 6749 §6) and cached pe
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from devicelink.clock import explain_failure
 from devicelink.engine.narrowing import NarrowKey
+from devicelink.engine.perkey import Backoffs, Shared
 from devicelink.errors import GrantFailed, ProtocolViolation, Refused, RefreshRejected, ScopeIgnored, TargetRefused
 from devicelink.lifecycle import HOLDS_GRANT, Event, State
 from devicelink.oauth import refresh as flows
-from devicelink.oauth.steps import Backoff, backoff_delay
 from devicelink.tokens.model import TokenSet
 
 if TYPE_CHECKING:
     from devicelink.engine.device import Device
 
-RETRY_BASE = 5.0
-RETRY_CAP = 300.0  # seconds: the longest wait after failed narrowed refreshes
 MAX_NARROWED = 64  # keys cached; an app cycling through more only costs refreshes
 
 
@@ -36,33 +33,28 @@ class Narrowed:
     def __init__(self, device: Device) -> None:
         self.device = device
         self.cache: dict[NarrowKey, TokenSet] = {}
-        self._fetching: dict[NarrowKey, asyncio.Future[TokenSet]] = {}
-        self._failures: dict[NarrowKey, tuple[Backoff, float]] = {}  # backoff, no retry before
+        self._fetching: Shared[NarrowKey, TokenSet] = Shared()
+        self._failures: Backoffs[NarrowKey] = Backoffs(device.rng, device.clock)
 
     def forget(self) -> None:
         """The grant ended: its narrowed tokens and their backoffs go with it."""
         self.cache.clear()
         self._failures.clear()
 
-    def pending(self) -> list[asyncio.Future[TokenSet]]:
-        return list(self._fetching.values())
+    def pending(self) -> list:
+        return self._fetching.pending()
 
     async def token(self, key: NarrowKey) -> TokenSet:
         """After a failure, no request before its backoff is over (the cached token is served)."""
         device, now = self.device, self.device.clock()
-        failed = self._failures.get(key)
-        if failed is not None and now < failed[1]:
+        retry_at = self._failures.until(key, now)
+        if retry_at is not None:
             cached = self.cache.get(key)
             if cached is not None and cached.valid_for(0, now):
                 return cached
             raise Refused("upstream_unavailable", f"cannot get a narrowed token ({device.last_error or 'no answer'}); "
-                          f"next try in {failed[1] - now:.0f} s")
-        pending = self._fetching.get(key)
-        if pending is None or pending.done():
-            pending = self._fetching[key] = asyncio.ensure_future(self._fetch(key))
-            pending.add_done_callback(lambda f, key=key: self._fetching.pop(key, None)
-                                      if self._fetching.get(key) is f else None)
-        tokens = await asyncio.shield(pending)
+                          f"next try in {retry_at - now:.0f} s")
+        tokens = await self._fetching.join(key, lambda: self._fetch(key))
         if not tokens.valid_for(0, device.clock()):
             raise Refused("upstream_unavailable", "the narrowed access token the server issued has already expired")
         return tokens
@@ -92,7 +84,7 @@ class Narrowed:
                     # The grant's own refresh confirms a refusal before it ends the grant; here it
                     # may be the narrower request the server disliked. This key backs off.
                     self._count("failed")
-                    self._back_off(key, exc.retry_after)
+                    self._failures.failed(key, exc.retry_after)
                     raise Refused("upstream_unavailable", "cannot get a narrowed token: "
                                   + str(exc).removesuffix("; pair again")) from None
                 self._count("rejected")
@@ -105,11 +97,11 @@ class Narrowed:
                 raise Refused(exc.code, str(exc)) from None
             except (GrantFailed, ProtocolViolation) as exc:
                 self._count("failed")
-                self._back_off(key, getattr(exc, "retry_after", None))
+                self._failures.failed(key, getattr(exc, "retry_after", None))
                 reason = (explain_failure(exc.unanswered, device.clock_synced())
                           if isinstance(exc, GrantFailed) and exc.unanswered else str(exc).removeprefix("refresh failed: "))
                 raise Refused("upstream_unavailable", f"cannot get a narrowed token: {reason}") from None
-            self._failures.pop(key, None)
+            self._failures.succeeded(key)
             if parsed.refresh_token and parsed.refresh_token != tokens.refresh_token:
                 # Rotation (RFC 9700 §4.14.2): the old refresh token is spent. Save the new one
                 # as the grant's (its scope is the grant's, RFC 6749 §6) before serving anything.
@@ -123,11 +115,6 @@ class Narrowed:
             if device.state in HOLDS_GRANT:
                 self.cache[key] = narrowed
             return narrowed
-
-    def _back_off(self, key: NarrowKey, retry_after: float | None) -> None:
-        backoff = self._failures[key][0] if key in self._failures else Backoff(
-            self.device.rng, base=RETRY_BASE, cap=RETRY_CAP)
-        self._failures[key] = (backoff, self.device.clock() + backoff_delay(backoff, retry_after))
 
     def _count(self, outcome: str) -> None:
         self.device.metrics.inc("devicelink_refreshes_total", kind="narrowed", outcome=outcome)

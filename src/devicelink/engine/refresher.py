@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 MIN_REFRESH_SPACING = 1.0  # even a server that issues 0-second tokens is not refreshed in a loop
 FIRST_RETRY = 5.0
+#: A grant restored with its refresh overdue is refreshed at a random point of this share of
+#: its lifetime (on its own; an app asking refreshes it at once): a fleet that lost power
+#: together comes back spread as an unsynchronised fleet refreshes (0.75-0.85 of a lifetime
+#: apart), not as one burst at the authorization server (docs/fleet.md).
+RESTART_SPREAD = 0.8
+CLOCK_POLL = 2.0  # seconds between looks at the clock while a stored expiry waits for NTP
 
 
 class Refresher:
@@ -58,12 +64,45 @@ class Refresher:
         self.inflight: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # the tokens or the schedule changed: look again
+        self.not_before = 0.0  # no proactive refresh before this (monotonic): the restart spread
+        self.trusting: asyncio.Task[None] | None = None  # waits for NTP to vouch for a stored expiry
 
-    def start(self) -> None:
+    def start(self, restored: bool = False) -> None:
         self.refused = None
-        if self.device.tokens is not None:
-            self.note_lifetime(self.device.tokens)
+        tokens = self.device.tokens
+        if tokens is not None:
+            self.note_lifetime(tokens)
+        if restored and tokens is not None:
+            self._spread_restart(tokens)
+            if (stored := self.device.state_file.unverified) is not None:
+                self.trusting = asyncio.create_task(self._trust_when_synced(tokens, stored))
         self.task = asyncio.create_task(self._keep_fresh())
+
+    def _spread_restart(self, tokens: TokenSet) -> None:
+        device = self.device
+        now = device.clock()
+        if tokens.refresh_token and tokens.refresh_due(device.rng) <= now:
+            self.not_before = now + device.rng.uniform(0.0, RESTART_SPREAD * tokens.lifetime)
+            logger.info("the refresh is overdue; it runs in %.0f s, or as soon as an app asks",
+                        self.not_before - now)
+
+    async def _trust_when_synced(self, restored: TokenSet, stored: dict) -> None:
+        """A start before NTP cannot tell the stored token's age (docs/clock.md). Once the clock
+        is synchronised, the stored expiry, written by a synchronised clock, is good again:
+        a short power cut then costs no refresh at all."""
+        device = self.device
+        while device.clock_synced() is False:
+            await device.sleep(CLOCK_POLL)
+            if device.tokens is not restored:
+                return  # refreshed meanwhile
+        if device.clock_synced() is not True or device.tokens is not restored:
+            return
+        believed = TokenSet.from_record(stored, device.clock(), device.wall_clock(), True)
+        if believed.expires_at > restored.expires_at:
+            device.tokens = believed
+            logger.info("the wall clock is synchronised: the stored access token is good for %.0f s more",
+                        believed.expires_in(device.clock()))
+            self.changed.set()
 
     def backing_off(self, now: float) -> bool:
         return now < self.retry_at
@@ -232,9 +271,9 @@ class Refresher:
                 due = device.tokens.expires_at  # nothing to refresh with: wake at expiry
             elif device.state is State.OFFLINE:
                 due = self.retry_at
-            else:  # the schedule, but never before a backoff, the budget or the floor allows
+            else:  # the schedule, but never before a backoff, the budget, the floor or the spread allows
                 due = max(device.tokens.refresh_due(device.rng), self.retry_at,
-                          device.tokens.obtained_at + device.refresh_floor)
+                          device.tokens.obtained_at + device.refresh_floor, self.not_before)
             due = max(due, self.last_attempt + MIN_REFRESH_SPACING)
             unsaved = device.state_file.unsaved  # nothing rotates before the save: wake for it
             self.changed.clear()

@@ -26,6 +26,8 @@ class StateFile:
     def __init__(self, device: Device) -> None:
         self.device = device
         self.unsaved = False  # the last write failed: the grant is held in memory only
+        #: The stored tokens as read at a start before NTP: their expiry, believed once the clock is.
+        self.unverified: dict | None = None
         self._saving: asyncio.Future[None] | None = None
 
     async def settled(self) -> None:
@@ -56,6 +58,8 @@ class StateFile:
         if found.tokens is not None and not found.trusted_clock:
             logger.info("the wall clock is not known to be synchronised: the stored access token "
                         "counts as expired and is refreshed before it is served")
+            if device.clock_synced() is False and stored.get("wall_clock_synced") is True:
+                self.unverified = stored["tokens"]  # written by a good clock: NTP may vouch for it soon
         return found.tokens
 
     async def save_current(self) -> None:

@@ -50,6 +50,8 @@ def status(s: Status) -> dict[str, Any]:
         "key_source": s.key_source,
         "pending_revocations": s.pending_revocations,
         "version": s.version,
+        "device_token": {"held": s.device_token.held, "last_error": s.device_token.last_error}
+        if s.device_token else None,
     }
 
 

@@ -30,9 +30,9 @@ class AsyncClient(_Base):
         self._pool = transport.AsyncPool(self.path)
 
     async def token(self, *, scope: str | None = None, resource: str | None = None,
-                    min_ttl: int | None = None) -> Token:
+                    min_ttl: int | None = None, identity: str | None = None) -> Token:
         """See :meth:`Client.token`."""
-        return await self._do(_token_call(scope, resource, min_ttl))
+        return await self._do(_token_call(scope, resource, min_ttl, identity))
 
     async def status(self) -> dict[str, Any]:
         return await self._do(_STATUS)

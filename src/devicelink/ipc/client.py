@@ -198,8 +198,10 @@ class _Call(NamedTuple):
         return wire.request(self.method, wire.target(self.path, self.params), body)
 
 
-def _token_call(scope: str | None, resource: str | None, min_ttl: int | None) -> _Call:
+def _token_call(scope: str | None, resource: str | None, min_ttl: int | None, identity: str | None = None) -> _Call:
     params: dict[str, str] = {}
+    if identity is not None:
+        params["identity"] = identity
     if min_ttl is not None:
         params["min_ttl"] = str(int(min_ttl))
     if scope is not None:
@@ -307,11 +309,13 @@ class Client(_Base):
         self._pool = transport.Pool(self.path)
 
     def token(self, *, scope: str | None = None, resource: str | None = None,
-              min_ttl: int | None = None) -> Token:
+              min_ttl: int | None = None, identity: str | None = None) -> Token:
         """An access token valid for at least ``min_ttl`` seconds (the daemon's default
         is 60), carrying ``scope`` (space-separated) and meant for ``resource``.
+        ``identity="device"``: the device's own token, with no user (client credentials;
+        the app's policy must allow it), also while the device is not paired.
         :class:`DaemonError` ``not_paired``, ``forbidden``, ... when it cannot."""
-        return self._do(_token_call(scope, resource, min_ttl))
+        return self._do(_token_call(scope, resource, min_ttl, identity))
 
     def status(self) -> dict[str, Any]:
         """The daemon's status object (state, pairing code, account, ...; never a token)."""

@@ -268,6 +268,8 @@ def resolve(method: bytes, target: bytes) -> tuple[str, bytes]:
 
 
 _DEFAULT_QUERY = TokenQuery()
+#: ``GET /v1/token?identity=``: the signed-in user's token (the default), or the device's own.
+IDENTITIES = ("user", "device")
 _MAX_PARAMS = 32
 
 
@@ -294,10 +296,10 @@ def parse_token_query(query: bytes) -> TokenQuery:
             if name in seen:
                 raise ApiError("invalid_request", f"{name} is given more than once")
             seen[name] = value
-    if "identity" in seen:
-        # DESIGN.md lists identity=device, but no agent serves it yet. Refuse
-        # rather than silently hand out the user's token instead.
-        raise ApiError("invalid_request", "identity is not supported by this daemon")
+    identity = seen.get("identity", "user")
+    if identity not in IDENTITIES:
+        # Refused, never read as the default: an app asking for another identity must not get the user's token.
+        raise ApiError("invalid_request", "identity must be device (a device-level token) or user (the default)")
     min_ttl = _DEFAULT_QUERY.min_ttl
     if "min_ttl" in seen:
         raw = seen["min_ttl"]
@@ -316,7 +318,7 @@ def parse_token_query(query: bytes) -> TokenQuery:
         raise ApiError(
             "invalid_request", "resource must be an absolute URI without a fragment (RFC 8707)"
         )
-    return TokenQuery(min_ttl=min_ttl, scope=scope, resource=resource)
+    return TokenQuery(min_ttl=min_ttl, scope=scope, resource=resource, identity=identity)
 
 
 def _is_absolute_uri(value: str) -> bool:

@@ -48,14 +48,14 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
     if verdict.error in ("invalid_scope", "invalid_target") and (scope or resource):
         what = f"scope {scope!r}" if verdict.error == "invalid_scope" else f"resource {resource!r}"
         raise TargetRefused(f"the authorization server refused {what}: {said}", verdict.error)
-    if verdict.transient or _retryable(reply, verdict):
+    if verdict.transient or retryable(reply, verdict):
         raise GrantFailed(f"refresh failed: {verdict.reason}", verdict.error, retry_after=verdict.retry_after,
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
     if verdict.error == "invalid_dpop_proof":  # RFC 9449 §5: the proof, not the grant (a clock far off?)
         raise ClientRejected(f"refresh failed: the server refused the device's DPoP proof ({verdict.reason}); "
                              "check the device's clock, which the proof's iat comes from (the grant is kept)",
                              verdict.error, retry_after=verdict.retry_after)
-    if _client_refused(reply, verdict):
+    if client_refused(reply, verdict):
         raise ClientRejected(f"refresh failed: the server refused it ({verdict.reason}): it did not accept this "
                           "client; check client_id and client_secret in the config (the grant is kept)", verdict.error,
                           retry_after=verdict.retry_after)
@@ -79,11 +79,11 @@ def definite(exc: RefreshRejected) -> bool:
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
-def _retryable(reply: m.Reply, verdict: m.Verdict) -> bool:
+def retryable(reply: m.Reply, verdict: m.Verdict) -> bool:
     return verdict.error == "slow_down" or (isinstance(reply, m.Response) and reply.status in RETRYABLE_STATUSES)
 
 
-def _client_refused(reply: m.Reply, verdict: m.Verdict) -> bool:
+def client_refused(reply: m.Reply, verdict: m.Verdict) -> bool:
     """RFC 6749 §5.2: a client that failed to authenticate gets ``invalid_client``, with 401
     when it used the Authorization header. It is the config (a wrong or rotated client
     secret, a deleted client), not the grant: pairing again would meet the same answer, and
@@ -107,11 +107,17 @@ def narrowed(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id:
     """A refresh for ``scope`` and ``resource`` only. The answer is never broader than asked
     (RFC 6749 §5.1: no scope in it means the one asked for); its ``scope`` is what it covers."""
     tokens = yield from refresh(endpoints, refresh_token, issuer, client_id, scope=scope or None, resource=resource)
+    return no_broader(tokens, scope, "ignored the narrower scope")
+
+
+def no_broader(tokens: TokenSet, scope: str, what: str) -> TokenSet:
+    """``tokens`` with the scope they cover: ``scope`` when the answer named none (RFC 6749
+    §5.1: then it is the one asked for). One broader than asked is never served
+    (:class:`ScopeIgnored`, saying the server ``what``)."""
     asked = frozenset(scope.split())
     got = frozenset((tokens.scope or scope).split())
     if asked and not got <= asked:
-        raise ScopeIgnored(f"the authorization server ignored the narrower scope (asked {scope!r}, "
-                           f"got {tokens.scope!r}); not served")
+        raise ScopeIgnored(f"the authorization server {what} (asked {scope!r}, got {tokens.scope!r}); not served")
     return replace(tokens, scope=" ".join(sorted(got)) or None)
 
 
