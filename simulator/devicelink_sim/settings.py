@@ -6,6 +6,7 @@ Plain Python, no Flask or Authlib, so the command line can read the defaults che
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
@@ -39,6 +40,8 @@ class Settings:
     #: RFC 9470: act on acr_values and max_age and advertise acr_values_supported.
     #: False plays a server that ignores them: every login is ACR_PWD.
     honour_step_up: bool = True
+    #: Dynamic registration (registration.py's `Fleet`): None, no registration endpoint.
+    fleet: Any = None
 
     def __post_init__(self) -> None:
         if self.access_token_lifetime < 1 or self.device_code_lifetime < 1:
