@@ -24,6 +24,8 @@ from devicelink import paths
 from devicelink.errors import ConfigError
 from devicelink.identity import settings as identity
 from devicelink.identity.settings import IdentityConfig
+from devicelink.identity import registration_settings as registration
+from devicelink.identity.registration_settings import RegistrationConfig
 
 DEFAULT_PATH = paths.CONFIG_PATH
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
@@ -42,7 +44,7 @@ DISPLAY_DRIVERS = ("none", "terminal", "png", "ssd1306", "sh1106", "framebuffer"
 @dataclass(frozen=True)
 class ProviderConfig:
     issuer: str
-    client_id: str
+    client_id: str = ""  # "" only with [registration]: the device gets its own there
     scope: str | None = None
     device_authorization_endpoint: str | None = None
     token_endpoint: str | None = None
@@ -128,6 +130,7 @@ class Config:
     gpio: GpioConfig | None = None
     clients: tuple[ClientPolicy, ...] = ()
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    registration: RegistrationConfig | None = None  # [registration]: RFC 7591 at first boot
 
 
 def default_path() -> Path:
@@ -214,7 +217,8 @@ def load_drop_in(path: Path, owners: frozenset[int] | None = None) -> tuple[Clie
 def parse(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
     v = _Validator(path)
-    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity"})
+    v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity",
+                    "registration"})
     if "provider" not in raw:
         v.fail("[provider]", "missing section; it needs at least issuer and client_id")
 
@@ -224,9 +228,11 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         "client_auth": v.choice(CLIENT_AUTH_METHODS), "client_secret_file": v.path,
         "resource": v.resources, "dpop": v.boolean, "allow_insecure_http": v.boolean,
         "verification_hosts": v.hosts, "assertion_audience": identity.audience(v),
-    }, required=("issuer", "client_id"))
+    }, required=("issuer",))
     v.check_transport(provider)
     v.check_client_auth(provider)
+    registered = registration.registration_section(v, raw)
+    registration.check_registration(v, registered, provider)
 
     pairing = v.section(raw, "pairing", PairingConfig, {"restart_on_expiry": v.integer(0, 100)})
     storage = v.section(raw, "storage", StorageConfig, {"state_dir": v.path, "key": v.choice(KEY_SOURCES)})
@@ -247,7 +253,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     refresh = v.section(raw, "refresh", RefreshConfig, {"min_interval": v.number(1, 3600)})
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients, refresh=refresh,
-                  identity=identity.identity_section(v, raw))
+                  identity=identity.identity_section(v, raw), registration=registered)
 
 
 class _Validator:
