@@ -54,6 +54,7 @@ from devicelink.tokens.store import EncryptedFileStore
 
 if TYPE_CHECKING:
     from devicelink.engine.pairing import Pairing
+    from devicelink.engine.registering import Registering
     from devicelink.engine.stepup import StepUps
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class Device:
         # need them, and their modules (the device flow, discovery) are not even imported.
         self._pairer: Pairing | None = None
         self._step_ups: StepUps | None = None
+        #: With [registration]: registers before pairing, and again after a factory reset (daemon.py sets it).
+        self.registering: Registering | None = None
 
     @property
     def pairer(self) -> Pairing:
@@ -199,7 +202,7 @@ class Device:
             logger.info("restored the grant%s", self._account_suffix())
             self.refresher.start()
         else:
-            self.pairer.start()
+            self.begin_pairing()
         if self.revocations.owed:
             logger.info("%d revocation(s) still owed to the server; retrying", len(self.revocations))
             self.revocations.start(first_delay=0.0)
@@ -338,9 +341,20 @@ class Device:
             return True
         return bool(self.state in HOLDS_GRANT and self.tokens and self.tokens.valid_for(0, self.clock()))
 
+    def begin_pairing(self) -> None:
+        """A new code, or first the registration a device with [registration] pairs as."""
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+        else:
+            self.pairer.start()
+
     async def pair(self) -> Status:
         if self.state in HOLDS_GRANT:
             raise Refused("invalid_request", f"already paired{self._account_suffix()}; unpair first")
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+            raise Refused("pairing_in_progress", "the device registers with the authorization server before it "
+                          f"pairs ({self.last_error or 'under way'}); `devicelink status` shows the code when it comes")
         self.pairer.start()
         await self.pairer.wait_for_code()
         return self.status()
@@ -375,7 +389,7 @@ class Device:
         otherwise the screen is drawn again, which is how the owner sees the status."""
         if self.state in (State.UNPAIRED, State.REAUTH_REQUIRED, State.PAIRING):
             logger.info("button: new code")
-            self.pairer.start()
+            self.begin_pairing()
         else:
             self.redraw()
 
@@ -385,12 +399,18 @@ class Device:
             self.reset_in = seconds
             self.redraw()
 
-    async def factory_reset(self) -> None:
-        """The button was held to the end: revoke, wipe, and show a code for the next owner."""
-        logger.info("button: factory reset")
+    async def factory_reset(self) -> Unpaired:
+        """The button was held to the end (or ``devicelink unpair --factory``): revoke, wipe, and
+        show a code for the next owner; with [registration], register afresh first (the old
+        client is deleted at the server: engine/registering.py)."""
+        logger.info("factory reset")
         self.reset_in = None
-        await self.unpair()
-        self.pairer.start()
+        answer = await self.unpair()
+        if self.registering is not None:
+            await self.registering.reset()
+        else:
+            self.pairer.start()
+        return answer
 
     # -- what the rooms share --------------------------------------------------------
 
@@ -433,6 +453,8 @@ class Device:
         for task in (self._pairer and self._pairer.task, self.refresher.task, self.refresher.inflight):
             await cancel(task)
         await self.revocations.cancel()
+        if self.registering is not None:
+            await self.registering.cancel()
         if self._pairer is not None:
             self._pairer.task = None
         self.refresher.task = self.refresher.inflight = None

@@ -33,7 +33,7 @@ from typing import Any, Generator
 
 from devicelink.errors import ProtocolViolation, RegistrationFailed
 from devicelink.oauth import messages as m
-from devicelink.oauth.steps import Backoff, Step, exchange
+from devicelink.oauth.steps import Backoff, Send, Step, exchange
 from devicelink.text import sanitize
 
 #: RFC 7591 §3.2.2's error codes, and what each asks of the manufacturer.
@@ -139,7 +139,7 @@ def register(endpoint: str, metadata: dict[str, Any], initial_token: str | None,
     """RFC 7591 §3: one registration, retried with ``backoff`` while the server gives no
     usable answer (``None``: one attempt).
     Raises :class:`RegistrationFailed`."""
-    reply = yield from exchange(register_request(endpoint, metadata, initial_token), backoff)
+    reply = yield from _exchange(register_request(endpoint, metadata, initial_token), backoff)
     if isinstance(reply, m.Response) and reply.status in (200, 201):
         return parse_registered(reply)
     raise refusal(reply, "the registration was refused")
@@ -147,7 +147,7 @@ def register(endpoint: str, metadata: dict[str, Any], initial_token: str | None,
 
 def read(client_uri: str, access_token: str, backoff: Backoff | None) -> Generator[Step, m.Reply, Registered | str]:
     """RFC 7592 §2.1: what the server holds now, or :data:`GONE`."""
-    reply = yield from exchange(read_request(client_uri, access_token), backoff)
+    reply = yield from _exchange(read_request(client_uri, access_token), backoff)
     if isinstance(reply, m.Response) and reply.status == 200:
         return parse_registered(reply, client_uri, access_token)
     if _gone(reply):
@@ -159,7 +159,7 @@ def update(client_uri: str, access_token: str, client_id: str, metadata: dict[st
            backoff: Backoff | None) -> Generator[Step, m.Reply, Registered | str]:
     """RFC 7592 §2.2: the metadata replaced; the answer may carry a new access token
     (oidc-provider rotates it on every update), which the caller must keep at once."""
-    reply = yield from exchange(update_request(client_uri, access_token, client_id, metadata), backoff)
+    reply = yield from _exchange(update_request(client_uri, access_token, client_id, metadata), backoff)
     if isinstance(reply, m.Response) and reply.status == 200:
         return parse_registered(reply, client_uri, access_token)
     if _gone(reply):
@@ -169,7 +169,7 @@ def update(client_uri: str, access_token: str, client_id: str, metadata: dict[st
 
 def delete(client_uri: str, access_token: str, backoff: Backoff | None) -> Generator[Step, m.Reply, str]:
     """RFC 7592 §2.3: ``"deleted"`` (204, or 200), or :data:`GONE` (the server did not know it)."""
-    reply = yield from exchange(delete_request(client_uri, access_token), backoff)
+    reply = yield from _exchange(delete_request(client_uri, access_token), backoff)
     if isinstance(reply, m.Response) and reply.status in (200, 204):
         return "deleted"
     if _gone(reply):
@@ -181,6 +181,14 @@ def _gone(reply: m.Reply) -> bool:
     """RFC 7592 §2: 401 for a client that does not exist (or a token that is no longer
     valid, which the server revokes with it), and 404 or 410 where servers say so."""
     return isinstance(reply, m.Response) and reply.status in (401, 404, 410)
+
+
+def _exchange(request: m.Request, backoff: Backoff | None) -> Generator[Step, m.Reply, m.Reply]:
+    """``exchange`` with a backoff; without one, one attempt whose reply, an answer or a
+    :class:`~messages.Failure`, is judged by the caller (:func:`refusal`)."""
+    if backoff is not None:
+        return (yield from exchange(request, backoff))
+    return (yield Send(request))
 
 
 def describe_metadata(metadata: dict[str, Any]) -> str:
