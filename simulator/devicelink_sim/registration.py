@@ -32,6 +32,7 @@ from dataclasses import replace
 from authlib.oauth2.rfc6749 import AccessDeniedError
 from authlib.oauth2.rfc7591 import (ClientRegistrationEndpoint, InvalidClientMetadataError,
                                     InvalidSoftwareStatementError, UnapprovedSoftwareStatementError)
+from authlib.oauth2.rfc6750 import InvalidTokenError
 from authlib.oauth2.rfc7592 import ClientConfigurationEndpoint
 from flask import request as flask_request
 from joserfc import jwt
@@ -197,7 +198,9 @@ class ConfigurationEndpoint(ClientConfigurationEndpoint):
     def authenticate_token(self, request):
         value = _bearer()
         client_id = self.server.state.registration_tokens.get(value) if value else None
-        return _Token(value, client_id) if client_id else None
+        if not client_id:  # RFC 7592 §2: an invalid token is RFC 6750's 401 invalid_token
+            raise InvalidTokenError(description="Unknown registration access token.")
+        return _Token(value, client_id)
 
     def authenticate_client(self, request):
         client_id = flask_request.view_args.get("client_id")
