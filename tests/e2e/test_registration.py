@@ -216,3 +216,58 @@ def test_a_statement_signed_by_another_key_is_one_line_and_exit_6(short_tmp):
         lines = [line for line in out.stderr.splitlines() if line.startswith("devicelink:")]
         assert len(lines) == 1 and "invalid_software_statement" in lines[0] and "fleet key" in lines[0]
         assert srv.registrations == 0
+
+
+# -- oidc-provider: an authorization server that is not ours ------------------------------------
+
+@pytest.mark.oidc_provider
+def test_oidc_provider_checks_the_statement_then_the_device_pairs_as_its_client_and_a_reset_deletes_it(
+        short_tmp, tmp_path, daemons):
+    """server.mjs verifies software statements in extraClientMetadata's validator (oidc-provider has
+    none of its own); registration, RFC 7592 read and update (which rotates the token) and delete
+    are the library's."""
+    from devicelink.identity import registration as r
+    from tests.e2e.test_oidc_provider import Issued, pair, refreshed
+    from tests.support.oidc_provider import OidcProvider
+
+    key, statement = fleet()
+    _, foreign = fleet()
+    record = tmp_path / "issued.jsonl"
+    op = OidcProvider(access_token_ttl=4, fleet_jwks=fleet_keys(key), statement_issuer=MANUFACTURER)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OP_RECORD_ISSUED_TO", str(record))
+        op.start()
+    try:
+        refused = devicelink("--config", str(device_config(short_tmp / "foreign", op.issuer, foreign)), "provision",
+                             check=False)
+        assert refused.returncode == 6 and "invalid_software_statement" in refused.stderr
+        assert "does not verify with the fleet key" in refused.stderr
+
+        cfg = device_config(short_tmp, op.issuer, statement, extra='assertion_audience = "endpoint"\n')
+        unit = provision(cfg)
+        client_id = unit["registration"]["client_id"]
+        assert unit["registration"]["software_id"] == SOFTWARE_ID and unit["registration"]["manageable"]
+        before = json.loads((short_tmp / "state" / r.FILE).read_text())["registration_access_token"]
+        updated = provision(cfg, "--update")["registration"]
+        assert updated["updated"] and provision(cfg, "--check")["registration"]["server"]["key_registered"]
+        seals = json.loads((short_tmp / "state" / r.FILE).read_text())["registration_access_token"]
+        assert seals != before  # oidc-provider rotated the token on update; the new one was kept
+
+        d = daemons(cfg)
+        d.wait_for(rf"registered as client_id {client_id}")
+        pair(d, op)
+        refreshed(d)
+        assert not Issued(record).events("grant.error"), Issued(record).events("grant.error")
+
+        state_key = (short_tmp / "state" / "state.key").read_bytes()
+        old = r.RegistrationFile(short_tmp / "state").load()
+        old_token = old.access_token(state_key)
+        out = d.cli("unpair", "--factory")
+        assert out.returncode == 0 and "revoked" in out.stdout, out.stdout + out.stderr
+        fresh = d.wait_for(r"registered at \S+ as client_id (\S+)").group(1)
+        d.wait_for(r"pairing: enter code")
+        assert fresh != client_id and Issued(record).events("grant.revoked")
+        gone = httpx.get(old.client_uri, headers={"authorization": f"Bearer {old_token}"})
+        assert gone.status_code == 401  # the client and its registration access token are gone
+    finally:
+        op.stop()

@@ -213,7 +213,10 @@ class OidcProvider:
     key_client_id: str = KEY_CLIENT_ID
 
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
-                 client_jwks: dict | None = None) -> None:
+                 client_jwks: dict | None = None, registration: bool = False, fleet_jwks: dict | None = None,
+                 statement_issuer: str | None = None) -> None:
+        """``registration``: RFC 7591/7592 at ``/reg``; ``fleet_jwks``: software statements must be
+        signed by one of these keys (from ``statement_issuer``, when given)."""
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -221,6 +224,8 @@ class OidcProvider:
         self.access_token_ttl = access_token_ttl
         self.device_poll_interval = device_poll_interval
         self.client_jwks = client_jwks
+        self.registration = registration or fleet_jwks is not None
+        self.fleet_jwks, self.statement_issuer = fleet_jwks, statement_issuer
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -269,6 +274,16 @@ class OidcProvider:
             import json
 
             env["OP_CLIENT_JWKS"] = json.dumps(self.client_jwks)
+        for name in ("OP_REGISTRATION", "OP_FLEET_JWKS", "OP_STATEMENT_ISSUER", "OP_INITIAL_ACCESS_TOKEN"):
+            env.pop(name, None)
+        if self.registration:
+            import json
+
+            env["OP_REGISTRATION"] = "1"
+            if self.fleet_jwks is not None:
+                env["OP_FLEET_JWKS"] = json.dumps(self.fleet_jwks)
+            if self.statement_issuer is not None:
+                env["OP_STATEMENT_ISSUER"] = self.statement_issuer
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 
