@@ -429,6 +429,11 @@ def _keep(e: Enrolment, endpoint: str, reply: m.Response, attempt: dict[str, Any
                 "read, changed or deleted from the device")
     if earlier:
         logger.warning("%s", duplicate_warning(reg))
+    method = reg.metadata.get("token_endpoint_auth_method")
+    if method not in (None, "private_key_jwt"):
+        logger.warning("the server registered %s with token_endpoint_auth_method %s, not private_key_jwt: it will "
+                       "refuse the device's assertions; ask its administrator to allow private_key_jwt",
+                       reg.client_id, str(method)[:40])
     return reg
 
 
@@ -471,10 +476,11 @@ def _managed(e: Enrolment, reg: Registration) -> tuple[str, str] | None:
 
 def deregister(e: Enrolment, reg: Registration) -> Generator[Step, m.Reply, str]:
     """RFC 7592 §2.3: delete the client at the server, then forget it here. Returns
-    ``"deleted"``, ``"gone"`` (the server no longer knew it) or ``"unmanaged"`` (no access
-    token: the server keeps it; say so to its administrator). A failure that is
-    ``transient`` raises :class:`RegistrationFailed` (the record stays, marked, and the next
-    try resumes), else the client is forgotten here with a warning."""
+    ``"deleted"``, ``"gone"`` (the server no longer knew it), ``"unmanaged"`` (no access
+    token: the server keeps it; say so to its administrator) or ``"refused"`` (the server
+    said no for good: it keeps the client, and the log says so). A failure that is
+    ``transient`` raises :class:`RegistrationFailed`: the record stays, marked, and the
+    next try resumes."""
     if not reg.deleting:
         reg = replace(reg, deleting=True)
         e.files.save(reg)  # a power cut from here on resumes the deletion
