@@ -170,11 +170,15 @@ def registration_at_start(cfg: Config, key: bytes) -> tuple[Config, Any]:
 
     r.settle_seals(cfg.storage.state_dir, key)
     reg = r.RegistrationFile(cfg.storage.state_dir).load()
-    if reg is None or reg.deleting:
+    if reg is None:
         logger.info("not registered yet: registering before pairing ([registration])")
         return cfg, reg
     r.usable(reg, cfg, None)
-    logger.info("registered as client_id %s at %s", reg.client_id, reg.issuer)
+    if reg.deleting:  # a factory reset cut off: revocations still owed go as this client, then it is deleted
+        logger.info("a factory reset is unfinished: the client %s is deleted once no revocation is owed, "
+                    "then the device registers afresh", reg.client_id)
+    else:
+        logger.info("registered as client_id %s at %s", reg.client_id, reg.issuer)
     if reg.earlier_attempts:
         logger.warning("%s", r.duplicate_warning(reg))
     return replace(cfg, provider=replace(cfg.provider, client_id=reg.client_id)), reg

@@ -271,3 +271,34 @@ def test_oidc_provider_checks_the_statement_then_the_device_pairs_as_its_client_
         assert gone.status_code == 401  # the client and its registration access token are gone
     finally:
         op.stop()
+
+
+def test_a_factory_reset_cut_off_revokes_as_the_old_client_then_deletes_it_at_the_next_start(short_tmp, daemons):
+    from devicelink_sim.authserver import DevServer
+
+    key, statement = fleet()
+    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
+        cfg = device_config(short_tmp, srv.issuer, statement)
+        d = daemons(cfg)
+        client_id = d.wait_for(r"registered at \S+ as client_id (\S+)").group(1)
+        srv.approve(d.wait_for(r"pairing: enter code (\S+)").group(1))
+        d.wait_for(r"state pairing -> paired")
+        srv.faults.revocation.fail(503, times=None)  # the revocation is owed, so the deletion waits for it
+        out = d.cli("unpair", "--factory")
+        assert out.returncode == 6 and "unpaired on this device" in out.stdout
+        d.wait_for(r"factory reset: waiting for the revocation before deleting the registration")
+        d.proc.kill()  # the power cut
+        d.stop()
+        kept = json.loads((short_tmp / "state" / "registration.json").read_text())
+        assert kept["deleting"] and kept["client_id"] == client_id
+        assert [c["client_id"] for c in srv.registered_clients()] == [client_id]
+
+        srv.faults.clear()
+        d2 = daemons(cfg)
+        d2.wait_for(rf"a factory reset is unfinished: the client {client_id} is deleted")
+        fresh = d2.wait_for(r"registered at \S+ as client_id (\S+)").group(1)
+        d2.wait_for(r"pairing: enter code")
+        assert srv.stats.revocations == 1  # authenticated as the old client, before it went
+        assert [c["client_id"] for c in srv.registered_clients()] == [fresh] != [client_id]
+        log = "".join(d2.log)
+        assert log.index("the grant was revoked") < log.index(f"the registration {client_id} is deleted")

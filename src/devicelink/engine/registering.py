@@ -46,6 +46,8 @@ class Registering:
                  registered: r.Registration | None) -> None:
         self.device, self.enrolment, self.make_auth = device, enrolment, make_auth
         self.registration = registered if registered is not None and not registered.deleting else None
+        #: A factory reset cut off by a power cut: it resumes, after the revocations still owed.
+        self.resuming_reset = registered is not None and registered.deleting
         self.task: asyncio.Task[None] | None = None
         if self.registration is not None:
             self._check_key(self.registration)
@@ -63,6 +65,7 @@ class Registering:
         """Register (finishing an interrupted deletion first), then pair."""
         if self.busy:
             return
+        after_revocations = after_revocations or self.resuming_reset
         self.device.message = RESETTING if after_revocations else REGISTERING
         self.device.redraw()
         self.task = asyncio.create_task(self._run(after_revocations))
@@ -105,6 +108,7 @@ class Registering:
             device.message = FAILED
             device.redraw()
             return
+        self.resuming_reset = False
         self.adopt(reg)
         device.clear_error()
         device.pairer.start()
