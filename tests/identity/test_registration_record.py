@@ -264,3 +264,21 @@ def test_the_proof_is_signed_by_the_device_key(tmp_path, state):
 def test_statement_paths_are_relative_to_the_config(tmp_path):
     cfg = config(tmp_path, software_statement_file="statement.jwt")
     assert cfg.registration.software_statement_file == pathlib.Path(tmp_path / "statement.jwt")
+
+
+def test_doctor_says_which_client_and_whether_its_key_is_the_one_registered(tmp_path, state):
+    from devicelink.doctor.registration import check_registration
+
+    e = enrolment(tmp_path, state)
+    assert [f.level for f in check_registration(e.cfg)] == ["warn"]  # not registered yet
+    drive(r.enrol(e), answer(201, {**REGISTERED, "jwks": {"keys": [e.signer.public_jwk()]}}))
+    (ok,) = check_registration(e.cfg)
+    assert ok.level == "ok" and "client_id dev-1" in ok.what and e.signer.kid in ok.what and "SN-7" in ok.what
+    os.unlink(state / "identity.jwk")
+    filekey.create(state / "identity.jwk")  # a new key the server does not have
+    (replaced,) = check_registration(e.cfg)
+    assert replaced.level == "fail" and "provision --update" in replaced.fix
+    moved = parse({"provider": {"issuer": "https://other.example", "client_auth": "private_key_jwt"},
+                   "storage": {"state_dir": str(state)}, "registration": {}}, tmp_path / "c.toml")
+    (elsewhere,) = check_registration(moved)
+    assert elsewhere.level == "fail" and "registered at https://id.example" in elsewhere.what
