@@ -39,7 +39,7 @@ def test_a_fleet_key_is_written_0600_once_and_read_back(tmp_path, alg, form):
 def test_an_unusable_fleet_key_is_one_line(tmp_path, content, problem):
     path = tmp_path / "fleet.jwk"
     path.write_text(content)
-    with pytest.raises(keys.KeyError_, match=problem):
+    with pytest.raises(keys.FleetKeyError, match=problem):
         keys.load(path)
 
 
@@ -48,7 +48,7 @@ def test_a_damaged_fleet_jwk_is_refused(tmp_path):
     jwk["x"] = keys.generate().private_jwk()["x"]
     path = tmp_path / "fleet.jwk"
     path.write_text(json.dumps(jwk))
-    with pytest.raises(keys.KeyError_, match="x and y do not belong to its d"):
+    with pytest.raises(keys.FleetKeyError, match="x and y do not belong to its d"):
         keys.load(path)
 
 

@@ -30,7 +30,7 @@ RSA_BITS = 2048
 MAX_KEY_FILE = 64 * 1024
 
 
-class KeyError_(ValueError):
+class FleetKeyError(ValueError):
     """A key file that cannot be used, in one line naming it."""
 
 
@@ -68,7 +68,7 @@ def generate(alg: str = "ES256") -> FleetKey:
         return FleetKey(ec.generate_private_key(ec.SECP256R1()), alg)
     if alg == "RS256":
         return FleetKey(rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS), alg)
-    raise KeyError_(f"alg must be one of {', '.join(ALGORITHMS)}, got {alg!r}")
+    raise FleetKeyError(f"alg must be one of {', '.join(ALGORITHMS)}, got {alg!r}")
 
 
 def write_new(key: FleetKey, path: Path, form: str = "jwk") -> None:
@@ -89,11 +89,11 @@ def write_new(key: FleetKey, path: Path, form: str = "jwk") -> None:
 
 
 def load(path: Path) -> FleetKey:
-    """A private key from a JWK or PEM file. :class:`KeyError_` naming the file otherwise."""
+    """A private key from a JWK or PEM file. :class:`FleetKeyError` naming the file otherwise."""
     try:
         data = Path(path).read_bytes()[:MAX_KEY_FILE + 1]
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read the fleet key: {exc.strerror}") from None
+        raise FleetKeyError(f"{path}: cannot read the fleet key: {exc.strerror}") from None
     if os.stat(path).st_mode & 0o077:
         import logging
 
@@ -102,14 +102,14 @@ def load(path: Path) -> FleetKey:
         try:
             private = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
-            raise KeyError_(f"{path}: not an unencrypted PEM private key ({exc})") from None
+            raise FleetKeyError(f"{path}: not an unencrypted PEM private key ({exc})") from None
         return _wrap(private, path)
     try:
         jwk = json.loads(data)
     except ValueError:
-        raise KeyError_(f"{path}: neither a JWK (JSON) nor a PEM private key") from None
+        raise FleetKeyError(f"{path}: neither a JWK (JSON) nor a PEM private key") from None
     if not isinstance(jwk, dict) or "d" not in jwk:
-        raise KeyError_(f"{path}: not a private JWK (no member d): a private key signs statements")
+        raise FleetKeyError(f"{path}: not a private JWK (no member d): a private key signs statements")
     return _wrap(private_from_jwk(jwk, path), path)
 
 
@@ -118,7 +118,7 @@ def _wrap(private: Any, path: Path) -> FleetKey:
         return FleetKey(private, "ES256")
     if isinstance(private, rsa.RSAPrivateKey) and private.key_size >= RSA_BITS:
         return FleetKey(private, "RS256")
-    raise KeyError_(f"{path}: expected an EC P-256 key or an RSA key of {RSA_BITS} bits or more")
+    raise FleetKeyError(f"{path}: expected an EC P-256 key or an RSA key of {RSA_BITS} bits or more")
 
 
 def private_from_jwk(jwk: dict[str, Any], where: Any = "the key") -> Any:
@@ -126,17 +126,17 @@ def private_from_jwk(jwk: dict[str, Any], where: Any = "the key") -> Any:
         if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
             private = ec.derive_private_key(_int(jwk["d"]), ec.SECP256R1())
             if public_jwk(private.public_key()) != {k: jwk[k] for k in ("kty", "crv", "x", "y")}:
-                raise KeyError_(f"{where}: its x and y do not belong to its d: the file is damaged")
+                raise FleetKeyError(f"{where}: its x and y do not belong to its d: the file is damaged")
             return private
         if jwk.get("kty") == "RSA":
             public = rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"]))
             return rsa.RSAPrivateNumbers(_int(jwk["p"]), _int(jwk["q"]), _int(jwk["d"]), _int(jwk["dp"]),
                                          _int(jwk["dq"]), _int(jwk["qi"]), public).private_key()
     except (KeyError, ValueError, TypeError) as exc:
-        if isinstance(exc, KeyError_):
+        if isinstance(exc, FleetKeyError):
             raise
-        raise KeyError_(f"{where}: not a usable private JWK ({type(exc).__name__}: {exc})") from None
-    raise KeyError_(f"{where}: kty {jwk.get('kty')!r} crv {jwk.get('crv')!r}: expected EC P-256 or RSA")
+        raise FleetKeyError(f"{where}: not a usable private JWK ({type(exc).__name__}: {exc})") from None
+    raise FleetKeyError(f"{where}: kty {jwk.get('kty')!r} crv {jwk.get('crv')!r}: expected EC P-256 or RSA")
 
 
 def public_jwk(public: Any) -> dict[str, str]:
@@ -164,21 +164,21 @@ def public_keys(path: Path) -> list[dict[str, Any]]:
     try:
         data = Path(path).read_bytes()[:MAX_KEY_FILE + 1]
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read: {exc.strerror}") from None
+        raise FleetKeyError(f"{path}: cannot read: {exc.strerror}") from None
     if data.lstrip().startswith(b"-----BEGIN"):
         try:
             if b"PRIVATE KEY" in data:
                 return [public_jwk(serialization.load_pem_private_key(data, password=None).public_key())]
             return [public_jwk(serialization.load_pem_public_key(data))]
         except (ValueError, TypeError) as exc:
-            raise KeyError_(f"{path}: not a PEM key ({exc})") from None
+            raise FleetKeyError(f"{path}: not a PEM key ({exc})") from None
     try:
         doc = json.loads(data)
     except ValueError:
-        raise KeyError_(f"{path}: neither a JWK, a JWKS nor a PEM key") from None
+        raise FleetKeyError(f"{path}: neither a JWK, a JWKS nor a PEM key") from None
     found = doc.get("keys", [doc]) if isinstance(doc, dict) else None
     if not isinstance(found, list) or not all(isinstance(k, dict) for k in found):
-        raise KeyError_(f"{path}: neither a JWK, a JWKS nor a PEM key")
+        raise FleetKeyError(f"{path}: neither a JWK, a JWKS nor a PEM key")
     return [{k: v for k, v in key.items() if k not in PRIVATE_MEMBERS} for key in found]
 
 
