@@ -163,3 +163,16 @@ def test_provision_refuses_to_register_while_the_daemon_holds_the_state(tmp_path
     finally:
         keys.release_state_lock(cfg.storage.state_dir)
     assert server.registrations == 0
+
+
+def test_an_initial_access_token_opens_registration_without_a_statement(tmp_path):
+    with DevServer(interval=1, registration=True, initial_access_token="bootstrap-secret") as srv:
+        cfg = load(device_config(tmp_path / "a", srv.issuer, None))
+        with pytest.raises(RegistrationFailed, match="access_denied"):
+            provision(cfg)  # none configured
+        (tmp_path / "iat").write_text("bootstrap-secret\n")
+        cfg = load(device_config(tmp_path / "b", srv.issuer, None,
+                                 registration=f'initial_access_token_file = "{tmp_path / "iat"}"\n'))
+        reg = registration_of(provision(cfg))
+        assert reg["created"] and "software_id" not in reg and srv.registrations == 1
+        assert "bootstrap-secret" not in (tmp_path / "b" / "state" / r.FILE).read_text()
