@@ -220,7 +220,10 @@ class OidcProvider:
 
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
                  client_jwks: dict | None = None, client_secret: str | None = None,
-                 client_credentials: bool = False) -> None:
+                 client_credentials: bool = False, registration: bool = False, fleet_jwks: dict | None = None,
+                 statement_issuer: str | None = None) -> None:
+        """``registration``: RFC 7591/7592 at ``/reg``; ``fleet_jwks``: software statements must be
+        signed by one of these keys (from ``statement_issuer``, when given)."""
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -230,6 +233,8 @@ class OidcProvider:
         self.client_jwks = client_jwks
         self.client_secret = client_secret
         self.client_credentials = client_credentials
+        self.registration = registration or fleet_jwks is not None
+        self.fleet_jwks, self.statement_issuer = fleet_jwks, statement_issuer
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -284,6 +289,16 @@ class OidcProvider:
             env["OP_CLIENT_SECRET"] = self.client_secret
         if self.client_credentials:
             env["OP_CLIENT_CREDENTIALS"] = "1"
+        for name in ("OP_REGISTRATION", "OP_FLEET_JWKS", "OP_STATEMENT_ISSUER", "OP_INITIAL_ACCESS_TOKEN"):
+            env.pop(name, None)
+        if self.registration:
+            import json
+
+            env["OP_REGISTRATION"] = "1"
+            if self.fleet_jwks is not None:
+                env["OP_FLEET_JWKS"] = json.dumps(self.fleet_jwks)
+            if self.statement_issuer is not None:
+                env["OP_STATEMENT_ISSUER"] = self.statement_issuer
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 

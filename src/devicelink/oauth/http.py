@@ -76,7 +76,8 @@ class OAuthHttp:
         # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return self._failed(out, describe_exception(exc), exc)
+            return self._failed(out, describe_exception(exc), exc,
+                                unsent=isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)))
         finally:
             self._busy -= 1
             if self._owned and self._busy == 0 and self._client is not None:
@@ -98,9 +99,10 @@ class OAuthHttp:
             return m.Response(resp.status_code, bytes(body), self.clock(),
                               {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out))
 
-    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
+    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None,
+                unsent: bool = False) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
-        return m.Failure(reason, self.clock(), exc)
+        return m.Failure(reason, self.clock(), exc, unsent)
 
     async def _close_idle(self) -> None:
         client, self._idle_timer = self._client, None
@@ -170,12 +172,22 @@ def outgoing(request: m.Request, auth: ClientAuth, now: float) -> Outgoing:
     out = Outgoing(request.kind, request.method, request.url, list(request.form),
                    {"accept": "application/json", "user-agent": f"devicelink/{__version__}"},
                    authenticate=request.authenticate)
+    if request.json_body is not None:
+        import json
+
+        out.body = json.dumps(request.json_body, separators=(",", ":")).encode()
+    if request.bearer is not None:
+        out.headers["authorization"] = f"Bearer {request.bearer}"
     auth.prepare(out, now)
     return out
 
 
 def encode(out: Outgoing) -> bytes | None:
-    """The form body. Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource)."""
+    """The form body (or the JSON one). Encoded here, not with data=dict(...): a parameter
+    may repeat (RFC 8707 resource)."""
+    if out.body is not None:
+        out.headers["content-type"] = "application/json"
+        return out.body
     if out.method != "POST":
         return None
     out.headers["content-type"] = "application/x-www-form-urlencoded"
