@@ -68,6 +68,7 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
             subject_types_supported=["public"],
             id_token_signing_alg_values_supported=["RS256"],
             claims_supported=list(CLAIMS),
+            **({"registration_endpoint": f"{iss}/register"} if settings.fleet is not None else {}),
             **({"dpop_signing_alg_values_supported": ["ES256"]} if settings.dpop else {}),  # RFC 9449 §5.1
         )
 
@@ -125,6 +126,17 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
         outcome = outcome_of(response.status_code, response.get_json(silent=True))
         state.record_token_request(TokenEvent(arrived, grant_type, outcome, scope, resource))
         return response
+
+    if settings.fleet is not None:
+        @app.post("/register")
+        def register():
+            with state.lock:
+                return authz.create_endpoint_response("client_registration")
+
+        @app.route("/register/<client_id>", methods=["GET", "PUT", "DELETE"])
+        def client_configuration(client_id):
+            with state.lock:
+                return authz.create_endpoint_response("client_configuration")
 
     @app.post("/revoke")
     def revoke():

@@ -80,7 +80,16 @@ class DevServer:
         dpop_nonce: bool = False,
         client_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        registration: bool = False,
+        fleet_keys: dict | None = None,
+        statement_issuer: str | None = None,
+        initial_access_token: str | None = None,
     ):
+        fleet = None
+        if registration or fleet_keys is not None or initial_access_token is not None:
+            from .registration import Fleet  # RFC 7591/7592: devices register themselves
+
+            fleet = Fleet(fleet_keys, statement_issuer, initial_access_token)
         self.settings = Settings(  # ValueError for a lifetime, interval or resource out of bounds
             access_token_lifetime=access_token_lifetime,
             refresh_token_lifetime=refresh_token_lifetime,
@@ -90,6 +99,7 @@ class DevServer:
             scopes=scopes,
             resources=resources,
             honour_step_up=honour_step_up,
+            fleet=fleet,
             dpop=dpop,
             dpop_nonce=dpop_nonce,
         )
@@ -265,6 +275,25 @@ class DevServer:
             self._state.clients[client_id] = Client(client_id, frozenset({"private_key_jwt"}), default_scope,
                                                     jwks=jwks).confidential()
         return client_id
+
+    def registered_clients(self) -> list[dict]:
+        """Every client that registered itself (RFC 7591) and is not deleted, as an administrator
+        would list them: `client_id`, `software_id`, `device_serial`, `kids` (the RFC 7638
+        thumbprints of its keys) and the rest of its metadata under `metadata`."""
+        from .registration import _thumbprint
+
+        with self._state.lock:
+            clients = [c for c in self._state.clients.values() if c.metadata is not None]
+        return [{"client_id": c.client_id, "software_id": c.metadata.get("software_id"),
+                 "device_serial": c.metadata.get("device_serial"),
+                 "kids": [_thumbprint(k) for k in (c.jwks or {}).get("keys", [])], "metadata": dict(c.metadata)}
+                for c in clients]
+
+    @property
+    def registrations(self) -> int:
+        """How many registrations (RFC 7591) succeeded, deleted ones included."""
+        with self._state.lock:
+            return self._state.registrations
 
     @property
     def assertions(self) -> list[dict]:

@@ -30,7 +30,7 @@ refresh token rotated at the server, never delivered).
 
 The same rules arrive over HTTP (``POST /sim/faults``, see :meth:`Faults.configure`)
 and from ``devicelink-sim server --fault token:status,status=503,times=3``
-(see :func:`parse_spec`). Every request to the four endpoints lands in
+(see :func:`parse_spec`). Every request to the five endpoints lands in
 :attr:`Faults.log`, and token requests also in ``srv.stats``.
 
 The rules and the log are here; fault_layer.py applies them to the server's requests.
@@ -50,7 +50,7 @@ from .settings import DEVICE_CODE_GRANT_TYPE
 
 __all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "outcome_of", "parse_spec"]
 
-ENDPOINTS = ("token", "device", "revocation", "discovery")
+ENDPOINTS = ("token", "device", "revocation", "discovery", "registration")
 KINDS = ("ok", "status", "reset", "close", "timeout", "malformed", "oversized", "revoke")
 _SHORTHANDS: dict[str, dict[str, Any]] = {
     "slow_down": {"status": 400, "error": "slow_down"},
@@ -205,7 +205,8 @@ class Faults:
         self.device = EndpointFaults("device", self)
         self.revocation = EndpointFaults("revocation", self)
         self.discovery = EndpointFaults("discovery", self)
-        #: Every request to the four endpoints, in arrival order (the oldest dropped past ``log_size``).
+        self.registration = EndpointFaults("registration", self)  # RFC 7591 POST /register
+        #: Every request to the five endpoints, in arrival order (the oldest dropped past ``log_size``).
         self.log: deque[Hit] = deque(maxlen=log_size)
 
     def endpoint(self, name: str) -> EndpointFaults:

@@ -79,6 +79,11 @@ class DevAuthorizationServer(AuthorizationServer):
         self.register_endpoint(_DeviceAuthorizationEndpoint(self))
         self.register_endpoint(_RevocationEndpoint)
         self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions))
+        if settings.fleet is not None:  # RFC 7591 and RFC 7592: devices register themselves
+            from .registration import ConfigurationEndpoint, RegistrationEndpoint
+
+            self.register_endpoint(RegistrationEndpoint(self, settings.fleet))
+            self.register_endpoint(ConfigurationEndpoint(self, settings.fleet))
 
     def query_client(self, client_id):
         return self.state.clients.get(client_id)

@@ -58,6 +58,8 @@ class Client(ClientMixin):
     #: private_key_jwt: the client's public keys, a JWKS (RFC 7517 §5).
     jwks: dict | None = field(default=None, compare=False, hash=False)
     grant_types: frozenset[str] = frozenset({DEVICE_CODE_GRANT_TYPE, "refresh_token"})
+    #: A client that registered itself (RFC 7591): its metadata as registered; None for the built-in ones.
+    metadata: dict | None = field(default=None, compare=False, hash=False)
 
     def confidential(self) -> Client:
         """This client, also allowed the client credentials grant (RFC 6749 §4.4: confidential clients only)."""

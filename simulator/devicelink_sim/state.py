@@ -50,6 +50,9 @@ class State:
         #: private_key_jwt (client_auth.py): (client_id, jti) seen, until when; every assertion checked.
         self.assertion_ids: dict[tuple[str, str], float] = {}
         self.assertions: list[dict] = []
+        #: RFC 7591/7592 (registration.py): registration access token -> client_id; registrations made.
+        self.registration_tokens: dict[str, str] = {}
+        self.registrations = 0
         self._token_requests: Counter[str] = Counter()
         self._token_log: list[TokenEvent] = []
         self._device_authorizations = 0

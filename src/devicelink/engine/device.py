@@ -58,6 +58,7 @@ from devicelink.tokens.store import EncryptedFileStore
 
 if TYPE_CHECKING:
     from devicelink.engine.pairing import Pairing
+    from devicelink.engine.registering import Registering
     from devicelink.engine.stepup import StepUps
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class Device:
         # need them, and their modules (the device flow, discovery) are not even imported.
         self._pairer: Pairing | None = None
         self._step_ups: StepUps | None = None
+        #: With [registration]: registers before pairing, and again after a factory reset (daemon.py sets it).
+        self.registering: Registering | None = None
 
     @property
     def pairer(self) -> Pairing:
@@ -206,7 +209,7 @@ class Device:
             logger.info("restored the grant%s", self._account_suffix())
             self.refresher.start(restored=True)
         else:
-            self.pairer.start()
+            self.begin_pairing()
         if self.revocations.owed:
             logger.info("%d revocation(s) still owed to the server; retrying", len(self.revocations))
             self.revocations.start(first_delay=0.0)
@@ -362,9 +365,20 @@ class Device:
         fleet). A write already under way lands whole or not at all (``files.write_atomic``)."""
         await self._cancel_tasks()
 
+    def begin_pairing(self) -> None:
+        """A new code, or first the registration a device with [registration] pairs as."""
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+        else:
+            self.pairer.start()
+
     async def pair(self) -> Status:
         if self.state in HOLDS_GRANT:
             raise Refused("invalid_request", f"already paired{self._account_suffix()}; unpair first")
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+            raise Refused("pairing_in_progress", "the device registers with the authorization server before it "
+                          f"pairs ({self.last_error or 'under way'}); `devicelink status` shows the code when it comes")
         self.pairer.start()
         await self.pairer.wait_for_code()
         return self.status()
@@ -400,7 +414,7 @@ class Device:
         otherwise the screen is drawn again, which is how the owner sees the status."""
         if self.state in (State.UNPAIRED, State.REAUTH_REQUIRED, State.PAIRING):
             logger.info("button: new code")
-            self.pairer.start()
+            self.begin_pairing()
         else:
             self.redraw()
 
@@ -410,12 +424,18 @@ class Device:
             self.reset_in = seconds
             self.redraw()
 
-    async def factory_reset(self) -> None:
-        """The button was held to the end: revoke, wipe, and show a code for the next owner."""
-        logger.info("button: factory reset")
+    async def factory_reset(self) -> Unpaired:
+        """The button was held to the end (or ``devicelink unpair --factory``): revoke, wipe, and
+        show a code for the next owner; with [registration], register afresh first (the old
+        client is deleted at the server: engine/registering.py)."""
+        logger.info("factory reset")
         self.reset_in = None
-        await self.unpair()
-        self.pairer.start()
+        answer = await self.unpair()
+        if self.registering is not None:
+            await self.registering.reset()
+        else:
+            self.pairer.start()
+        return answer
 
     # -- what the rooms share --------------------------------------------------------
 
@@ -459,6 +479,8 @@ class Device:
                      self.refresher.trusting):
             await cancel(task)
         await self.revocations.cancel()
+        if self.registering is not None:
+            await self.registering.cancel()
         if self._pairer is not None:
             self._pairer.task = None
         self.refresher.task = self.refresher.inflight = self.refresher.trusting = None

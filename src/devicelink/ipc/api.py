@@ -55,6 +55,7 @@ class SocketApi:
         device.listeners.append(lambda state: self._answers.clear())  # refreshed or unpaired: old tokens go
         self._handlers: dict[str, Callable[[Request, App], Response | Stream | Awaitable[Response]]] = {
             "token": self._token, "status": self._status, "pair": self._pair, "unpair": self._unpair,
+            "factory_reset": self._factory_reset,
             "events": self._events, "metrics": self._metrics, "step_up": self._step_up,
             "dpop_proof": self._dpop_proof,
         }
@@ -144,6 +145,10 @@ class SocketApi:
     def _unpair(self, request: Request, app: App) -> Awaitable[Response]:
         self._require_admin(app, "unpair")
         return self._accepted(self.device.unpair(), answers.unpaired)
+
+    def _factory_reset(self, request: Request, app: App) -> Awaitable[Response]:
+        self._require_admin(app, "reset the device")
+        return self._accepted(self.device.factory_reset(), answers.unpaired)
 
     def _step_up(self, request: Request, app: App) -> Awaitable[Response]:
         acr_values, max_age, min_ttl = parse_step_up(request.body)

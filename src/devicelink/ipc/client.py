@@ -235,6 +235,7 @@ def _dpop_proof_call(htm: str, htu: str, access_token: str | None, nonce: str | 
 _STATUS = _Call("GET", "/v1/status")
 _PAIR = _Call("POST", "/v1/pair")
 _UNPAIR = _Call("POST", "/v1/unpair")
+_FACTORY_RESET = _Call("POST", "/v1/factory-reset")
 _HEALTH = _Call("GET", "/v1/health", _health)
 _EVENTS = wire.request("GET", "/v1/events", fields=(("accept", "text/event-stream"), ("cache-control", "no-store")))
 #: What ends a request or a subscription with DaemonUnreachable (TimeoutError is an OSError).
@@ -328,6 +329,11 @@ class Client(_Base):
     def unpair(self) -> dict[str, Any]:
         """Revoke the grant and forget the tokens (admin apps only): ``{"state","revoked",...}``."""
         return self._do(_UNPAIR)
+
+    def factory_reset(self) -> dict[str, Any]:
+        """Unpair, and with [registration] delete the device's client at the server and register
+        afresh, for the next owner (admin apps only): the unpair answer."""
+        return self._do(_FACTORY_RESET)
 
     def health(self) -> bool:
         """True when the daemon holds a valid token or is pairing."""

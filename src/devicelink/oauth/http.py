@@ -97,7 +97,8 @@ class OAuthHttp:
         # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return self._failed(out, describe_exception(exc), exc)
+            return self._failed(out, describe_exception(exc), exc,
+                                unsent=isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)))
 
     def _nonce_asked(self, out: Outgoing, reply: m.Reply) -> bool:
         """Whether ``reply`` to a request with a DPoP proof is ``use_dpop_nonce`` with a nonce to
@@ -123,9 +124,10 @@ class OAuthHttp:
                               {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out),
                               dpop="dpop" in out.headers)
 
-    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
+    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None,
+                unsent: bool = False) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
-        return m.Failure(reason, self.clock(), exc)
+        return m.Failure(reason, self.clock(), exc, unsent)
 
     async def _close_idle(self) -> None:
         client, self._idle_timer = self._client, None
@@ -195,12 +197,22 @@ def outgoing(request: m.Request, auth: ClientAuth, now: float) -> Outgoing:
     out = Outgoing(request.kind, request.method, request.url, list(request.form),
                    {"accept": "application/json", "user-agent": f"devicelink/{__version__}"},
                    authenticate=request.authenticate)
+    if request.json_body is not None:
+        import json
+
+        out.body = json.dumps(request.json_body, separators=(",", ":")).encode()
+    if request.bearer is not None:
+        out.headers["authorization"] = f"Bearer {request.bearer}"
     auth.prepare(out, now)
     return out
 
 
 def encode(out: Outgoing) -> bytes | None:
-    """The form body. Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource)."""
+    """The form body (or the JSON one). Encoded here, not with data=dict(...): a parameter
+    may repeat (RFC 8707 resource)."""
+    if out.body is not None:
+        out.headers["content-type"] = "application/json"
+        return out.body
     if out.method != "POST":
         return None
     out.headers["content-type"] = "application/x-www-form-urlencoded"

@@ -43,6 +43,11 @@ class Request:
     form: tuple[tuple[str, str], ...] = ()
     method: str = "POST"
     authenticate: bool = True
+    #: A JSON body instead of a form (RFC 7591 registration, RFC 7592 updates).
+    json_body: dict[str, Any] | None = field(default=None, repr=False)
+    #: A bearer token for the Authorization header (RFC 7591 §3's initial access token,
+    #: RFC 7592's registration access token); never with ``authenticate``.
+    bearer: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # forms carry device codes and refresh tokens
         return f"Request({self.kind} {self.method} {self.url})"
@@ -71,6 +76,8 @@ class Failure:
     reason: str
     at: float  # monotonic
     exc: BaseException | None = field(default=None, repr=False, compare=False)
+    #: No connection was made (DNS, refused, TLS handshake): the server never saw the request.
+    unsent: bool = False
 
 
 Reply = Response | Failure

@@ -37,6 +37,7 @@ class Outgoing:
     form: list[tuple[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     authenticate: bool = True
+    body: bytes | None = None  # a JSON body (registration), sent instead of the form
 
     def __repr__(self) -> str:  # forms and headers carry secrets
         return f"Outgoing({self.kind} {self.method} {self.url})"
