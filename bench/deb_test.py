@@ -25,8 +25,9 @@ newer build of the same tree (scripts/build-deb --version), for the upgrade.
    paired; ``apt-get install --reinstall``, an upgrade, and remove + install keep
    the grant (no new device authorization at the server); ``apt-get purge``
    deletes the state and the config and leaves other packages' files.
-4. Numbers: .deb size, install time, start -> ready and RSS (paired, then after
-   1,000 token requests) of the installed daemon under systemd, and the
+4. Numbers: .deb size, install time, start -> ready and RSS (paired; after 1,000
+   tokens served from memory; after its first exchange with the server, which
+   loads httpx) of the installed daemon under systemd, and the
    latency of ``devicelink token`` from the installed package (bench/deb_inside.py).
 
 Each check prints ``ok`` or ``FAIL``; the last line is ``deb: N passed, M failed``
@@ -422,19 +423,26 @@ def measure(run: Run, box: Container, runs: int) -> None:
         # it (docs/clock.md), which is a request to the server, not startup.
         box.sh("mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized")
         started = json.loads(box.sh(f"{inside} startup --runs {runs}", timeout=600).stdout)
-        before = json.loads(box.sh(f"{inside} rss").stdout)
-        loaded = json.loads(box.sh(f"{inside} load --requests 1000", user=APP_USER, timeout=300).stdout)
+        # Root is the owner: it gets the grant's own token, served from memory. The app's
+        # policy allows less than the grant, so its first token is a narrowed one from the
+        # server (RFC 6749 section 6): the daemon's first HTTP exchange since the start,
+        # which loads httpx, as the hourly refresh would anyway.
+        from_memory = json.loads(box.sh(f"{inside} load --requests 1000", timeout=300).stdout)
+        serving = json.loads(box.sh(f"{inside} rss").stdout)
+        json.loads(box.sh(f"{inside} load --requests 1000", user=APP_USER, timeout=300).stdout)
         after = json.loads(box.sh(f"{inside} rss").stdout)
-        assert after["pid"] == before["pid"], "the daemon restarted under load"
+        assert after["pid"] == serving["pid"] == started["pid"], "the daemon restarted under load"
         latency = json.loads(box.sh(f"{inside} latency --runs 30", user=APP_USER, timeout=600).stdout)
         run.numbers.update({
             "start_to_ready_ms": median(started["ready_ms"]),
             "start_to_ready_ms_min_max": [min(started["ready_ms"]), max(started["ready_ms"])],
             "start_to_health_ms": median(started["health_ms"]),
             "rss_paired_mib": median([r["VmRSS"] for r in started["rss_kib"]]) / 1024,
-            "rss_serving_mib": after["rss_kib"]["VmRSS"] / 1024,
-            "rss_serving_anon_file_mib": [after["rss_kib"]["RssAnon"] / 1024, after["rss_kib"]["RssFile"] / 1024],
-            "token_requests_per_s": loaded["requests"] / loaded["seconds"],
+            "rss_serving_mib": serving["rss_kib"]["VmRSS"] / 1024,
+            "rss_after_exchange_mib": after["rss_kib"]["VmRSS"] / 1024,
+            "rss_after_exchange_anon_file_mib": [after["rss_kib"]["RssAnon"] / 1024,
+                                                 after["rss_kib"]["RssFile"] / 1024],
+            "token_requests_per_s": from_memory["requests"] / from_memory["seconds"],
             "devicelink_token_ms": median(latency["devicelink token"]),
             "curl_token_ms": median(latency["curl"]),
             "python3_pass_ms": median(latency["python3 -c pass"]),
@@ -452,7 +460,8 @@ def report(run: Run) -> None:
         ("start -> ready (systemctl start, median)", "start_to_ready_ms", "{:.0f} ms"),
         ("start -> first /v1/health (median)", "start_to_health_ms", "{:.0f} ms"),
         ("RSS paired, after start (median)", "rss_paired_mib", "{:.1f} MiB"),
-        ("RSS serving, after 1,000 tokens", "rss_serving_mib", "{:.1f} MiB"),
+        ("RSS serving, after 1,000 tokens from memory", "rss_serving_mib", "{:.1f} MiB"),
+        ("RSS after the first exchange (httpx loaded)", "rss_after_exchange_mib", "{:.1f} MiB"),
         ("GET /v1/token on one connection", "token_requests_per_s", "{:.0f} /s"),
         ("devicelink token (median)", "devicelink_token_ms", "{:.1f} ms"),
         ("curl --unix-socket (median)", "curl_token_ms", "{:.1f} ms"),
