@@ -232,15 +232,11 @@ class Run:
             log(f"ok    {what} ({time.monotonic() - started:.1f} s)")
 
 
-def status(box: Container) -> dict:
-    return json.loads(box.sh("devicelink status --json").stdout)
-
-
-def wait_status(box: Container, want, timeout: float = 60) -> dict:
+def wait_status(box: Container, want, timeout: float = 60, exe: str = "devicelink") -> dict:
     deadline = time.monotonic() + timeout
     last: dict = {}
     while time.monotonic() < deadline:
-        done = box.sh("devicelink status --json", check=False)
+        done = box.sh(f"{exe} status --json", check=False)
         if done.returncode == 0:
             last = json.loads(done.stdout)
             if want(last):
@@ -424,6 +420,47 @@ def scenario(run: Run, box: Container, debs: list[Path], server, runs: int) -> N
         assert box.sh("systemctl is-failed devicelink.socket devicelink.service", check=False).returncode != 0
 
 
+#: docs/debian.md's recipes without the package: what to install with apt, the install
+#: command, and the ExecStart= of the drop-in.
+RECIPES = {
+    "venv": ("python3-venv", "python3 -m venv /opt/devicelink && /opt/devicelink/bin/pip install {wheel}",
+             "/opt/devicelink/bin/devicelink"),
+    "pipx": ("pipx", "PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install {wheel}",
+             "/usr/local/bin/devicelink"),
+}
+UNITS_BY_HAND = """cd {ci}/systemd
+install -m 0644 devicelink.service devicelink.socket /etc/systemd/system/
+install -D -m 0644 sysusers.d/devicelink.conf /etc/sysusers.d/devicelink.conf
+install -D -m 0644 tmpfiles.d/devicelink.conf /etc/tmpfiles.d/devicelink.conf
+systemd-sysusers devicelink.conf && systemd-tmpfiles --create devicelink.conf
+mkdir -p /etc/systemd/system/devicelink.service.d
+printf '[Service]\\nExecStart=\\nExecStart={exe} run\\n' > /etc/systemd/system/devicelink.service.d/{kind}.conf
+"""
+
+
+def recipe(run: Run, box: Container, kind: str, wheel: str, server) -> None:
+    """docs/debian.md's venv or pipx recipe in a clean root: the units from systemd/, the drop-in,
+    one config file; then the daemon pairs, doctor passes, and the sandbox runs the venv's code."""
+    packages, install, exe = RECIPES[kind]
+    with run.check(f"{kind} recipe: install the wheel (dependencies from PyPI), the units and the drop-in"):
+        box.sh(f"apt-get update -q && apt-get install -y -q --no-install-recommends {packages}", timeout=600)
+        box.sh(install.format(wheel=f"{CI_DIR}/{wheel}"), timeout=600,
+               env={"PIP_CERT": f"{CI_DIR}/ca-certificates.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        box.sh(UNITS_BY_HAND.format(ci=CI_DIR, exe=exe, kind=kind))
+    with run.check(f"{kind} recipe: the units run it, it pairs, doctor passes"):
+        write_config(box, server.issuer, server.client_id)
+        box.sh("systemctl daemon-reload && systemctl enable --now devicelink.socket devicelink.service")
+        pid = unit(box, "devicelink.service", "MainPID")
+        cmdline = box.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
+        assert exe in cmdline, cmdline
+        pairing = wait_status(box, lambda s: s["state"] == "pairing" and s.get("pairing"), timeout=60, exe=exe)
+        server.approve(pairing["pairing"]["user_code"])
+        wait_status(box, lambda s: s["state"] == "paired", timeout=60, exe=exe)
+        done = box.sh(f"{exe} doctor", check=False, timeout=120)
+        assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout + done.stderr
+        box.sh("curl -sf --unix-socket /run/devicelink/agent.sock http://devicelink/v1/token > /dev/null")
+
+
 def measure(run: Run, box: Container, runs: int) -> None:
     inside = f"python3 {CI_DIR}/deb_inside.py"
     with run.check(f"measured start -> ready ({runs} restarts), RSS, token latency"):
@@ -463,7 +500,6 @@ def report(run: Run) -> None:
     rows = [
         ("deb size", "deb_kib", "{:.0f} KiB"),
         ("root build (cold cache)", "root_build_s", "{:.1f} s"),
-        ("container boot", "boot_s", "{:.1f} s"),
         ("apt-get install (clean root, deps included)", "install_s", "{:.1f} s"),
         ("  packages it installed (devicelink included)", "packages_installed", "{}"),
         ("apt-get install (upgrade)", "upgrade_s", "{:.1f} s"),
@@ -483,14 +519,40 @@ def report(run: Run) -> None:
             log(f"  {label:46} {fmt.format(n[key])}")
 
 
+@contextlib.contextmanager
+def booted(tarball: Path, cache: Path, scratch: Path, name: str, files: list[Path]):
+    """A fresh copy of the cached root with ``files`` in /srv/ci, booted; powered off after."""
+    root = scratch / name
+    root.mkdir()
+    subprocess.run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)], check=True)
+    ci = root / CI_DIR.lstrip("/")
+    ci.mkdir(parents=True)
+    for path in files:
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, ci / path.name)
+    # The host's CA bundle, for pip in the recipes (a proxy's CA, where there is one, is in it).
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", ci / "ca-certificates.crt")
+    binds = {cache / "apt-archives": "/var/cache/apt/archives", cache / "pip": "/root/.cache/pip"}
+    for host in binds:
+        host.mkdir(parents=True, exist_ok=True)
+    (cache / "apt-archives" / "partial").mkdir(exist_ok=True)
+    box = Container(root, binds, scratch / f"{name}.log")
+    try:
+        box.boot()
+        yield box
+    finally:
+        box.poweroff()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("deb", type=Path)
     parser.add_argument("newer", type=Path, help="a newer build of the same tree, for the upgrade")
+    parser.add_argument("--wheel", type=Path, help="the project's wheel: also check docs/debian.md's venv and "
+                        "pipx recipes with it (their dependencies come from PyPI)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("DEVICELINK_CI_CACHE", "/var/cache/devicelink-ci")))
     parser.add_argument("--mirror", default=os.environ.get("DEVICELINK_DEBIAN_MIRROR") or None)
     parser.add_argument("--runs", type=int, default=8, help="restarts for start -> ready")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch root and the container's log")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch roots and the containers' logs")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -505,28 +567,21 @@ def main() -> int:
     tarball, built = root_tarball(args.cache, mirror)
     run.numbers["root_build_s"] = built
     scratch = Path(tempfile.mkdtemp(prefix="devicelink-deb-", dir="/var/tmp"))
-    box = None
+    log(f"root {tarball.name} ({'built' if built else 'cached'}), mirror {mirror}, scratch {scratch}")
     try:
-        root = scratch / "root"
-        root.mkdir()
-        subprocess.run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)], check=True)
-        (root / CI_DIR.lstrip("/")).mkdir(parents=True)
-        for deb in (args.deb, args.newer):
-            shutil.copy(deb, root / CI_DIR.lstrip("/"))
-        shutil.copy(ROOT / "bench" / "deb_inside.py", root / CI_DIR.lstrip("/"))
-        archives = args.cache / "apt-archives"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
-        box = Container(root, {archives: "/var/cache/apt/archives"}, scratch / "container.log")
-        log(f"root {tarball.name} ({'built' if built else 'cached'}), mirror {mirror}, scratch {scratch}")
-        run.numbers["boot_s"] = box.boot()
         with DevServer(interval=1) as server:
-            try:
-                scenario(run, box, [args.deb, args.newer], server, args.runs)
-            except Stop:
-                log("(the checks after a failed one build on it: stopped there)")
+            files = [args.deb, args.newer, ROOT / "bench" / "deb_inside.py"]
+            with booted(tarball, args.cache, scratch, "deb", files) as box:
+                try:
+                    scenario(run, box, [args.deb, args.newer], server, args.runs)
+                except Stop:
+                    log("(the checks after a failed one build on it: stopped there)")
+            if args.wheel:
+                for kind in RECIPES:
+                    with booted(tarball, args.cache, scratch, kind, [args.wheel, ROOT / "systemd"]) as box:
+                        with contextlib.suppress(Stop):
+                            recipe(run, box, kind, args.wheel.name, server)
     finally:
-        if box is not None:
-            box.poweroff()
         if args.keep:
             log(f"kept {scratch}")
         else:
