@@ -114,6 +114,10 @@ def root_tarball(cache: Path, mirror: str) -> tuple[Path, float | None]:
         partial.unlink(missing_ok=True)
         raise SystemExit(f"deb_test: mmdebstrap failed:\n{done.stderr[-3000:]}")
     partial.rename(tarball)  # only a whole root is ever cached
+    for old in cache.glob(f"{SUITE}-*.tar"):  # roots of other recipes: not used again
+        if old != tarball:
+            old.unlink()
+            old.with_name(f"{old.stem}.recipe.json").unlink(missing_ok=True)
     (cache / f"{tarball.stem}.recipe.json").write_text(recipe + "\n")
     return tarball, time.monotonic() - started
 
