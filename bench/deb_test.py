@@ -1,7 +1,8 @@
 """The .deb on a clean Debian 12 system booted with systemd: install, pair, serve, upgrade, purge.
 
     .venv/bin/python bench/deb_test.py dist/devicelink_0.1.0_all.deb dist/devicelink_0.1.0+ci1_all.deb
-        [--json FILE] [--keep] [--cache DIR] [--mirror URL] [--runs N]
+        [--wheel dist/devicelink-0.1.0-py3-none-any.whl] [--json FILE] [--keep] [--cache DIR]
+        [--mirror URL] [--runs N]
 
 As root on a Debian 12 host (.ci/deb runs it in CI). The second package is a
 newer build of the same tree (scripts/build-deb --version), for the upgrade.
@@ -10,18 +11,20 @@ newer build of the same tree (scripts/build-deb --version), for the upgrade.
    curl, from the Debian mirror this machine's apt uses. It is cached as a
    tarball under ``--cache`` (default /var/cache/devicelink-ci), named by a hash
    of what went into it; an empty cache builds it (about 20 s). Each run unpacks
-   a fresh copy. apt's downloads are cached there too (bind-mounted), so the
-   dependencies come from the network once.
+   a fresh copy. apt's and pip's downloads are cached there too (bind-mounted),
+   so the dependencies come from the network once. One run at a time holds the
+   cache (a lock file in it).
 2. ``systemd-nspawn --boot`` with the host's network namespace: systemd is PID 1
    in the container, and 127.0.0.1 is the host's, where this script runs the
    development server (devicelink_sim, from the venv) and plays the phone. No
    machined is needed on the host (``--register=no --keep-unit``); commands run
    in the container through ``nsenter``.
 3. Inside, as an owner would: ``apt-get install ./devicelink_*.deb``; nothing
-   starts and nothing fails before a config exists; write one config file and a
-   clients.d file; the socket unit starts the daemon on the first connection;
-   the phone approves the code; doctor passes; an app's user gets a token with
-   ``curl --unix-socket``, another user is refused; a reboot starts the daemon
+   starts and nothing fails before a config exists; write one config file; the
+   socket unit starts the daemon on the first connection; the phone approves the
+   code; doctor passes; an app's installer adds a clients.d file, the group and a
+   reload, then the app's user gets a token with ``curl --unix-socket`` and
+   another user is refused; a reboot starts the daemon
    paired; ``apt-get install --reinstall``, an upgrade, and remove + install keep
    the grant (no new device authorization at the server); ``apt-get purge``
    deletes the state and the config and leaves other packages' files.
@@ -29,6 +32,8 @@ newer build of the same tree (scripts/build-deb --version), for the upgrade.
    tokens served from memory; after its first exchange with the server, which
    loads httpx) of the installed daemon under systemd, and the
    latency of ``devicelink token`` from the installed package (bench/deb_inside.py).
+5. With ``--wheel``: docs/debian.md's venv and pipx recipes, each in a fresh root
+   (dependencies from PyPI, the units from systemd/, the ExecStart= drop-in).
 
 Each check prints ``ok`` or ``FAIL``; the last line is ``deb: N passed, M failed``
 and the exit code is 1 when anything failed.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -567,6 +573,15 @@ def main() -> int:
     run = Run()
     run.numbers["deb_kib"] = args.deb.stat().st_size / 1024
     ensure_host_tools()
+    # One run at a time per cache: the root is built there, and apt and pip in the
+    # containers lock the caches bind-mounted from it (other worktrees on this machine).
+    args.cache.mkdir(parents=True, exist_ok=True)
+    lock = open(args.cache / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"waiting for another run holding {args.cache / 'lock'}")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     mirror = args.mirror or apt_mirror()
     tarball, built = root_tarball(args.cache, mirror)
     run.numbers["root_build_s"] = built
