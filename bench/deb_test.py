@@ -323,7 +323,7 @@ def scenario(run: Run, box: Container, debs: list[Path], server, runs: int) -> N
         after = int(box.sh("dpkg-query -W -f='${Package}\\n' | wc -l").stdout)
         run.numbers["packages_installed"] = after - before  # devicelink and what it pulled in
 
-    with run.check("install made the user, the state and config directories, bytecode, man page"):
+    with run.check("install made the user, the state and config directories, bytecode, man page, fonts"):
         box.sh("getent passwd devicelink && getent group devicelink")
         box.sh("test \"$(stat -c '%a %U %G' /var/lib/devicelink)\" = '700 devicelink devicelink'")
         box.sh("test \"$(stat -c '%a %U' /etc/devicelink/clients.d)\" = '755 root'")
@@ -332,6 +332,8 @@ def scenario(run: Run, box: Container, debs: list[Path], server, runs: int) -> N
         box.sh("test -s /usr/share/man/man8/devicelink.8.gz && test -x /usr/bin/devicelink "
                "&& test ! -e /usr/bin/devicelink-sim")
         box.sh("test -s /usr/share/doc/devicelink/examples/config.toml")
+        # The fonts are links to fonts-dejavu-core's; Pillow (Recommends) draws with them.
+        box.sh("python3 -c 'from devicelink.display import typeface; typeface.font(12, bold=True).getbbox(\"0O\")'")
 
     with run.check("without a config nothing starts and nothing fails; apps hear exit 5"):
         for name in ("devicelink.socket", "devicelink.service"):
