@@ -266,3 +266,47 @@ def test_a_device_level_token_is_bound_too_and_its_app_gets_proofs_for_it(tmp_pa
         await bench.close(device)
 
     run(main())
+
+
+def test_signed_requests_wait_for_network_time_and_say_so(tmp_path, signer):
+    """Issue 11 item 6: a Pi boots with its clock behind; a proof (or client assertion) dated
+    then would be refused. Nothing signed goes out before NTP; status and screen say why;
+    an app asking meanwhile is answered at once, and the refresh goes when the clock is set."""
+    from devicelink.engine.networktime import POLL
+    from devicelink.errors import Refused
+
+    async def main():
+        bench = dpop_bench(tmp_path, signer)
+        synced = [False]
+        device = bench.device(dpop=True)
+        device.clock_synced = lambda: synced[0]
+        await device.start()
+        await bench.clock.timer_beyond(1.5)  # the device authorization waits, looking at the clock every POLL s
+        bench.clock.advance(60)
+        await bench.clock.timer_beyond(1.5)
+        assert bench.fake.requests("device_authorization") == [] and device.pairing is None
+        assert any("waiting for network time" in w for w in shaped(device.status())["warnings"])
+        synced[0] = True  # NTP
+        bench.clock.advance(POLL)
+        code = await bench.code_shown()
+        assert not any("network time" in w for w in shaped(device.status())["warnings"])
+        bench.fake.approve(code)
+        await bench.next_poll()
+        await bench.states.wait(State.PAIRED)
+        await device.stop()
+
+        synced[0] = False  # the next boot, before NTP: the stored token's age is unknown
+        again = bench.device(dpop=True)
+        again.clock_synced = lambda: synced[0]
+        await again.start()
+        refreshes = len(bench.refreshes())
+        with pytest.raises(Refused, match="waiting for network time") as info:
+            await again.token(TokenQuery())
+        assert info.value.code == "upstream_unavailable" and len(bench.refreshes()) == refreshes
+        synced[0] = True
+        bench.clock.advance(POLL)
+        await bench.states.wait(State.PAIRED)  # refreshed (or the stored expiry believed) once the clock is set
+        assert shaped(await again.token(TokenQuery()))["token_type"] == "DPoP"
+        await bench.close(again)
+
+    run(main())

@@ -42,6 +42,7 @@ from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone,
 from devicelink.engine.devicetokens import DeviceTokens
 from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
+from devicelink.engine.networktime import WAITING, NetworkTime
 from devicelink.engine.proofs import AppProofs
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
@@ -116,6 +117,8 @@ class Device:
         # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
         self.exchange_lock = asyncio.Lock()
 
+        self.network_time = NetworkTime(self)
+        http.clock_ready = self.network_time.ready
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
         self.device_tokens = DeviceTokens(self)
@@ -188,7 +191,9 @@ class Device:
                             f"Confirm on your phone: {shown.app} asks for a stronger sign-in.",
                             reset_in=self.reset_in, clock_synced=self.clock_synced())
         else:
-            screen = Screen(self.state, self.pairing, name, self.message,
+            message = ("Waiting for network time." if self.network_time.waiting and self.state in HOLDS_GRANT
+                       else self.message)
+            screen = Screen(self.state, self.pairing, name, message,
                             reset_in=self.reset_in, clock_synced=self.clock_synced())
         self.screen.show(screen)
 
@@ -284,6 +289,9 @@ class Device:
         key = self._narrow_key(query, app)
         if key is not None:
             return self.issue(await self.narrowed.token(key))
+        if self.network_time.holds_back():  # the refresh goes out when NTP comes; no app waits for that
+            self.refresher.begin()
+            raise Refused("upstream_unavailable", f"the access token must be refreshed first, and {WAITING}")
         if not self.refresher.backing_off(self.clock()):
             await self.refresh()
             self.require_grant()
@@ -342,7 +350,8 @@ class Device:
         """Standing conditions of the grant (or of the last one given up) a person should know of."""
         found = grant_warnings(self.tokens, self.endpoints, self.provider.client_auth, self.clock()) \
             if self.tokens is not None and self.state in HOLDS_GRANT else ()
-        return found + ((self.not_revoked,) if self.not_revoked else ())
+        return (found + ((self.not_revoked,) if self.not_revoked else ())
+                + ((WAITING,) if self.network_time.waiting else ()))
 
     @property
     def pending_revocations(self) -> int:

@@ -54,6 +54,9 @@ class OAuthHttp:
         self._client, self._owned = client, client is None
         self._busy = 0
         self._idle_timer: asyncio.TimerHandle | None = None
+        #: Awaited before a request signed with the wall clock goes out (the engine waits there
+        #: for network time: a Pi boots with a clock that can be days behind). None: never wait.
+        self.clock_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -66,6 +69,8 @@ class OAuthHttp:
         With DPoP, an answer ``use_dpop_nonce`` that brings a nonce (RFC 9449 §8) is followed
         by one more send of the same request, prepared afresh (a new proof with that nonce, a
         new client assertion); the caller gets the second answer only."""
+        if self.clock_ready is not None and request.authenticate and self.auth.signs:
+            await self.clock_ready()
         out = outgoing(request, self.auth, self.clock())
         self._busy += 1
         if self._idle_timer is not None:

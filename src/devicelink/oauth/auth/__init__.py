@@ -97,6 +97,12 @@ class ClientAuth:
     def __repr__(self) -> str:
         return f"ClientAuth({self.client_id!r}, {self.method!r}{', dpop' if self.dpop else ''})"
 
+    @property
+    def signs(self) -> bool:
+        """Whether requests carry the wall clock under the device's signature (``iat``/``exp``
+        of a client assertion, ``iat`` of a DPoP proof), so a wrong clock gets them refused."""
+        return self.method == "private_key_jwt" or self.dpop is not None
+
     def prepare(self, out: Outgoing, now: float = 0.0) -> None:
         if out.authenticate:
             self._method.prepare(out, now)
