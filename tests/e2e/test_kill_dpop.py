@@ -45,7 +45,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_config
-from tests.e2e.test_kill import LANES, REFRESH_ENDED, REFRESH_STARTED, SEED, Lane, Results, TimedDaemon, run_kills
+from tests.e2e.test_kill import (LANES, REFRESH_ENDED, REFRESH_OK, REFRESH_STARTED, SEED, Lane, Results, TimedDaemon,
+                                 run_kills)
 
 KILLS = int(os.environ.get("DEVICELINK_DPOP_KILLS", "45"))
 ACCESS_TOKEN_TTL = 2  # s, oidc-provider's OP_ACCESS_TOKEN_TTL: the daemon refreshes about once a second
@@ -97,7 +98,7 @@ class OidcLane(Lane):
         self.mode = DPOP if dpop else BEARER
         self.issued = Issued(root / "issued.jsonl")  # beside the state dir, not in it
         self.op = OidcProvider(access_token_ttl=ACCESS_TOKEN_TTL, dpop_nonce=dpop, rotation="default",
-                               record_to=self.issued.path)
+                               record_to=self.issued.path, device_poll_interval=1)  # pairs in seconds
         self.op.start()
         self.cfg = write_config(root, self.op.issuer, self.op.client_id, scope=SCOPE,
                                 extra="dpop = true\n" if dpop else "")
@@ -105,6 +106,8 @@ class OidcLane(Lane):
         self.daemon: TimedDaemon | None = None
         self.durations: list[float] = []
         self.pairings = 0
+        #: Runs between the kill and the restart (the tests below: what the server does meanwhile).
+        self.after_kill = lambda: None
 
     def pair(self) -> None:
         if self.daemon is None or self.daemon.proc is None or self.daemon.proc.poll() is not None:
@@ -124,6 +127,7 @@ class OidcLane(Lane):
         ended = sum(bool(REFRESH_ENDED.search(line)) for line in d.log)
         in_flight = started > ended
         revoked_before = len(self.issued.events("grant.revoked"))
+        self.after_kill()
 
         new = self.daemon = TimedDaemon(self.cfg).start()
         lost = self._judge(new, revoked_before)
@@ -218,3 +222,72 @@ def test_sigkill_with_dpop_bound_refresh_tokens_never_loses_the_grant_at_a_stric
     assert c["pairings"] == LANES and c["refresh_tokens"] == c["pairings"] and c["consumed"] == 0
     # The harness reached what it is for: kills while a refresh was in flight, and refreshes.
     assert c["in_flight"] >= 1 and c["refreshes"] >= KILLS
+
+
+def _one_lane(short_tmp, dpop: bool) -> tuple[OidcLane, OidcResults]:
+    """A lane whose kills land just after a refresh was reported (so saved), a second before
+    the next: what the server does between the kill and the restart is then all it sees."""
+    results = OidcResults()
+    lane = OidcLane(short_tmp / "l0", random.Random(SEED), results, dpop)
+
+    def idle(d: TimedDaemon) -> str:
+        d.wait_next(REFRESH_OK)
+        return "anywhere"
+
+    lane._aim = idle
+    lane.pair()
+    return lane, results
+
+
+@pytest.mark.oidc_provider
+def test_a_refresh_answered_after_the_kill_loses_an_unbound_grant_at_the_strict_server(short_tmp):
+    """The window DPoP closes, placed by hand: the killed daemon's refresh (the refresh token on
+    disk) reaches the server, which rotates it, and the answer is lost with the process. The
+    restart presents the token on disk again: reuse, the grant is revoked, and the harness counts
+    it lost and pairs the lane again (so the test above could see a loss)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not on PATH")
+    import httpx
+
+    lane, results = _one_lane(short_tmp, dpop=False)
+    try:
+        def refreshed_for_the_dead() -> None:
+            answer = httpx.post(f"{lane.op.issuer}/token", timeout=10, data={
+                "grant_type": "refresh_token", "client_id": lane.op.client_id,
+                "refresh_token": lane._refresh_token_on_disk()})
+            assert answer.status_code == 200 and answer.json()["refresh_token"], answer.text
+
+        lane.after_kill = refreshed_for_the_dead
+        lane.kill_and_restart()
+        lane.after_kill = lambda: None
+        lane.kill_and_restart()  # the lane paired again: the new grant survives a kill as usual
+    finally:
+        lane.close()
+    c = results.modes[BEARER]
+    assert c["kills"] == 2 and c["lost"] == 1, results.report()
+    assert results.lost_how == Counter({f"{BEARER}: its first refresh ended in reauth_required": 1})
+    assert c["reuse"] == c["revoked"] == 1 and c["pairings"] == 2 and c["consumed"] >= 1
+
+
+@pytest.mark.oidc_provider
+def test_a_grant_the_server_revoked_while_the_daemon_was_down_is_counted_lost(short_tmp):
+    """The harness sees a loss with DPoP too: the grant revoked (RFC 7009, the refresh token on
+    disk) between the kill and the restart is lost, however the kill landed."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not on PATH")
+    import httpx
+
+    lane, results = _one_lane(short_tmp, dpop=True)
+    try:
+        def revoked() -> None:
+            answer = httpx.post(f"{lane.op.issuer}/token/revocation", timeout=10, data={
+                "client_id": lane.op.client_id, "token": lane._refresh_token_on_disk(),
+                "token_type_hint": "refresh_token"})
+            assert answer.status_code == 200, answer.text
+
+        lane.after_kill = revoked
+        lane.kill_and_restart()
+    finally:
+        lane.close()
+    c = results.modes[DPOP]
+    assert c["kills"] == 1 and c["lost"] == 1 and c["pairings"] == 2, results.report()
