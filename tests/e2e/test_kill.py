@@ -29,6 +29,8 @@ its own server, daemon and grant, run side by side so 200 kills fit in the suite
 
 ``bench/kill_bench.py`` runs the same harness for longer. Environment:
 ``DEVICELINK_KILLS`` (200), ``DEVICELINK_KILL_LANES`` (3), ``DEVICELINK_KILL_SEED``.
+``tests/e2e/test_kill_dpop.py`` runs these kills against a strict server (oidc-provider, no
+grace), with DPoP-bound refresh tokens it does not rotate.
 """
 
 from __future__ import annotations
