@@ -47,7 +47,8 @@ class Registering:
         self.device, self.enrolment, self.make_auth = device, enrolment, make_auth
         self.registration = registered if registered is not None and not registered.deleting else None
         #: A factory reset cut off by a power cut: it resumes, after the revocations still owed.
-        self.resuming_reset = registered is not None and registered.deleting
+        self.resuming_reset = (registered is not None and registered.deleting) or (
+            device.renewing is not None and device.renewing.pending)
         self.task: asyncio.Task[None] | None = None
         if self.registration is not None:
             self._check_key(self.registration)
@@ -92,6 +93,8 @@ class Registering:
             if after_revocations and device.revocations.owed:
                 logger.info("factory reset: waiting for the revocation before deleting the registration")
                 await device.revocations_settled()
+            if device.renewing is not None and device.renewing.pending:
+                await self._renew()
             reg, _ = await device.http.run(r.enrol(self.enrolment), sleep=device.sleep, observe=self.observe)
         except asyncio.CancelledError:
             raise
@@ -112,6 +115,20 @@ class Registering:
         self.adopt(reg)
         device.clear_error()
         device.pairer.start()
+
+    async def _renew(self) -> None:
+        """``on_factory_reset = "new_key"``: the old client deleted (RFC 7592, as before), then the
+        new key made and swapped in, so the registration that follows carries it
+        (identity/renewal.py has the order and why a power cut anywhere resumes)."""
+        device = self.device
+        old = self.enrolment.files.load()
+        if old is not None:
+            if not old.deleting:
+                old = replace(old, deleting=True)
+                self.enrolment.files.save(old)
+            await device.http.run(r.deregister(self.enrolment, old), sleep=device.sleep, observe=self.observe)
+        assert device.renewing is not None
+        device.renewing.finish()
 
     def adopt(self, reg: r.Registration) -> None:
         """From now on the device is ``reg.client_id``, in every request and record."""
