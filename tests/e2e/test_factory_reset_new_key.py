@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -32,6 +33,16 @@ def new_key_config(directory, issuer, statement):
     return cfg
 
 
+@contextmanager
+def fleet_unit(directory, new_key: bool = True):
+    """The development server with a fleet key, and a unit's config (``new_key`` or the default)."""
+    from devicelink_sim.authserver import DevServer
+
+    key, statement = fleet()
+    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
+        yield srv, (new_key_config if new_key else device_config)(directory, srv.issuer, statement), directory / "state"
+
+
 def key_kid(state) -> str:
     from devicelink.identity.filekey import read
 
@@ -48,12 +59,7 @@ def pair(srv, d, subject: str = "alice") -> None:
 
 
 def test_a_factory_reset_with_new_key_deletes_the_old_client_and_registers_a_new_key(short_tmp, daemons):
-    from devicelink_sim.authserver import DevServer
-
-    key, statement = fleet()
-    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        cfg = new_key_config(short_tmp, srv.issuer, statement)
-        state = short_tmp / "state"
+    with fleet_unit(short_tmp) as (srv, cfg, state):
         unit = provision(cfg)
         old_kid, client_id = unit["kid"], unit["registration"]["client_id"]
         d = daemons(cfg)
@@ -92,29 +98,20 @@ def test_a_factory_reset_with_new_key_deletes_the_old_client_and_registers_a_new
 
 
 def test_keep_is_the_default_a_factory_reset_keeps_the_key(short_tmp, daemons):
-    from devicelink_sim.authserver import DevServer
-
-    key, statement = fleet()
-    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        cfg = device_config(short_tmp, srv.issuer, statement)
+    with fleet_unit(short_tmp, new_key=False) as (srv, cfg, state):
         unit = provision(cfg)
         d = daemons(cfg)
         pair(srv, d)
         assert d.cli("unpair", "--factory").returncode == 0
         fresh = d.wait_for(r"registered at \S+ as client_id (\S+)").group(1)
         d.wait_for(r"pairing: enter code")
-        assert key_kid(short_tmp / "state") == unit["kid"]
+        assert key_kid(state) == unit["kid"]
         assert [c["kids"] for c in srv.registered_clients() if c["client_id"] == fresh] == [[unit["kid"]]]
         assert "new device identity key" not in "".join(d.log)
 
 
 def test_a_power_cut_while_the_revocation_is_owed_revokes_with_the_old_key_then_renews(short_tmp, daemons):
-    from devicelink_sim.authserver import DevServer
-
-    key, statement = fleet()
-    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        cfg = new_key_config(short_tmp, srv.issuer, statement)
-        state = short_tmp / "state"
+    with fleet_unit(short_tmp) as (srv, cfg, state):
         d = daemons(cfg)
         client_id = d.wait_for(r"registered at \S+ as client_id (\S+)").group(1)
         old_kid = key_kid(state)
@@ -143,26 +140,27 @@ def test_a_power_cut_while_the_revocation_is_owed_revokes_with_the_old_key_then_
         assert f"device identity: serial SN-0001, key file (thumbprint {old_kid})" in log  # restarted on the old key
 
 
-@pytest.mark.parametrize("cut", ["after the deletion, before the new key", "after the new key, before the note's removal"])
-def test_a_power_cut_after_the_old_client_is_deleted_resumes_with_one_new_key(short_tmp, daemons, cut):
-    """The disk as a cut leaves it at that point (the deletion's record removed, the note kept;
-    then also the new key written), made by hand: the next start finishes the job."""
-    from devicelink_sim.authserver import DevServer
+CUTS = ["after the note, before the deletion's mark", "after the deletion, before the new key",
+        "after the new key, before the note's removal"]
 
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_power_cut_at_each_step_resumes_with_one_new_key_and_one_client(short_tmp, daemons, cut):
+    """The disk as a cut leaves it at that point (the note written; then the old client deleted
+    and its record removed; then the new key written), made by hand: the next start finishes the
+    job, and the server ends with one client, for the new key."""
     from devicelink.identity import filekey, renewal
 
-    key, statement = fleet()
-    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        cfg = new_key_config(short_tmp, srv.issuer, statement)
-        state = short_tmp / "state"
+    with fleet_unit(short_tmp) as (srv, cfg, state):
         unit = provision(cfg)
         old_kid, client_id = unit["kid"], unit["registration"]["client_id"]
         renewal.begin(state, old_kid)
-        deleted = httpx.delete(f"{srv.issuer}/register/{client_id}",
-                               headers={"authorization": f"Bearer {registration_token(srv, client_id)}"})
-        assert deleted.status_code == 204
-        (state / "registration.json").unlink()
-        made_before_the_cut = filekey.create(state / "identity.jwk").kid if "new key," in cut else None
+        if cut != CUTS[0]:
+            deleted = httpx.delete(f"{srv.issuer}/register/{client_id}",
+                                   headers={"authorization": f"Bearer {registration_token(srv, client_id)}"})
+            assert deleted.status_code == 204
+            (state / "registration.json").unlink()
+        made_before_the_cut = filekey.create(state / "identity.jwk").kid if cut == CUTS[2] else None
 
         d = daemons(cfg)
         new_kid = d.wait_for(r"new device identity key \S+ \(thumbprint (\S+)\), replacing " + old_kid).group(1)
@@ -177,15 +175,10 @@ def test_a_power_cut_after_the_old_client_is_deleted_resumes_with_one_new_key(sh
 
 
 def test_provision_finishes_an_unfinished_reset_in_its_order(short_tmp):
-    from devicelink_sim.authserver import DevServer
-
     from devicelink.identity import registration as r
     from devicelink.identity import renewal
 
-    key, statement = fleet()
-    with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        cfg = new_key_config(short_tmp, srv.issuer, statement)
-        state = short_tmp / "state"
+    with fleet_unit(short_tmp) as (srv, cfg, state):
         unit = provision(cfg)
         old_kid, client_id = unit["kid"], unit["registration"]["client_id"]
         renewal.begin(state, old_kid)  # the daemon stopped right after noting the new key
