@@ -13,7 +13,9 @@ A factory reset (the button held, ``devicelink unpair --factory``) unpairs, then
 here: waits for the revocation to go through (it is authenticated as the client
 about to go), deletes the client at the server (RFC 7592; marked first, so a power
 cut resumes it), forgets it, and registers afresh for the next owner. The identity
-key is kept (docs/identity.md says why).
+key is kept (docs/identity.md says why), unless ``[identity] on_factory_reset =
+"new_key"``: then a new key is made between the deletion and the new registration
+(:meth:`Registering._renew`, ``identity/renewal.py``).
 
 The steps are ``identity/registration.py``'s generators; their few file writes run
 on the event loop (a registration happens once in a device's life).
