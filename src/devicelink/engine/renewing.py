@@ -55,6 +55,8 @@ class Renewing:
         """Make the new key (unless made before a power cut) and swap it in everywhere."""
         renewal.finish(self.state_dir, self.signer)
         self._pending = False
+        # A device-level token fetched since the unpair is the old client's, or bound to the old key.
+        self.device.device_tokens.forget()
 
     def start(self) -> None:
         """DPoP alone: once no revocation is owed, a new key, then a code for the next owner."""
