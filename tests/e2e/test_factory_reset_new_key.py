@@ -195,7 +195,8 @@ def test_provision_finishes_an_unfinished_reset_in_its_order(short_tmp):
         assert not (state / "identity.renew.json").exists()
 
 
-def test_dpop_alone_binds_the_next_owners_tokens_to_the_new_key(short_tmp, daemons):
+@pytest.mark.parametrize("cut", [False, True], ids=["no cut", "a power cut while the revocation is owed"])
+def test_dpop_alone_binds_the_next_owners_tokens_to_the_new_key(short_tmp, daemons, cut):
     from devicelink_sim.authserver import DevServer
 
     with DevServer(interval=1, dpop_nonce=True) as srv:
@@ -205,9 +206,21 @@ def test_dpop_alone_binds_the_next_owners_tokens_to_the_new_key(short_tmp, daemo
         old_kid = d.wait_for(r"made a new device identity key \S+ \(thumbprint (\S+)\): DPoP").group(1)
         pair(srv, d)
         assert srv.access_token_info(d.cli("token").stdout.strip())["cnf"] == {"jkt": old_kid}
-        out = d.cli("unpair", "--factory")
-        assert out.returncode == 0 and "revoked" in out.stdout, out.stdout + out.stderr
+        if cut:
+            srv.faults.revocation.fail(503, times=None)
+            assert d.cli("unpair", "--factory").returncode == 6
+            d.wait_for(r"factory reset: waiting for the revocation before replacing the device key")
+            d.proc.kill()  # the power cut
+            d.stop()
+            assert key_kid(short_tmp / "state") == old_kid and (short_tmp / "state" / "identity.renew.json").exists()
+            srv.faults.clear()
+            d = daemons(cfg)
+            d.wait_for(r"a factory reset is unfinished: the device key \S+ is replaced")
+        else:
+            out = d.cli("unpair", "--factory")
+            assert out.returncode == 0 and "revoked" in out.stdout, out.stdout + out.stderr
         new_kid = d.wait_for(r"new device identity key \S+ \(thumbprint (\S+)\), replacing " + old_kid).group(1)
+        assert srv.stats.revocations == 1
         pair(srv, d, subject="bob")
         assert srv.access_token_info(d.cli("token").stdout.strip())["cnf"] == {"jkt": new_kid} != {"jkt": old_kid}
         revoke = [p for p in srv.dpop_proofs if p["htu"].endswith("/revoke")]
