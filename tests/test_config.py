@@ -135,6 +135,9 @@ DPOP_ONLY = GOOD.replace('scope = ', "dpop = true\nscope = ")
      "'new_key' needs a key in use: [provider] client_auth = 'private_key_jwt' with [registration], "
      "or [provider] dpop = true"),
     (CONFIDENTIAL + "\n[identity]\non_factory_reset = 'new_key'\n", "needs a key in use"),
+    (REGISTERED + "on_factory_reset = 'keep'\n\n[identity]\non_factory_reset = 'new_key'\n",
+     "'new_key' needs [registration] on_factory_reset = 'delete' (the default): a kept registration holds the "
+     "old key"),
 ])
 def test_on_factory_reset_new_key_is_refused_where_it_would_lock_the_device_out(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -163,6 +166,12 @@ def test_on_factory_reset_keep_is_the_default_and_new_key_loads_where_it_can_be_
         assert cfg.identity.new_key_on_reset
     keep = config.load(write(tmp_path, PKJWT + "\n[identity]\non_factory_reset = 'keep'\n"))
     assert not keep.identity.new_key_on_reset
+    assert config.load(write(tmp_path, REGISTERED)).registration.on_factory_reset == "delete"
+    kept = config.load(write(tmp_path, REGISTERED + "on_factory_reset = 'keep'\n"))
+    assert kept.registration.on_factory_reset == "keep"
+    path = write(tmp_path, REGISTERED + "on_factory_reset = 'forget'\n")
+    with pytest.raises(ConfigError, match=r"\[registration\] on_factory_reset: expected one of 'delete', 'keep'"):
+        config.load(path)
 
 
 def test_the_device_token_section_and_a_clients_device_scope(tmp_path):

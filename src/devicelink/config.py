@@ -261,7 +261,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         # device-level tokens need the client credentials grant at the server (RFC 7591 §2)
         registered = replace(registered, grant_types=(*registered.grant_types, "client_credentials"))
     ident = identity.identity_section(v, raw)
-    identity.check_factory_reset(v, ident, provider.client_auth, provider.dpop, registered is not None)
+    identity.check_factory_reset(v, ident, provider.client_auth, provider.dpop, registered)
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients, refresh=refresh,
                   identity=ident, device_token=device_token, registration=registered)

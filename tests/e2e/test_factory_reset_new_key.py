@@ -8,7 +8,8 @@
   authenticates it after the restart), after the old client's deletion but before the new
   key's write, and after that write but before the note's removal; ``provision`` finishes an
   unfinished reset too;
-- DPoP alone (no registration): the next tokens are bound to the new key.
+- DPoP alone (no registration): the next tokens are bound to the new key;
+- ``[registration] on_factory_reset = "keep"``: the next owner pairs as the same client.
 """
 
 from __future__ import annotations
@@ -27,20 +28,23 @@ pytest.importorskip("devicelink_sim")
 from tests.e2e.test_registration import provision  # noqa: E402  (after the skip: it needs the simulator)
 
 
-def new_key_config(directory, issuer, statement):
-    cfg = device_config(directory, issuer, statement)
+def new_key_config(directory, issuer, statement, registration: str = ""):
+    cfg = device_config(directory, issuer, statement, registration=registration)
     cfg.write_text(cfg.read_text().replace("[identity]\n", '[identity]\non_factory_reset = "new_key"\n', 1))
     return cfg
 
 
 @contextmanager
-def fleet_unit(directory, new_key: bool = True):
-    """The development server with a fleet key, and a unit's config (``new_key`` or the default)."""
+def fleet_unit(directory, new_key: bool = True, registration: str = ""):
+    """The development server with a fleet key, and a unit's config (``new_key`` or the default;
+    ``registration``: more lines for ``[registration]``)."""
     from devicelink_sim.authserver import DevServer
 
     key, statement = fleet()
     with DevServer(interval=1, fleet_keys=fleet_keys(key)) as srv:
-        yield srv, (new_key_config if new_key else device_config)(directory, srv.issuer, statement), directory / "state"
+        cfg = (new_key_config if new_key else device_config)(directory, srv.issuer, statement,
+                                                             registration=registration)
+        yield srv, cfg, directory / "state"
 
 
 def key_kid(state) -> str:
@@ -193,6 +197,23 @@ def test_provision_finishes_an_unfinished_reset_in_its_order(short_tmp):
         assert [(c["client_id"], c["kids"]) for c in srv.registered_clients()] == [
             (out["registration"]["client_id"], [out["kid"]])]
         assert not (state / "identity.renew.json").exists()
+
+
+def test_a_kept_registration_pairs_the_next_owner_as_the_same_client(short_tmp, daemons):
+    with fleet_unit(short_tmp, new_key=False, registration='on_factory_reset = "keep"\n') as (srv, cfg, state):
+        unit = provision(cfg)
+        client_id = unit["registration"]["client_id"]
+        d = daemons(cfg)
+        pair(srv, d)
+        out = d.cli("unpair", "--factory")
+        assert out.returncode == 0 and "revoked" in out.stdout, out.stdout + out.stderr
+        d.wait_for(rf"factory reset: the registration {client_id} is kept")
+        pair(srv, d, subject="bob")
+        assert srv.access_token_info(d.cli("token").stdout.strip())["client_id"] == client_id
+        assert [c["client_id"] for c in srv.registered_clients()] == [client_id]
+        assert srv.stats.revocations == 1 and key_kid(state) == unit["kid"]
+        assert "is deleted at the server" not in "".join(d.log)
+        assert not json.loads((state / "registration.json").read_text())["deleting"]
 
 
 @pytest.mark.parametrize("cut", [False, True], ids=["no cut", "a power cut while the revocation is owed"])

@@ -75,7 +75,14 @@ class Registering:
 
     async def reset(self) -> None:
         """The registration part of a factory reset, after the unpair: marked for deletion now
-        (durably), deleted and replaced in the background."""
+        (durably), deleted and replaced in the background; or, with ``[registration]
+        on_factory_reset = "keep"``, kept (the next owner pairs as the same client)."""
+        reg_cfg = self.enrolment.cfg.registration
+        if reg_cfg is not None and reg_cfg.on_factory_reset == "keep" and self.registration is not None:
+            logger.info("factory reset: the registration %s is kept ([registration] on_factory_reset = 'keep')",
+                        self.registration.client_id)
+            self.device.pairer.start()
+            return
         files = self.enrolment.files
         reg = files.load()
         if reg is not None and not reg.deleting:

@@ -15,6 +15,7 @@ from devicelink.identity import KEY_SOURCES
 
 if TYPE_CHECKING:
     from devicelink.config import _Validator
+    from devicelink.identity.registration_settings import RegistrationConfig
 
 #: What a serial may be, from the config or the device tree: printable ASCII, no spaces.
 SERIAL = re.compile(r"[\x21-\x7e]{1,128}")
@@ -45,7 +46,7 @@ def identity_section(v: _Validator, raw: dict[str, Any]) -> IdentityConfig:
 
 
 def check_factory_reset(v: _Validator, ident: IdentityConfig, client_auth: str, dpop: bool,
-                        registered: bool) -> None:
+                        registration: RegistrationConfig | None) -> None:
     """``on_factory_reset = "new_key"`` only where a new key can be made and used at once: a
     file key, and either ``[registration]`` (the new key is registered with the new client) or
     DPoP alone (a DPoP key needs no registration). With a shared ``client_id`` and
@@ -56,6 +57,10 @@ def check_factory_reset(v: _Validator, ident: IdentityConfig, client_auth: str, 
     if ident.key != "file":
         v.fail(key, f"'new_key' needs [identity] key = 'file', not {ident.key!r}: a hardware key (TPM, secure "
                "element) cannot be replaced by software")
+    registered = registration is not None
+    if registered and registration.on_factory_reset == "keep":
+        v.fail(key, "'new_key' needs [registration] on_factory_reset = 'delete' (the default): a kept "
+               "registration holds the old key, and the server would refuse the new one")
     if client_auth == "private_key_jwt" and not registered:
         v.fail(key, "'new_key' with [provider] client_auth = 'private_key_jwt' needs [registration]: with a shared "
                "client_id the server refuses the new key until someone registers it, locking the device out")
