@@ -19,7 +19,7 @@ from devicelink.errors import ConfigError
 WORDS = ["token", "status", "--config", "--config=c.toml", "c.toml", "--scope", "--scope=openid profile",
          "--scope=-x", "openid", "--resource", "https://api.example.com", "--min-ttl", "--min-ttl=300", "300",
          "-5", "+5", "5_0", "\u0663", "", " ", "--min", "--sc", "-h", "--help", "--", "=", "--json", "token=1",
-         "--version", "-x", "--device", "--device=1", "--dev"]
+         "--version", "-x", "--device", "--device=1", "--dev", "run"]
 
 
 def argparse_reads(argv: list[str]):
@@ -33,13 +33,15 @@ def argparse_reads(argv: list[str]):
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(st.sampled_from(WORDS), max_size=7))
 def test_the_quick_reading_agrees_with_argparse(argv: list[str]) -> None:
-    quick = cli._quick_token(argv)
+    quick = cli._quick(argv)
     if quick is None:
         return  # argparse reads it
     args = argparse_reads(argv)
     assert args is not None, argv
-    assert (args.command, args.scope, args.resource, args.min_ttl, args.device) == \
-           (quick.command, quick.scope, quick.resource, quick.min_ttl, quick.device), argv
+    assert args.command == quick.command, argv
+    if quick.command == "token":
+        assert (args.scope, args.resource, args.min_ttl, args.device) == \
+               (quick.scope, quick.resource, quick.min_ttl, quick.device), argv
     assert args.config == (None if quick.config is None else Path(quick.config)), argv
 
 
@@ -48,18 +50,20 @@ def test_the_quick_reading_agrees_with_argparse(argv: list[str]) -> None:
     ["--config=c.toml", "token", "--resource", "https://api.example.com", "--min-ttl=0", "--scope", "a"],
     ["token", "--scope", "a", "--scope", "b"], ["token", "--scope", ""], ["token", "--device"],
     ["token", "--device", "--scope", "telemetry.write", "--device"],
+    ["run"], ["--config", "c.toml", "run"], ["run", "--config=c.toml"],
 ])
-def test_plain_token_command_lines_are_read_quickly(argv: list[str]) -> None:
-    assert cli._quick_token(argv) is not None
+def test_plain_token_and_run_command_lines_are_read_quickly(argv: list[str]) -> None:
+    assert cli._quick(argv) is not None
 
 
 @pytest.mark.parametrize("argv", [
     [], ["status"], ["token", "--min", "5"], ["token", "-h"], ["token", "--min-ttl", "-5"], ["token", "x"],
     ["token", "--scope"], ["token", "--conf", "c.toml"], ["--conf", "c.toml", "token"], ["token", "--"],
     ["--device", "token"], ["token", "--device=yes"], ["token", "--dev"],
+    ["run", "--device"], ["run", "--scope", "a"], ["run", "-h"], ["run", "token"], ["token", "run"],
 ])
 def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
-    assert cli._quick_token(argv) is None
+    assert cli._quick(argv) is None
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ GOOD = '[provider]\nissuer = "https://id.example.com"\nclient_id = "tv"\n'
 
 
 def socket_for(command: str, config: str | None = None) -> str | None:
-    args = cli._quick_token(["token"]) if command == "token" else argparse_reads([command])
+    args = cli._quick(["token"]) if command == "token" else argparse_reads([command])
     args.config = config
     return cli._socket_path(args)
 
@@ -142,7 +146,7 @@ def test_config_is_accepted_after_the_command_too(argv: list[str], config: str |
     (["--config", "before.toml", "token", "--min-ttl", "5", "--config=after.toml"], "after.toml"),
 ])
 def test_token_with_config_after_it_stays_on_the_quick_path(argv: list[str], config: str) -> None:
-    quick = cli._quick_token(argv)
+    quick = cli._quick(argv)
     assert quick is not None and quick.config == config
     assert argparse_reads(argv).config == Path(config)
 

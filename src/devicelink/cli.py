@@ -6,7 +6,7 @@ server failed or refused; 78 configuration error. Errors are one line on
 stderr, never a traceback.
 
 ``devicelink token`` is what scripts run before each request, so it is kept
-fast: its plain forms are read without argparse (:func:`_quick_token`), it
+fast: its plain forms are read without argparse (:func:`_quick`, as ``run``'s are), it
 sets up no logging, and it reads the config file only when that file may set
 ``[socket] path`` (:func:`_socket_path`). Everything else is imported where a
 command needs it.
@@ -162,9 +162,10 @@ def _stdout_closed() -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = _quick_token(argv)
-    if args is None:
-        args = build_parser().parse_args(argv)
+    args = _quick(argv)
+    if args is None or args.command == "run":
+        if args is None:
+            args = build_parser().parse_args(argv)
         from devicelink import logs
 
         logs.setup()
@@ -190,38 +191,43 @@ def _main(argv: list[str]) -> int:
         return 130
 
 
-class _TokenArgs:
-    """What argparse would make of a plain ``token`` command line."""
+class _QuickArgs:
+    """What argparse would make of a plain ``token`` or ``run`` command line."""
 
-    command = "token"
-
-    def __init__(self, config: str | None, scope: str | None, resource: str | None, min_ttl: int | None,
-                 device: bool = False) -> None:
-        self.config, self.scope, self.resource, self.min_ttl = config, scope, resource, min_ttl
+    def __init__(self, command: str, config: str | None, scope: str | None = None, resource: str | None = None,
+                 min_ttl: int | None = None, device: bool = False) -> None:
+        self.command, self.config, self.scope, self.resource, self.min_ttl = command, config, scope, resource, min_ttl
         self.device = device
 
 
 _GLOBAL_OPTIONS = {"--config": "config"}
-_TOKEN_OPTIONS = {"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl", "--config": "config"}
-_TOKEN_FLAGS = {"--device": "device"}
+#: The commands read without argparse: their options and flags.
+_QUICK_COMMANDS = {
+    "token": ({"--scope": "scope", "--resource": "resource", "--min-ttl": "min_ttl", "--config": "config"},
+              {"--device": "device"}),
+    "run": (_GLOBAL_OPTIONS, {}),
+}
 
 
-def _quick_token(argv: list[str]) -> _TokenArgs | None:
+def _quick(argv: list[str]) -> _QuickArgs | None:
     """``[--config PATH] token [--scope S] [--resource URI] [--min-ttl N] [--device] [--config PATH]``
-    read without argparse, when every word is in a form argparse reads the same way: the
-    options' full names, each value after a space or ``=`` and not starting with ``-``, a
+    and ``[--config PATH] run [--config PATH]`` read without argparse (scripts run the first
+    before each request; systemd starts the second, and building the whole parser costs it
+    milliseconds of every start), when every word is in a form argparse reads the same way:
+    the options' full names, each value after a space or ``=`` and not starting with ``-``, a
     decimal ``--min-ttl``, ``--device`` alone; a repeated option's last value wins, as in
     argparse. None for anything else (abbreviations, ``--help``, mistakes), which argparse
     then reads and judges."""
     values: dict[str, str] = {}
-    options = _GLOBAL_OPTIONS
+    command, options, flags = None, _GLOBAL_OPTIONS, {}
     words = iter(argv)
     for word in words:
-        if options is _GLOBAL_OPTIONS and word == "token":
-            options = _TOKEN_OPTIONS
+        if command is None and word in _QUICK_COMMANDS:
+            command = word
+            options, flags = _QUICK_COMMANDS[word]
             continue
-        if options is _TOKEN_OPTIONS and word in _TOKEN_FLAGS:
-            values[_TOKEN_FLAGS[word]] = word
+        if word in flags:
+            values[flags[word]] = word
             continue
         name, equals, value = word.partition("=")
         if name not in options:
@@ -234,9 +240,9 @@ def _quick_token(argv: list[str]) -> _TokenArgs | None:
             return None
         values[options[name]] = value
     min_ttl = values.get("min_ttl")
-    if options is not _TOKEN_OPTIONS or min_ttl is not None and not (min_ttl.isascii() and min_ttl.isdigit()):
+    if command is None or min_ttl is not None and not (min_ttl.isascii() and min_ttl.isdigit()):
         return None
-    return _TokenArgs(values.get("config"), values.get("scope"), values.get("resource"),
+    return _QuickArgs(command, values.get("config"), values.get("scope"), values.get("resource"),
                       None if min_ttl is None else int(min_ttl), "device" in values)
 
 
@@ -246,7 +252,7 @@ def _load_config(args: argparse.Namespace) -> config.Config:
     return config.load(args.config or config.default_path())
 
 
-def _socket_path(args: argparse.Namespace | _TokenArgs) -> str | None:
+def _socket_path(args: argparse.Namespace | _QuickArgs) -> str | None:
     """The socket the client commands ask (docs/cli.md): the config file's ``[socket] path``
     (or its default) when there is a config file, else None: ``$DEVICELINK_SOCKET``, else
     the default. ``--config`` is always loaded, and so is the default file, except that
@@ -338,7 +344,7 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_daemon(args: argparse.Namespace | _TokenArgs) -> int:
+def _ask_daemon(args: argparse.Namespace | _QuickArgs) -> int:
     from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
 
     socket_path = _socket_path(args)  # None: $DEVICELINK_SOCKET, else the default
