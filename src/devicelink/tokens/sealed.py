@@ -29,17 +29,18 @@ NONCE_BYTES = 12
 
 
 def seal(key: bytes, secret: str, label: str) -> str:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from .aesgcm import aes_gcm
 
     nonce = os.urandom(NONCE_BYTES)
-    blob = MAGIC + nonce + AESGCM(key).encrypt(nonce, secret.encode(), MAGIC + label.encode())
+    blob = MAGIC + nonce + aes_gcm(key).encrypt(nonce, secret.encode(), MAGIC + label.encode())
     return base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii")
 
 
 def unseal(key: bytes, sealed: str, label: str) -> str | None:
     """The secret, or None when ``key`` does not open it (another key, another label, damaged)."""
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from .aesgcm import aes_gcm
 
     try:
         blob = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
@@ -49,7 +50,7 @@ def unseal(key: bytes, sealed: str, label: str) -> str | None:
         return None
     nonce = blob[len(MAGIC):len(MAGIC) + NONCE_BYTES]
     try:
-        plain = AESGCM(key).decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES:], MAGIC + label.encode())
+        plain = aes_gcm(key).decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES:], MAGIC + label.encode())
     except InvalidTag:
         return None
     try:

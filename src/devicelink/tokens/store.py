@@ -71,12 +71,12 @@ class EncryptedFileStore:
     def __init__(self, state_dir: Path, key: bytes, label: str = "devicelink", *, set_aside: bool = False) -> None:
         if len(key) != 32:
             raise ValueError("the state key must be 32 bytes")
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from .aesgcm import aes_gcm
 
         self.dir = Path(state_dir)
         self.path = self.dir / STATE_FILE
         self.previous_path = self.dir / PREVIOUS_FILE
-        self._aead = AESGCM(key)
+        self._aead = aes_gcm(key)
         self._aad = MAGIC + label.encode()
         #: load() fell back to the previous generation: the next save replaces the unreadable
         #: newest instead of rotating it into the previous generation's place.
