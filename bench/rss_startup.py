@@ -68,9 +68,12 @@ print(json.dumps({
 
 
 def daemon_env(src: Path = ROOT / "src") -> dict[str, str]:
-    """The daemon's environment: ours minus anything that could put the venv on its path."""
+    """The daemon's environment: ours minus anything that could put the venv on its path, and
+    minus PYTHONDONTWRITEBYTECODE: the first run (the pairing) writes the bytecode, which an
+    installed package has, or every start would compile whatever src/ changed."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "NOTIFY_SOCKET", "DEVICELINK_LOG_LEVEL")}
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "NOTIFY_SOCKET", "DEVICELINK_LOG_LEVEL",
+                        "PYTHONDONTWRITEBYTECODE")}
     env["PYTHONPATH"] = str(src)
     env["PYTHONNOUSERSITE"] = "1"
     # A device whose clock is synchronised (this machine may have no NTP): a restart then
