@@ -1,6 +1,7 @@
 """``devicelink-sim COMMAND``: the simulator's command line.
 
     devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
+    devicelink-sim faults [--issuer URL] [on|off|clear|release|revoke-grants|show] ...  # a running server's faults
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
     devicelink-sim fleet --devices N [--json]  # a fleet on virtual time (fleet.py)
 
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="keep the temp dir (config, logs, encrypted state) at the end")
     sub.add_parser(
+        "faults", add_help=False,
+        help="switch a running development server's faults on and off (devicelink-sim faults --help)",
+        description="Fault switches from the command line; devicelink-sim faults --help lists them.")
+    sub.add_parser(
         "server", add_help=False,
         help="run only the development authorization server (options: devicelink-sim server --help)",
         description="The development authorization server alone; devicelink-sim server --help lists its options.")
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
         return serve(rest)
+    if args.command == "faults":
+        from devicelink_sim import faultcli
+
+        return faultcli.main(rest)
     if args.command == "fleet":
         try:
             from devicelink_sim import fleet
