@@ -1,6 +1,7 @@
 """``devicelink-sim COMMAND``: the simulator's command line.
 
     devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
+    devicelink-sim device [--port N] [--screen oled|oled32|hdmi] [...]  # the virtual device and its page
     devicelink-sim faults [--issuer URL] [on|off|clear|release|revoke-grants|show] ...  # a running server's faults
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
     devicelink-sim fleet --devices N [--json]  # a fleet on virtual time (fleet.py)
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="keep the temp dir (config, logs, encrypted state) at the end")
     sub.add_parser(
+        "device", add_help=False,
+        help="the real daemon on a virtual board (png screen, mock LED and button) and a page to watch and "
+             "click it (options: devicelink-sim device --help)",
+        description="The virtual device; devicelink-sim device --help lists its options.")
+    sub.add_parser(
         "faults", add_help=False,
         help="switch a running development server's faults on and off (devicelink-sim faults --help)",
         description="Fault switches from the command line; devicelink-sim faults --help lists them.")
@@ -92,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
         return serve(rest)
+    if args.command == "device":
+        try:
+            from devicelink_sim.device import run
+        except ImportError as exc:
+            return _missing_extra(exc)
+        return run.main(rest)
     if args.command == "faults":
         from devicelink_sim import faultcli
 
