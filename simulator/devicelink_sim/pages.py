@@ -54,6 +54,7 @@ _LAYOUT = """<!doctype html>
   .note { color: #555; font-size: .9em; }
   .stepup { font-weight: 600; }
   .result { font-size: 1.2em; font-weight: 600; }
+  [data-result="approved"] { color: #1a7f37; } [data-result="denied"] { color: #a40e26; }
 </style>
 </head>
 <body>
@@ -120,12 +121,12 @@ It must match the code on the device's screen. If it does not, or you did not st
 _DONE = """
 <div class="card">
 {% if approved %}
-<p class="result" id="result" data-result="approved">✅ Approved</p>
+<p class="result" id="result" data-result="approved">✓ Approved</p>
 <p><b>{{ asking.name }}</b>{% if asking.serial %} (serial <code>{{ asking.serial }}</code>){% endif %}
 is signing in as <b id="signed-in-as">{{ name }}</b> <small>({{ subject }})</small>. It shows
 <i>Paired</i> in a moment.</p>
 {% else %}
-<p class="result" id="result" data-result="denied">❌ Denied</p>
+<p class="result" id="result" data-result="denied">✗ Denied</p>
 <p><b>{{ asking.name }}</b>{% if asking.serial %} (serial <code>{{ asking.serial }}</code>){% endif %}
 gets no access. It shows that it was declined.</p>
 {% endif %}

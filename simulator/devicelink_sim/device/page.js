@@ -133,14 +133,24 @@ function showPhone(url) {
   $("phone-tab").href = url;
 }
 
-// The button: down while the pointer (or Space/Enter) is down on it.
+// The button: down while the pointer (or Space/Enter) is down on it. A finger keeps a tact switch
+// closed for a tenth of a second at least; a mouse click can be a few milliseconds, which the
+// daemon's 50 ms debounce would rightly take for contact bounce. So a press lasts MIN_PRESS_MS.
+const MIN_PRESS_MS = 120;
 const button = $("button");
 let down = false;
+let downAt = 0;
 function press(pressed) {
   if (pressed === down) return;
   down = pressed;
   button.dataset.pressed = String(pressed);
-  post("/button", {pressed});
+  if (pressed) {
+    downAt = performance.now();
+    post("/button", {pressed: true});
+  } else {
+    const left = MIN_PRESS_MS - (performance.now() - downAt);
+    setTimeout(() => { if (!down) post("/button", {pressed: false}); }, Math.max(0, left));
+  }
 }
 button.addEventListener("pointerdown", (ev) => { button.setPointerCapture(ev.pointerId); press(true); ev.preventDefault(); });
 button.addEventListener("pointerup", () => press(false));
