@@ -21,7 +21,11 @@ const handlers = {
     $("led-pin").textContent = `GPIO${d.led_pin}`;
     $("hold-seconds").textContent = d.hold_seconds;
     $("screen-big").dataset.screen = d.screen;
-    if (d.screen !== "hdmi") $("screen-big").style.width = `${d.width * 4}px`;
+    if (d.screen === "hdmi") {
+      $("truesize").hidden = true;  // the TV's frame, scaled to the column: true size would not fit
+    } else {
+      $("screen-big").style.width = `${d.width * 4}px`;
+    }
   },
   server(s) {
     server = s;
