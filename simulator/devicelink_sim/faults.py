@@ -30,14 +30,14 @@ refresh token rotated at the server, never delivered).
 
 The same rules arrive over HTTP (``POST /sim/faults``, see :meth:`Faults.configure`)
 and from ``devicelink-sim server --fault token:status,status=503,times=3``
-(see :func:`parse_spec`).
+(see :func:`parse_spec`). Every request to the four endpoints lands in
+:attr:`Faults.log`, and token requests also in ``srv.stats``.
 
 Switches are what the virtual device's page and ``devicelink-sim faults on|off``
 toggle live: :meth:`Faults.switch` puts one rule per (endpoint, kind) in place,
 lasting until it is switched off (:data:`SWITCH_DEFAULTS` gives each kind's
 fields), and switching it off removes that rule alone. Whatever changes the
-rules tells :attr:`Faults.watchers`. Every request to the four endpoints lands in
-:attr:`Faults.log`, and token requests also in ``srv.stats``.
+rules, and every request, tells :attr:`Faults.watchers`.
 
 The rules and the log are here; fault_layer.py applies them to the server's requests.
 """

@@ -158,13 +158,16 @@ def uninterrupted(stop, sigterm_after=signal.SIG_DFL):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..cli import _Help  # defaults shown, but not a None
+
     parser = argparse.ArgumentParser(
-        prog="devicelink-sim device", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="devicelink-sim device", formatter_class=_Help,
         description="The real daemon (devicelink run) on a virtual board: a png screen, a status LED and a "
                     "button on gpiozero's mock pins, paired with the development server. Serves one page that "
                     "shows them live, the phone's verification page and the server's fault switches.")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="the page's port on 127.0.0.1 (another free one when this is taken; 0: any)")
+                        help=f"the page's port on 127.0.0.1 ({DEFAULT_PORT}: another free one when that is taken; "
+                             "0: any)")
     parser.add_argument("--screen", choices=sorted(SCREENS), default="oled",
                         help="oled: 128x64, oled32: 128x32, hdmi: 1280x720")
     parser.add_argument("--hold-seconds", type=float, default=5.0, metavar="S",
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the server's access token lifetime: short, so refreshes (and faults) show soon")
     parser.add_argument("--interval", type=int, default=2, metavar="S", help="the polling interval given to the device")
     parser.add_argument("--dir", type=Path, default=None,
-                        help="the device's folder (config, state, screen, logs); kept. Default: a temp dir, removed")
+                        help="the device's folder (config, state, screen, logs), kept (default: a temp dir, removed)")
     return parser
 
 
