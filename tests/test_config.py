@@ -32,6 +32,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_dpop_goes_with_every_client_auth(tmp_path):
+    for auth in ("", 'client_auth = "private_key_jwt"\n', 'client_auth = "client_secret_post"\n'
+                 'client_secret_file = "secret"\n'):
+        cfg = config.load(write(tmp_path, GOOD.replace("[storage]", f"dpop = true\n{auth}\n[storage]")))
+        assert cfg.provider.dpop is True
+
+
 def test_good_config_and_relative_paths(tmp_path):
     cfg = config.load(write(tmp_path, GOOD))
     assert cfg.provider.issuer == "https://id.example.com/realms/tv"
@@ -57,6 +64,8 @@ def test_good_config_and_relative_paths(tmp_path):
     (GOOD.replace('scope = "openid profile offline_access"',
                   'client_auth = "client_secret_basic"'), "[provider] client_secret_file", "missing"),
     (GOOD.replace('scope = "openid profile offline_access"', "dpop = 'yes'"), "[provider] dpop", "true or false"),
+    (GOOD + "\n[[client]]\nname = 'agent'\nuser = 'nobody'\ndpop_proofs_without_token = 1\n",
+     "[[client]] #1 dpop_proofs_without_token", "true or false"),
     ("[provider\nissuer=", "", "not valid TOML"),
     (GOOD + "\n[[client]]\nname = 'player'\n", "[[client]] #1", "user, uid or group"),
     (GOOD.replace("https://id.example.com/realms/tv", "https://[::1"), "[provider] issuer", "https://"),

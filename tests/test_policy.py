@@ -55,6 +55,13 @@ def test_a_drop_in_gives_its_app_exactly_its_scopes(tmp_path):
     assert app.scope == frozenset({"openid", "media.read"}) and not app.admin and app.resources is None
     assert app.allows_scope(frozenset({"media.read", "media.write"})) == {"media.write"}
     assert pol.identify(peer(1)) is None
+    assert not app.dpop_proofs_without_token and policy.ROOT.dpop_proofs_without_token
+
+
+def test_dpop_proofs_without_a_token_are_one_entrys_choice(tmp_path):
+    cfg = write(tmp_path, **{"agent.toml": '[[client]]\nname = "agent"\nuser = "nobody"\nscope = "openid"\n'
+                                           'dpop_proofs_without_token = true\n'})
+    assert policy.load(cfg, own_uid=0).identify(peer(65534)).dpop_proofs_without_token
 
 
 def test_uid_beats_group_and_groups_match_supplementary_ids(tmp_path):

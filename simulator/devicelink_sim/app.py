@@ -2,7 +2,9 @@
 
 - discovery (RFC 8414 and OIDC) and the JWKS;
 - the OAuth endpoints, answered by grants.py: /device_authorization, /token,
-  /revoke, /userinfo;
+  /revoke, /userinfo; a DPoP proof (RFC 9449) on any of them is checked here
+  (dpop.py) before Authlib sees the request, and /userinfo takes a DPoP-bound
+  token only with the DPoP scheme and a proof by its key;
 - the verification page a person opens on their phone, /device (pages.py, asking.py);
 - the simulator's own controls: /sim/approve, /sim/deny, /sim/faults.
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
 from . import pages
 from .asking import asking
+from .dpop import ProofRefused
 from .faults import outcome_of
 from .grants import DevAuthorizationServer, userinfo_protector
 from .records import TokenEvent
@@ -29,6 +32,10 @@ if TYPE_CHECKING:
     from .authserver import DevServer
 
 USED = "That code was already approved or denied."
+
+
+#: Where the server's DPoP nonce goes out on every answer (dpop_nonce=True).
+NONCE_ENDPOINTS = frozenset({"device_authorization", "token", "revoke", "userinfo"})
 
 
 def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
@@ -64,6 +71,8 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
             subject_types_supported=["public"],
             id_token_signing_alg_values_supported=["RS256"],
             claims_supported=list(CLAIMS),
+            **({"registration_endpoint": f"{iss}/register"} if settings.fleet is not None else {}),
+            **({"dpop_signing_alg_values_supported": ["ES256"]} if settings.dpop else {}),  # RFC 9449 §5.1
         )
 
     app.add_url_rule("/.well-known/oauth-authorization-server", "rfc8414", metadata)
@@ -73,14 +82,42 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
     def jwks():
         return jsonify(keys.jwks)
 
+    def proof_checked(respond, access_token: str | None = None):
+        """``respond()`` once the request's DPoP proof, if it has one, passed (its key's thumbprint
+        in ``g.dpop_jkt``); a 400 ``invalid_dpop_proof`` / ``use_dpop_nonce`` otherwise."""
+        proof = request.headers.get("DPoP")
+        if settings.dpop and proof is not None:
+            try:
+                g.dpop_jkt = server.proofs.check(proof, request.method, request.url, access_token)
+            except ProofRefused as refused:
+                return refused_proof(refused, 400)
+        return respond()
+
+    def refused_proof(refused: ProofRefused, status: int, scheme: bool = False):
+        response = jsonify(error=refused.error, error_description=refused.description)
+        response.status_code = status
+        if refused.nonce is not None:
+            response.headers["DPoP-Nonce"] = refused.nonce
+        if scheme:  # a resource's challenge, RFC 9449 §7.1
+            response.headers["WWW-Authenticate"] = (f'DPoP error="{refused.error}", '
+                                                    f'error_description="{refused.description}", algs="ES256"')
+        return response
+
+    @app.after_request
+    def dpop_nonce(response):
+        # RFC 9449 §8.2, §9: the nonce to use next, on every answer (success included)
+        if settings.dpop and settings.dpop_nonce and request.endpoint in NONCE_ENDPOINTS:
+            response.headers.setdefault("DPoP-Nonce", server.proofs.nonce)
+        return response
+
     @app.post("/device_authorization")
     def device_authorization():
         with state.lock:
-            return authz.create_endpoint_response("device_authorization")
+            return proof_checked(lambda: authz.create_endpoint_response("device_authorization"))
 
     def token_response():
         with state.lock:
-            return authz.create_token_response()
+            return proof_checked(authz.create_token_response)
 
     @app.post("/token")
     def token():
@@ -93,14 +130,42 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
         state.record_token_request(TokenEvent(arrived, grant_type, outcome, scope, resource))
         return response
 
+    if settings.fleet is not None:
+        @app.post("/register")
+        def register():
+            with state.lock:
+                return authz.create_endpoint_response("client_registration")
+
+        @app.route("/register/<client_id>", methods=["GET", "PUT", "DELETE"])
+        def client_configuration(client_id):
+            with state.lock:
+                return authz.create_endpoint_response("client_configuration")
+
     @app.post("/revoke")
     def revoke():
         with state.lock:
-            return authz.create_endpoint_response("revocation")
+            return proof_checked(lambda: authz.create_endpoint_response("revocation"))
 
     @app.route("/userinfo", methods=["GET", "POST"])
     def userinfo():
         # 401 invalid_token for unknown, expired and revoked tokens.
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        with state.lock:
+            held = state.access_tokens.get(value.strip())
+            if settings.dpop and scheme.lower() == "dpop":  # RFC 9449 §7.1
+                if held is None or held.is_expired() or held.is_revoked() or held.jkt is None:
+                    return refused_proof(ProofRefused("invalid_token", "not a live DPoP-bound token"), 401, True)
+                try:
+                    jkt = server.proofs.check(request.headers.get("DPoP", ""), request.method, request.url,
+                                              value.strip())
+                except ProofRefused as refused:
+                    return refused_proof(refused, 401, True)
+                if jkt != held.jkt:
+                    return refused_proof(ProofRefused("invalid_token", "the proof's key is not the token's"), 401, True)
+                return jsonify(sub=held.grant.user.subject, name=held.grant.user.name)
+            if held is not None and held.jkt is not None:  # §7.2: never taken as a Bearer token
+                return refused_proof(ProofRefused("invalid_token", "a DPoP-bound token needs the DPoP scheme "
+                                                  "and a proof"), 401, True)
         with state.lock, protector.acquire() as access_token:
             user = access_token.grant.user
         if user is None:  # a client credentials token: the client's own, nobody to describe

@@ -47,6 +47,7 @@ from .settings import (
     Settings,
     asked_acr,
 )
+from .dpop import Proofs
 from .signing import SigningKey
 from .state import State
 
@@ -75,9 +76,20 @@ class DevServer:
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         resources: tuple[str, ...] = DEFAULT_RESOURCES,
         honour_step_up: bool = True,
+        dpop: bool = True,
+        dpop_nonce: bool = False,
         client_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        registration: bool = False,
+        fleet_keys: dict | None = None,
+        statement_issuer: str | None = None,
+        initial_access_token: str | None = None,
     ):
+        fleet = None
+        if registration or fleet_keys is not None or initial_access_token is not None:
+            from .registration import Fleet  # RFC 7591/7592: devices register themselves
+
+            fleet = Fleet(fleet_keys, statement_issuer, initial_access_token)
         self.settings = Settings(  # ValueError for a lifetime, interval or resource out of bounds
             access_token_lifetime=access_token_lifetime,
             refresh_token_lifetime=refresh_token_lifetime,
@@ -87,7 +99,12 @@ class DevServer:
             scopes=scopes,
             resources=resources,
             honour_step_up=honour_step_up,
+            fleet=fleet,
+            dpop=dpop,
+            dpop_nonce=dpop_nonce,
         )
+        #: DPoP proofs (RFC 9449, dpop.py): checked against the wall clock (iat), as a server's are.
+        self.proofs = Proofs(require_nonce=dpop_nonce)
         self._port = port
         self._clock = clock
         self.client_id = PUBLIC_CLIENT_ID
@@ -259,12 +276,43 @@ class DevServer:
                                                     jwks=jwks).confidential()
         return client_id
 
+    def registered_clients(self) -> list[dict]:
+        """Every client that registered itself (RFC 7591) and is not deleted, as an administrator
+        would list them: `client_id`, `software_id`, `device_serial`, `kids` (the RFC 7638
+        thumbprints of its keys) and the rest of its metadata under `metadata`."""
+        from .registration import _thumbprint
+
+        with self._state.lock:
+            clients = [c for c in self._state.clients.values() if c.metadata is not None]
+        return [{"client_id": c.client_id, "software_id": c.metadata.get("software_id"),
+                 "device_serial": c.metadata.get("device_serial"),
+                 "kids": [_thumbprint(k) for k in (c.jwks or {}).get("keys", [])], "metadata": dict(c.metadata)}
+                for c in clients]
+
+    @property
+    def registrations(self) -> int:
+        """How many registrations (RFC 7591) succeeded, deleted ones included."""
+        with self._state.lock:
+            return self._state.registrations
+
     @property
     def assertions(self) -> list[dict]:
         """The claims of every client assertion that passed its signature and claim checks,
         in order (for tests: a new jti each, the aud sent)."""
         with self._state.lock:
             return list(self._state.assertions)
+
+    @property
+    def dpop_proofs(self) -> list[dict]:
+        """The claims of every DPoP proof that passed, in order, each with ``jkt``, the RFC 7638
+        thumbprint of its key (for tests: one per request, a new jti each, the nonce it carried)."""
+        with self._state.lock:
+            return list(self.proofs.checked)
+
+    def new_dpop_nonce(self) -> str:
+        """The server's DPoP nonce moves on (``dpop_nonce=True``): proofs with the old one get use_dpop_nonce."""
+        with self._state.lock:
+            return self.proofs.new_nonce()
 
     def pending_user_codes(self) -> list[str]:
         """User codes that are live and still waiting for a decision."""
@@ -301,7 +349,8 @@ class DevServer:
           request sent them, also when the server does not honour them;
         - `iat`, `exp`: seconds since the epoch, mapped from the server's clock at the
           time of the call; `expires_in`: seconds left on the server's clock;
-        - `grant`: a number for the grant (one device authorization) it belongs to.
+        - `grant`: a number for the grant (one device authorization) it belongs to;
+        - `token_type` (`DPoP` or `Bearer`), and `cnf` `{"jkt": ...}` for a DPoP-bound one (RFC 9449 §6.2).
         """
         with self._state.lock:
             token = self._state.access_tokens.get(access_token)
@@ -327,6 +376,8 @@ class DevServer:
                 "exp": int(wall + (token.expires_at - now)),
                 "expires_in": token.get_expires_in(),
                 "grant": grant.id,
+                "token_type": "DPoP" if token.jkt else "Bearer",
+                **({"cnf": {"jkt": token.jkt}} if token.jkt else {}),
             }
 
     def issued_refresh_tokens(self) -> list[str]:

@@ -158,11 +158,25 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
                              f"default {' '.join(DEFAULT_RESOURCES)}")
     parser.add_argument("--no-step-up", dest="honour_step_up", action="store_false",
                         help="ignore acr_values and max_age (RFC 9470), as a server without step-up does")
+    parser.add_argument("--no-dpop", dest="dpop", action="store_false",
+                        help="ignore DPoP proofs (RFC 9449) and issue Bearer tokens, as a server without DPoP does")
+    parser.add_argument("--dpop-nonce", action="store_true",
+                        help="want the server's nonce in every DPoP proof (use_dpop_nonce otherwise, RFC 9449 §8)")
     parser.add_argument("--client-secret", default=None,
                         help=f"secret of {CONFIDENTIAL_CLIENT_ID} (default: random)")
     parser.add_argument("--client-jwks", type=_jwks, default=None, metavar="FILE",
                         help=f"register {KEY_CLIENT_ID}, a private_key_jwt client, with the public keys in FILE "
                              "(a JWKS or a JWK; the output of `devicelink provision` too)")
+    parser.add_argument("--fleet-key", type=_fleet_keys, default=None, metavar="FILE",
+                        help="serve dynamic registration (RFC 7591, RFC 7592 at /register): a device's software "
+                             "statement must be signed by a key in FILE (a public JWK or JWKS; `devicelink factory "
+                             "keygen` prints one)")
+    parser.add_argument("--statement-issuer", default=None, metavar="ISS",
+                        help="with --fleet-key: the iss a software statement must carry (default: any)")
+    parser.add_argument("--registration", action="store_true",
+                        help="serve dynamic registration without a fleet key: no software statement needed")
+    parser.add_argument("--initial-access-token-file", type=_text_file, default=None, metavar="FILE",
+                        help="registration needs this initial access token (RFC 7591 §3) as a bearer token")
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[,FIELD=VALUE...]",
                         help="inject a fault (repeatable, applied in order), e.g. token:status,status=503,times=3 "
                              "or token:reset,probability=0.2,times=none; see docs/faults.md")
@@ -189,7 +203,13 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
             rotate_refresh_tokens=args.rotate_refresh_tokens,
             resources=DEFAULT_RESOURCES if args.resources is None else tuple(args.resources),
             honour_step_up=args.honour_step_up,
+            dpop=args.dpop,
+            dpop_nonce=args.dpop_nonce,
             client_secret=args.client_secret,
+            registration=args.registration,
+            fleet_keys=args.fleet_key,
+            statement_issuer=args.statement_issuer,
+            initial_access_token=args.initial_access_token_file,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -210,6 +230,9 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
             server.confidential_client_id,
             f", {KEY_CLIENT_ID} (private_key_jwt)" if args.client_jwks is not None else "",
         )
+        if server.settings.fleet is not None:
+            logger.info("dynamic registration at %s/register%s", server.issuer,
+                        " (software statements signed by the fleet key)" if args.fleet_key else "")
         signal.sigwait(stop_signals)
     finally:
         server.stop()
@@ -217,17 +240,43 @@ def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") ->
 
 
 def _jwks(path: str) -> dict:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+    data = _jwks_json(path)
     data = data.get("jwks", data) if isinstance(data, dict) else None  # `devicelink provision` wraps it
     if not isinstance(data, dict) or any("d" in k for k in data.get("keys", [data]) if isinstance(k, dict)):
         raise argparse.ArgumentTypeError(f"{path}: expected a JWKS or a public JWK")
     return data
+
+
+def _fleet_keys(path: str) -> dict:
+    """The public fleet keys in FILE: a JWKS or a JWK (private members dropped: the key file
+    `devicelink factory keygen` wrote works too)."""
+    data = _jwks_json(path)
+    keys = data.get("keys", [data]) if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "kty" in k for k in keys):
+        raise argparse.ArgumentTypeError(f"{path}: expected a JWK or a JWKS")
+    private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+    return {"keys": [{k: v for k, v in key.items() if k not in private} for key in keys]}
+
+
+def _jwks_json(path: str):
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+
+
+def _text_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return text
 
 
 def _missing_extra(exc: ImportError) -> int:

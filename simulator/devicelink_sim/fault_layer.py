@@ -1,6 +1,6 @@
 """The WSGI layer that applies the fault rules of faults.py to a development server's requests.
 
-It reads each request to the four faultable endpoints, asks `Faults.arrive` for
+It reads each request to the five faultable endpoints, asks `Faults.arrive` for
 its rule, and then answers for real, answers with the fault, or drops the
 connection without an answer.
 """
@@ -77,6 +77,8 @@ def _endpoint_of(environ: dict[str, Any]) -> str | None:
         return "revocation"
     if path.startswith("/.well-known/") and method == "GET":
         return "discovery"
+    if path == "/register" and method == "POST":
+        return "registration"
     return None
 
 

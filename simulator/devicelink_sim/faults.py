@@ -30,7 +30,7 @@ refresh token rotated at the server, never delivered).
 
 The same rules arrive over HTTP (``POST /sim/faults``, see :meth:`Faults.configure`)
 and from ``devicelink-sim server --fault token:status,status=503,times=3``
-(see :func:`parse_spec`). Every request to the four endpoints lands in
+(see :func:`parse_spec`). Every request to the five endpoints lands in
 :attr:`Faults.log`, and token requests also in ``srv.stats``.
 
 Switches are what the virtual device's page and ``devicelink-sim faults on|off``
@@ -57,7 +57,7 @@ from .settings import DEVICE_CODE_GRANT_TYPE
 __all__ = ["ENDPOINTS", "KINDS", "SWITCH_DEFAULTS", "SWITCH_KINDS", "EndpointFaults", "Fault", "Faults", "Hit",
            "outcome_of", "parse_spec", "parse_switch"]
 
-ENDPOINTS = ("token", "device", "revocation", "discovery")
+ENDPOINTS = ("token", "device", "revocation", "discovery", "registration")
 KINDS = ("ok", "status", "reset", "close", "timeout", "malformed", "oversized", "revoke")
 _SHORTHANDS: dict[str, dict[str, Any]] = {
     "slow_down": {"status": 400, "error": "slow_down"},
@@ -230,7 +230,8 @@ class Faults:
         self.device = EndpointFaults("device", self)
         self.revocation = EndpointFaults("revocation", self)
         self.discovery = EndpointFaults("discovery", self)
-        #: Every request to the four endpoints, in arrival order (the oldest dropped past ``log_size``).
+        self.registration = EndpointFaults("registration", self)  # RFC 7591 POST /register
+        #: Every request to the five endpoints, in arrival order (the oldest dropped past ``log_size``).
         self.log: deque[Hit] = deque(maxlen=log_size)
         #: (endpoint, kind) -> the rule a switch put in place (switch()).
         self._switches: dict[tuple[str, str], Fault] = {}

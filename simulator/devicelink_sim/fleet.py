@@ -92,7 +92,7 @@ class FleetReport:
     recovered_s: float | None
     errors: int
     grants_lost: int
-    requests_per_device_hour: float  # in steady state, before the power cut
+    requests_per_device_hour: float  # after the power came back: the spread fleet's steady load
     requests_after_cut: dict[str, int]
     rss_mib: float
     cpu_s: float
@@ -209,8 +209,6 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
         # 2. steady running
         say(f"all paired at t={paired_at:.0f} s; running {options.before:g} lifetimes")
         await asyncio.sleep(options.before * options.lifetime)
-        steady = _requests(log, paired_at + options.lifetime, loop.time())  # past the pairing's wake
-        steady_hours = max(1e-9, (loop.time() - paired_at - options.lifetime) / 3600)
 
         # 3. the power cut
         cut_at = loop.time()
@@ -273,7 +271,7 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
             peak_over_mean=round(peak / mean, 2) if mean else 0.0,
             recovered_s=None if recovered is None else round(recovered, 1),
             errors=sum(log.errors.values()), grants_lost=lost,
-            requests_per_device_hour=round(sum(steady.values()) / options.devices / steady_hours, 2),
+            requests_per_device_hour=round(mean * 3600 / options.devices, 2),
             requests_after_cut=dict(sorted(after.items())),
             rss_mib=round(usage.ru_maxrss / 1024, 1), cpu_s=round(time.process_time() - started_cpu, 1),
             wall_s=round(time.perf_counter() - started_wall, 1),
@@ -282,13 +280,6 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
         await client.aclose()
         if options.state_root is None:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _requests(log: RequestLog, start: float, end: float) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for second in range(int(start), int(end)):
-        total.update(log.per_second.get(second, ()))
-    return total
 
 
 def _scratch() -> str | None:

@@ -27,6 +27,9 @@ What a device may send beyond the plain device flow:
   a public client is `unauthorized_client`): `scope` a subset of
   `Settings.client_scopes` (else `invalid_scope`), at most one known `resource`;
   an access token with no user and no refresh token (`/userinfo` refuses it).
+- a DPoP proof (RFC 9449; checked by app.py with dpop.py): the tokens are of type
+  `DPoP`, bound to its key (`cnf.jkt`), and so is a public client's refresh token,
+  which then refreshes only with a proof by the same key (else `invalid_grant`).
 
 Clients authenticate with `none`, `client_secret_basic`, `client_secret_post`
 or `private_key_jwt` (client_auth.py) at every endpoint, as their record allows.
@@ -45,6 +48,7 @@ from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant, RefreshTokenGr
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
+from flask import g
 
 from .client_auth import METHOD as PRIVATE_KEY_JWT, PrivateKeyJwt
 from .records import DeviceCode, RefreshToken, normalize_user_code
@@ -75,6 +79,11 @@ class DevAuthorizationServer(AuthorizationServer):
         self.register_endpoint(_DeviceAuthorizationEndpoint(self))
         self.register_endpoint(_RevocationEndpoint)
         self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions))
+        if settings.fleet is not None:  # RFC 7591 and RFC 7592: devices register themselves
+            from .registration import ConfigurationEndpoint, RegistrationEndpoint
+
+            self.register_endpoint(RegistrationEndpoint(self, settings.fleet))
+            self.register_endpoint(ConfigurationEndpoint(self, settings.fleet))
 
     def query_client(self, client_id):
         return self.state.clients.get(client_id)
@@ -82,7 +91,7 @@ class DevAuthorizationServer(AuthorizationServer):
     def save_token(self, token, request):
         if request.payload.grant_type == CLIENT_CREDENTIALS_GRANT_TYPE:
             grant = self.state.client_grant(request.client.get_client_id(), token.get("scope"), request.audience)
-            self.state.store_tokens(grant, token, None, request.audience)
+            self.state.store_tokens(grant, token, None, request.audience, jkt=g.get("dpop_jkt"))
             return
         if request.payload.grant_type == DEVICE_CODE_GRANT_TYPE:
             grant = self.state.new_grant(request.credential, request.user, token.get("scope"))
@@ -97,8 +106,11 @@ class DevAuthorizationServer(AuthorizationServer):
         if "openid" in token.get("scope", "").split():
             token["id_token"] = self.keys.id_token(self.issuer(), request.client.get_client_id(), grant,
                                                     self.settings.access_token_lifetime)
+        jkt = g.get("dpop_jkt")  # app.py checked the request's DPoP proof
+        if jkt is not None and grant.jkt is None and "none" in request.client.auth_methods:
+            grant.jkt = jkt  # RFC 9449 §5: a public client's refresh tokens are bound to its key
         # The grant's validate_token_request set `audience` (RFC 8707).
-        self.state.store_tokens(grant, token, refresh_scope, request.audience)
+        self.state.store_tokens(grant, token, refresh_scope, request.audience, jkt=jkt)
 
     def check_resources(self, request, granted: tuple[str, ...]) -> tuple[str, ...]:
         """The `resource` values of a request (RFC 8707), each one the server knows and,
@@ -120,7 +132,7 @@ class DevAuthorizationServer(AuthorizationServer):
         if grant_type != CLIENT_CREDENTIALS_GRANT_TYPE:  # the client's own token has the scope it asked, or none
             scope = client.get_allowed_scope(scope)
         token = {
-            "token_type": "Bearer",
+            "token_type": "DPoP" if g.get("dpop_jkt") else "Bearer",  # RFC 9449 §5
             "access_token": secrets.token_urlsafe(32),
             "expires_in": self.settings.access_token_lifetime,
         }
@@ -245,6 +257,8 @@ class _RefreshTokenGrant(RefreshTokenGrant):
         # request changes nothing: the refresh token is not rotated.
         super().validate_token_request()
         grant = self.request.refresh_token.grant
+        if grant.jkt is not None and g.get("dpop_jkt") != grant.jkt:  # RFC 9449 §5
+            raise InvalidGrantError("The refresh token is bound to a DPoP key this request has no proof of.")
         self.request.audience = self.server.check_resources(self.request, grant.resources) or grant.resources
 
     def authenticate_refresh_token(self, refresh_token):

@@ -58,6 +58,8 @@ class Client(ClientMixin):
     #: private_key_jwt: the client's public keys, a JWKS (RFC 7517 §5).
     jwks: dict | None = field(default=None, compare=False, hash=False)
     grant_types: frozenset[str] = frozenset({DEVICE_CODE_GRANT_TYPE, "refresh_token"})
+    #: A client that registered itself (RFC 7591): its metadata as registered; None for the built-in ones.
+    metadata: dict | None = field(default=None, compare=False, hash=False)
 
     def confidential(self) -> Client:
         """This client, also allowed the client credentials grant (RFC 6749 §4.4: confidential clients only)."""
@@ -147,6 +149,8 @@ class Grant:
     max_age: int | None = None
     id: int = 0  # numbered by State.new_grant, from 1
     revoked: bool = False
+    #: RFC 9449 §5: the DPoP key its refresh tokens are bound to (a public client's, paired with a proof).
+    jkt: str | None = None
     #: The one refresh token of this grant that may be presented without question.
     current: RefreshToken | None = field(default=None, repr=False)
 
@@ -185,6 +189,8 @@ class AccessToken(_Token):
     revoked: bool = False
     #: The refresh token issued in the same response (None when none was).
     issued_with: str | None = field(default=None, repr=False)
+    #: RFC 9449 §6: the thumbprint of the DPoP key it is bound to (cnf.jkt); None for a Bearer token.
+    jkt: str | None = None
 
     def is_revoked(self):
         return self.revoked or self.grant.revoked

@@ -6,6 +6,7 @@ Plain Python, no Flask or Authlib, so the command line can read the defaults che
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
@@ -44,6 +45,13 @@ class Settings:
     honour_step_up: bool = True
     #: Scopes the client credentials grant gives (a request for any other is invalid_scope).
     client_scopes: tuple[str, ...] = CLIENT_SCOPES
+    #: Dynamic registration (registration.py's `Fleet`): None, no registration endpoint.
+    fleet: Any = None
+    #: RFC 9449: check DPoP proofs and bind the tokens of a request with one to its key (dpop.py).
+    #: False plays a server that knows nothing of DPoP: the header is ignored, tokens are Bearer.
+    dpop: bool = True
+    #: RFC 9449 §8-9: every proof must carry the server's current nonce (use_dpop_nonce otherwise).
+    dpop_nonce: bool = False
 
     def __post_init__(self) -> None:
         if self.access_token_lifetime < 1 or self.device_code_lifetime < 1:

@@ -50,6 +50,9 @@ class State:
         #: private_key_jwt (client_auth.py): (client_id, jti) seen, until when; every assertion checked.
         self.assertion_ids: dict[tuple[str, str], float] = {}
         self.assertions: list[dict] = []
+        #: RFC 7591/7592 (registration.py): registration access token -> client_id; registrations made.
+        self.registration_tokens: dict[str, str] = {}
+        self.registrations = 0
         self._token_requests: Counter[str] = Counter()
         self._token_log: list[TokenEvent] = []
         self._device_authorizations = 0
@@ -94,7 +97,7 @@ class State:
         return Grant(client_id, None, scope, None, resources=resources, id=self._grants)
 
     def store_tokens(self, grant: Grant, token: dict, refresh_scope: str | None,
-                     resources: tuple[str, ...] = ()) -> None:
+                     resources: tuple[str, ...] = (), jkt: str | None = None) -> None:
         now = self.clock()
         self.access_tokens[token["access_token"]] = AccessToken(
             value=token["access_token"],
@@ -105,6 +108,7 @@ class State:
             resources=resources,
             issued_at=now,
             issued_with=token.get("refresh_token"),
+            jkt=jkt,
         )
         if "refresh_token" in token:
             lifetime = self.refresh_token_lifetime

@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from devicelink import paths
-from devicelink.errors import ConfigError, DeviceLinkError
+from devicelink.errors import ConfigError, DeviceLinkError, ProtocolViolation
 
 if TYPE_CHECKING:
     import argparse
@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("pair", "show a new pairing code now",
             "Ask the daemon for a new pairing code and print it with the address to enter it at. "
             "The daemon asks the authorization server, which can take up to 30 s.")
-    command("unpair", "revoke the grant at the server and forget it",
-            "Revoke the grant at the authorization server (RFC 7009) and forget the tokens on this "
-            "device; the daemon then waits for `devicelink pair`.")
+    unpair = command("unpair", "revoke the grant at the server and forget it",
+                     "Revoke the grant at the authorization server (RFC 7009) and forget the tokens on this "
+                     "device; the daemon then waits for `devicelink pair`.")
+    unpair.add_argument("--factory", action="store_true",
+                        help="a factory reset, as the button's: also delete the device's registration at the "
+                        "server and register afresh ([registration]), then show a code for the next owner")
     doctor = command("doctor", "check config, key, clock, socket, server, display and GPIO; say what to fix",
                      "Check the config, policy, key, state directory, clock, socket and daemon, "
                      "authorization server, display and GPIO; print ok, warn or FAIL for each, with what "
@@ -111,10 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a credential already sealed with the new key, instead of making one")
     rekey.add_argument("--seal", choices=("auto", "host", "tpm2", "host+tpm2"), default="auto",
                        help="what systemd-creds seals a new credential to")
-    command("provision", "make the device's identity key; print it to register",
-            "Make the device's identity key (state_dir/identity.jwk) unless it exists, and print the "
-            "serial number and the public key as a JWKS, in JSON, for the authorization server's client "
-            "registration (private_key_jwt). Never replaces a key (docs/identity.md).")
+    provision = command("provision", "make the device's identity key and register it; print both",
+                        "Make the device's identity key (state_dir/identity.jwk) unless it exists, and print the "
+                        "serial number and the public key as a JWKS, in JSON, for the authorization server's "
+                        "client registration (private_key_jwt). With [registration] in the config, register the "
+                        "device (RFC 7591) unless it is registered, and print its client_id. Never replaces a key "
+                        "or a registration (docs/identity.md).")
+    manage = provision.add_mutually_exclusive_group()
+    manage.add_argument("--check", dest="action", action="store_const", const="check",
+                        help="read the registration back from the server (RFC 7592) and check it holds this key")
+    manage.add_argument("--update", dest="action", action="store_const", const="update",
+                        help="send the registration's metadata as it is now: a new key, a new software statement")
+    manage.add_argument("--delete", dest="action", action="store_const", const="delete",
+                        help="delete the registration at the server (RFC 7592) and forget it here")
+    from devicelink.factory.cli import add_factory_command
+
+    add_factory_command(sub, formatter)
     return parser
 
 
@@ -160,6 +175,10 @@ def _main(argv: list[str]) -> int:
             return _rekey(args)
         if args.command == "provision":
             return _provision(args)
+        if args.command == "factory":
+            from devicelink.factory.cli import run as factory
+
+            return factory(args)
         if args.command == "doctor":
             from devicelink import config, doctor
 
@@ -304,11 +323,17 @@ def _provision(args: argparse.Namespace) -> int:
 
     from devicelink.identity.provision import provision
 
+    from devicelink.errors import RegistrationFailed
+
     cfg = _load_config(args)
     try:
-        done = provision(cfg)
+        done = provision(cfg, getattr(args, "action", None))
+    except ConfigError:
+        raise
+    except RegistrationFailed as exc:
+        return _fail(str(exc), EXIT_UPSTREAM)
     except (DeviceLinkError, OSError) as exc:
-        return _fail(str(exc), 1)
+        return _fail(str(exc), EXIT_UPSTREAM if isinstance(exc, ProtocolViolation) else 1)
     print(json.dumps(done, indent=2))
     return 0
 
@@ -334,7 +359,7 @@ def _ask_daemon(args: argparse.Namespace | _TokenArgs) -> int:
                     status = client.pair()
                 return _paired(status)
             if args.command == "unpair":
-                return _unpaired(client.unpair())
+                return _unpaired(client.factory_reset() if args.factory else client.unpair())
     except DaemonUnreachable as exc:
         return _fail(str(exc), EXIT_UNREACHABLE)  # the client's message says what to check
     except DaemonError as exc:

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -25,6 +25,8 @@ from devicelink.device_token import DeviceTokenConfig, device_token_section
 from devicelink.errors import ConfigError
 from devicelink.identity import settings as identity
 from devicelink.identity.settings import IdentityConfig
+from devicelink.identity import registration_settings as registration
+from devicelink.identity.registration_settings import RegistrationConfig
 
 DEFAULT_PATH = paths.CONFIG_PATH
 DROP_IN_DIR = "clients.d"  # beside the config file: one [[client]] file per app
@@ -43,7 +45,7 @@ DISPLAY_DRIVERS = ("none", "terminal", "png", "ssd1306", "sh1106", "framebuffer"
 @dataclass(frozen=True)
 class ProviderConfig:
     issuer: str
-    client_id: str
+    client_id: str = ""  # "" only with [registration]: the device gets its own there
     scope: str | None = None
     device_authorization_endpoint: str | None = None
     token_endpoint: str | None = None
@@ -115,6 +117,8 @@ class ClientPolicy:
     resource: tuple[str, ...] | None = None  # RFC 8707 resources it may ask for; none: [provider] resource
     admin: bool = False
     device_scope: str | None = None  # the most it may get of device-level tokens ([device_token]); none: none
+    #: DPoP proofs without an access token (docs/dpop.md): the app may bind tokens of its own to the device key.
+    dpop_proofs_without_token: bool = False
     origin: Path | None = None  # the file it came from, for messages
 
 
@@ -131,6 +135,7 @@ class Config:
     clients: tuple[ClientPolicy, ...] = ()
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     device_token: DeviceTokenConfig | None = None  # [device_token]: client credentials, no user
+    registration: RegistrationConfig | None = None  # [registration]: RFC 7591 at first boot
 
 
 def default_path() -> Path:
@@ -218,7 +223,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` names it in errors and anchors relative paths."""
     v = _Validator(path)
     v.only(raw, "", {"provider", "pairing", "storage", "refresh", "socket", "display", "gpio", "client", "identity",
-                     "device_token"})
+                     "device_token", "registration"})
     if "provider" not in raw:
         v.fail("[provider]", "missing section; it needs at least issuer and client_id")
 
@@ -228,9 +233,11 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         "client_auth": v.choice(CLIENT_AUTH_METHODS), "client_secret_file": v.path,
         "resource": v.resources, "dpop": v.boolean, "allow_insecure_http": v.boolean,
         "verification_hosts": v.hosts, "assertion_audience": identity.audience(v),
-    }, required=("issuer", "client_id"))
+    }, required=("issuer",))
     v.check_transport(provider)
     v.check_client_auth(provider)
+    registered = registration.registration_section(v, raw)
+    registration.check_registration(v, registered, provider)
 
     pairing = v.section(raw, "pairing", PairingConfig, {"restart_on_expiry": v.integer(0, 100)})
     storage = v.section(raw, "storage", StorageConfig, {"state_dir": v.path, "key": v.choice(KEY_SOURCES)})
@@ -249,10 +256,13 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         })
     clients = v.clients(raw)
     refresh = v.section(raw, "refresh", RefreshConfig, {"min_interval": v.number(1, 3600)})
+    device_token = device_token_section(v, raw, provider.client_auth)
+    if registered is not None and device_token is not None and "grant_types" not in raw["registration"]:
+        # device-level tokens need the client credentials grant at the server (RFC 7591 §2)
+        registered = replace(registered, grant_types=(*registered.grant_types, "client_credentials"))
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients, refresh=refresh,
-                  identity=identity.identity_section(v, raw),
-                  device_token=device_token_section(v, raw, provider.client_auth))
+                  identity=identity.identity_section(v, raw), device_token=device_token, registration=registered)
 
 
 class _Validator:
@@ -294,7 +304,7 @@ class _Validator:
             self.fail(where, "expected a table")
         checks = {"name": self.name, "user": self.text, "uid": self.integer(0, 2**32 - 2),
                   "group": self.text, "scope": self.scope, "resource": self.resources, "admin": self.boolean,
-                  "device_scope": self.scope}
+                  "device_scope": self.scope, "dpop_proofs_without_token": self.boolean}
         self.only(entry, where, set(checks))
         if "name" not in entry:
             self.fail(f"{where} name", "missing; every client needs a name")
@@ -421,8 +431,6 @@ class _Validator:
         if p.client_auth in ("client_secret_basic", "client_secret_post") and p.client_secret_file is None:
             self.fail("[provider] client_secret_file", f"missing; client_auth = {p.client_auth!r} needs it")
         identity.check_private_key_jwt(self, p.client_auth, p.assertion_audience)
-        if p.dpop:
-            self.fail("[provider] dpop", "DPoP arrives with per-device identity; expected false in this version")
 
 
 def transport_allowed(url: str, allow_insecure_http: bool) -> bool:

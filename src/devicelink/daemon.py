@@ -69,16 +69,25 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
 
 
 def signing_params(cfg: Config, endpoints: Callable[[], Any]) -> dict[str, Any]:
-    """What ``private_key_jwt`` needs (the device's key, loaded or made now; the issuer; the
-    audience; the token endpoint as ``endpoints()`` knows it when a request goes), or nothing
-    for the methods that do not sign: then no key code (``cryptography``'s EC) is imported."""
+    """What signs with the device's key: ``private_key_jwt`` (the key, loaded or made now; the
+    issuer; the audience; the token endpoint as ``endpoints()`` knows it when a request goes)
+    and DPoP proofs (``dpop``, RFC 9449), the same key. Nothing for a daemon that does neither:
+    then no key code (``cryptography``'s EC) is imported."""
     p = cfg.provider
-    if p.client_auth != "private_key_jwt":
+    if p.client_auth != "private_key_jwt" and not p.dpop:
         return {}
     from devicelink.identity.signer import open_signer
 
-    return {"signer": open_signer(cfg), "issuer": p.issuer, "audience": p.assertion_audience or ("issuer",),
-            "token_endpoint": lambda: (found := endpoints()) and found.token_endpoint}
+    signer = open_signer(cfg)
+    params: dict[str, Any] = {}
+    if p.client_auth == "private_key_jwt":
+        params.update(signer=signer, issuer=p.issuer, audience=p.assertion_audience or ("issuer",),
+                      token_endpoint=lambda: (found := endpoints()) and found.token_endpoint)
+    if p.dpop:
+        from devicelink.oauth.auth.dpop import DPoP
+
+        params["dpop"] = DPoP(signer)
+    return params
 
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
@@ -102,6 +111,9 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
     store = EncryptedFileStore(cfg.storage.state_dir, key, set_aside=True)
+    registered = None
+    if cfg.registration is not None:  # the registered client_id, everywhere (engine/registering.py)
+        cfg, registered = registration_at_start(cfg, key)
     # Under the state lock, as it may make the key. `device` is made below; the lambda reads it at a send.
     signing = signing_params(cfg, lambda: device.endpoints)
     stop = stop or asyncio.Event()
@@ -120,8 +132,13 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
         stack.callback(display.close)
         # No HTTP client yet: OAuthHttp makes one when a request is due and closes it when idle.
-        auth = ClientAuth(cfg.provider.client_id, cfg.provider.client_auth, secret, **signing)
-        device = Device(cfg, store, OAuthHttp(None, auth), display=display, key_source=key_source)
+        def make_auth(client_id: str) -> ClientAuth:
+            return ClientAuth(client_id, cfg.provider.client_auth, secret, **signing)
+
+        device = Device(cfg, store, OAuthHttp(None, make_auth(cfg.provider.client_id)), display=display,
+                        key_source=key_source)
+        if cfg.registration is not None:
+            device.registering = registering(cfg, device, key, signing["signer"], make_auth, registered)
         await device.start()
         stack.push_async_callback(device.stop)
         if cfg.gpio is not None:
@@ -148,6 +165,44 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         logger.info("stopping")
         systemd.notify("STOPPING=1")
+
+
+def registration_at_start(cfg: Config, key: bytes) -> tuple[Config, Any]:
+    """The registration kept (``state_dir/registration.json``), its access token's seals
+    settled with the key this start loaded (after a re-key), and the config with the
+    registered ``client_id`` in place of ``[provider] client_id``. A registration at another
+    issuer stops the start (:class:`~devicelink.errors.IdentityError`): it is never replaced
+    on its own."""
+    from dataclasses import replace
+
+    from devicelink.identity import registration as r
+
+    r.settle_seals(cfg.storage.state_dir, key)
+    reg = r.RegistrationFile(cfg.storage.state_dir).load()
+    if reg is None:
+        logger.info("not registered yet: registering before pairing ([registration])")
+        return cfg, reg
+    r.usable(reg, cfg, None)
+    if reg.deleting:  # a factory reset cut off: revocations still owed go as this client, then it is deleted
+        logger.info("a factory reset is unfinished: the client %s is deleted once no revocation is owed, "
+                    "then the device registers afresh", reg.client_id)
+    else:
+        logger.info("registered as client_id %s at %s", reg.client_id, reg.issuer)
+    if reg.earlier_attempts:
+        logger.warning("%s", r.duplicate_warning(reg))
+    return replace(cfg, provider=replace(cfg.provider, client_id=reg.client_id)), reg
+
+
+def registering(cfg: Config, device: Any, key: bytes, signer: Any, make_auth: Callable[[str], Any],
+                registered: Any) -> Any:
+    from devicelink.engine.registering import Registering
+    from devicelink.identity import registration as r
+    from devicelink.identity.serial import device_serial
+    from devicelink.oauth.steps import Backoff
+
+    enrolment = r.Enrolment(cfg, signer, key, device_serial(cfg.identity.serial),
+                            r.RegistrationFile(cfg.storage.state_dir), device.wall_clock, Backoff(device.rng))
+    return Registering(device, enrolment, make_auth, registered)
 
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>

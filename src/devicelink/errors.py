@@ -13,6 +13,7 @@
     │  ├─ DeviceCodeExpired         the code ran out before anyone approved it
     │  ├─ RefreshRejected           invalid_grant on refresh: pair again
     │  ├─ ClientRejected            the server refused this client (401, invalid_client): the config
+    │  ├─ RegistrationFailed        registering the device (RFC 7591) or managing it (RFC 7592) failed
     │  └─ TargetRefused             invalid_scope / invalid_target on a narrowed refresh
     ├─ Refused                      the engine refuses a local caller; .code says why
     ├─ StoreError                   the state file could not be written
@@ -103,6 +104,16 @@ class RefreshRejected(GrantFailed):
 class ClientRejected(GrantFailed):
     """The server did not accept this client (401, ``invalid_client``): its id, secret or key
     in the config, not the grant, which works again once the config is fixed."""
+
+
+class RegistrationFailed(GrantFailed):
+    """Registering the device (RFC 7591) or managing its registration (RFC 7592) failed;
+    ``transient`` when it is worth trying again (no answer, 5xx, 429)."""
+
+    def __init__(self, message: str, oauth_error: str | None = None, *, transient: bool = False,
+                 retry_after: float | None = None, unanswered: str | None = None) -> None:
+        super().__init__(message, oauth_error, retry_after=retry_after, unanswered=unanswered)
+        self.transient = transient
 
 
 class TargetRefused(GrantFailed):

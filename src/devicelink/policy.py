@@ -74,13 +74,15 @@ class App:
     resources: frozenset[str] | None
     admin: bool = False
     device_scope: frozenset[str] | None = frozenset()
+    #: May have DPoP proofs that go with no token of its own (docs/dpop.md).
+    dpop_proofs_without_token: bool = False
 
     def allows_scope(self, wanted: frozenset[str]) -> frozenset[str]:
         """The requested scopes this app may not have (empty when all are allowed)."""
         return frozenset() if self.scope is None else wanted - self.scope
 
 
-ROOT = App("root", scope=None, resources=None, admin=True, device_scope=None)
+ROOT = App("root", scope=None, resources=None, admin=True, device_scope=None, dpop_proofs_without_token=True)
 
 
 @dataclass
@@ -161,7 +163,8 @@ def _add(policy: Policy, entry: ClientPolicy, names: dict[str, Path | None]) -> 
     app = App(entry.name,
               scope=frozenset(entry.scope.split()) if entry.scope else frozenset(),
               resources=frozenset(entry.resource) if entry.resource is not None else None,
-              admin=entry.admin, device_scope=frozenset((entry.device_scope or "").split()))
+              admin=entry.admin, device_scope=frozenset((entry.device_scope or "").split()),
+              dpop_proofs_without_token=entry.dpop_proofs_without_token)
     if entry.group is not None:
         try:
             gid = grp.getgrnam(entry.group).gr_gid

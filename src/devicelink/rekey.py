@@ -36,7 +36,12 @@ the daemon can read them; ``systemd-creds`` and the credential store run as root
    ``state.key`` or the new credential into place. From that rename on, a start
    loads ``K1``; before it, ``K0``.
 6. finish: save ``R`` once more under ``K1`` (the store keeps a previous generation,
-   which must not stay under ``K0``), delete the journal. Done here for ``file``;
+   which must not stay under ``K0``), delete the journal.
+
+The registration access token in ``registration.json`` (sealed with the state key,
+``tokens/sealed.py``) gets a second seal under ``K1`` before step 3; whoever next loads
+a key keeps only the seals it opens (``registration.settle_seals``: ``rekey`` itself
+for ``file``, else the daemon's next start), so it opens on either side of the switch. Done here for ``file``;
    for ``credential`` by the daemon's next start, the only one that knows for
    certain which credential the unit loads.
 
@@ -110,6 +115,11 @@ def rekey(cfg: Config, new_source: str | None = None, *, new_key: bytes | None =
         key, sealed = _new_key(target, new_key, new_credential, seal_with)
         if key == old_key:
             raise ConfigError("rekey: the new key is the key in use; nothing to re-key")
+        if old_key is not None:  # the registration access token opens with either key until a start settles it
+            from devicelink.identity.registration import reseal
+
+            with _as_owner(state_dir):
+                reseal(state_dir, old_key, key)
         if record is not None:
             assert old_key is not None and old_source is not None
             try:
@@ -127,6 +137,9 @@ def rekey(cfg: Config, new_source: str | None = None, *, new_key: bytes | None =
             if target == "file":
                 with _as_owner(state_dir):
                     keys.finish_rekey(state_dir, key, "file")
+                    from devicelink.identity.registration import settle_seals
+
+                    settle_seals(state_dir, key)
         except StoreError as exc:
             if record is None:
                 raise

@@ -63,6 +63,7 @@ class Bench:
         self._served = asyncio.Event()
         self.device_kw: dict = {}  # more Device arguments (refresh_floor)
         self.config_kw: dict = {}  # more Config sections (device_token)
+        self.dpop = None  # a DPoP (oauth/auth/dpop.py) for the devices' requests (tests/engine/test_dpop.py)
 
     def _serve(self, request: httpx.Request) -> httpx.Response:
         response = self.fake(request)
@@ -86,7 +87,8 @@ class Bench:
                      storage=StorageConfig(state_dir=self.state_dir), **self.config_kw)
         client = httpx.AsyncClient(transport=httpx.MockTransport(self._serve))
         self.clients.append(client)
-        http = OAuthHttp(client, ClientAuth(CLIENT_ID, self.auth, secret or self.secret), clock=self.clock)
+        http = OAuthHttp(client, ClientAuth(CLIENT_ID, self.auth, secret or self.secret, dpop=self.dpop),
+                         clock=self.clock)
         device = Device(cfg, store or EncryptedFileStore(self.state_dir, self.key), http,
                         clock=self.clock, sleep=self.clock.sleep, wall_clock=self.wall,
                         rng=random.Random(7), clock_synced=lambda: clock_synced, **self.device_kw)

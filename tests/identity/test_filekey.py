@@ -286,23 +286,30 @@ def test_the_serial_comes_from_the_config_else_the_device_tree(tmp_path, caplog)
 # -- loaded only when configured ------------------------------------------------------------------
 
 def test_the_key_code_is_imported_only_when_a_method_signs(tmp_path):
-    """A daemon without private_key_jwt loads neither the key file code nor pyjwt (idle RSS)."""
+    """A daemon without private_key_jwt or DPoP loads neither the key file code nor pyjwt (idle
+    RSS); one with DPoP (any client_auth) loads the key and gets its proofs."""
     probe = ("import sys; from devicelink import config, daemon; cfg = config.load(sys.argv[1]); "
              "import devicelink.oauth.http, devicelink.engine; "
              "params = daemon.signing_params(cfg, lambda: None); "
-             "print(sorted(params), 'devicelink.identity.filekey' in sys.modules, 'jwt' in sys.modules)")
+             "print(','.join(sorted(params)) or '-', 'devicelink.identity.filekey' in sys.modules, "
+             "'cryptography.hazmat.primitives.asymmetric.ec' in sys.modules, 'jwt' in sys.modules)")
     results = {}
-    for method in ("none", "private_key_jwt"):
-        path = tmp_path / method / "config.toml"
+    for method, dpop in (("none", False), ("private_key_jwt", False), ("none", True), ("private_key_jwt", True)):
+        path = tmp_path / f"{method}-{dpop}" / "config.toml"
         path.parent.mkdir()
         path.write_text(f'[provider]\nissuer = "https://id.example"\nclient_id = "tv"\nclient_auth = "{method}"\n'
-                        '[storage]\nstate_dir = "state"\n')
+                        f'dpop = {str(dpop).lower()}\n[storage]\nstate_dir = "state"\n')
         ensure_private_dir(path.parent / "state")
         out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": SRC})
         assert out.returncode == 0, out.stderr
-        results[method] = out.stdout.split("] ")[1].split()
-    assert results == {"none": ["False", "False"], "private_key_jwt": ["True", "False"]}
+        results[method, dpop] = out.stdout.split()
+    assert results == {
+        ("none", False): ["-", "False", "False", "False"],
+        ("private_key_jwt", False): ["audience,issuer,signer,token_endpoint", "True", "True", "False"],
+        ("none", True): ["dpop", "True", "True", "False"],
+        ("private_key_jwt", True): ["audience,dpop,issuer,signer,token_endpoint", "True", "True", "False"],
+    }
 
 
 def test_the_daemon_and_provision_stop_with_one_line_on_a_damaged_key(tmp_path):

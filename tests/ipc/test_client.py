@@ -383,6 +383,36 @@ def test_step_up(canned: CannedDaemon) -> None:
     assert all(r.method == "POST" and r.headers["content-type"] == "application/json" for r in canned.seen)
 
 
+def test_dpop_proof(canned: CannedDaemon) -> None:
+    answers = [(200, {"proof": "eyJ0eXAiOiJkcG9wK2p3dCJ9.e30.c2ln"}),
+               (403, {"error": "forbidden", "error_description": "not one devicelink handed to 'x'"}),
+               (200, {"proof": "p2"}), (200, {"prove": "nothing"})]
+
+    async def proof(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, *answers.pop(0))
+
+    canned.routes["/v1/dpop-proof"] = proof
+    with Client(canned.path) as dl:
+        assert dl.dpop_proof("GET", "https://api.example.com/x", access_token="at-1", nonce="n-1").startswith("eyJ")
+        with pytest.raises(DaemonError) as err:
+            dl.dpop_proof("GET", "https://api.example.com/x", access_token="at-2")
+        assert (err.value.code, err.value.status) == ("forbidden", 403)
+
+    async def main() -> str:
+        async with AsyncClient(canned.path) as dl:
+            return await dl.dpop_proof("POST", "https://id.example.com/token")
+
+    assert asyncio.run(main()) == "p2"
+    with Client(canned.path) as dl, pytest.raises(DaemonError, match="no proof"):
+        dl.dpop_proof("GET", "https://api.example.com/x")
+    assert [json.loads(r.body) for r in canned.seen] == [
+        {"htm": "GET", "htu": "https://api.example.com/x", "access_token": "at-1", "nonce": "n-1"},
+        {"htm": "GET", "htu": "https://api.example.com/x", "access_token": "at-2"},
+        {"htm": "POST", "htu": "https://id.example.com/token"},
+        {"htm": "GET", "htu": "https://api.example.com/x"}]
+    assert all(r.method == "POST" and r.path == "/v1/dpop-proof" for r in canned.seen)
+
+
 def test_a_device_token_is_asked_for_with_identity_device(canned: CannedDaemon) -> None:
     async def token(request: Request, writer: asyncio.StreamWriter) -> None:
         await answer(writer, 200, {"access_token": "device-at", "token_type": "Bearer", "expires_in": 900,

@@ -65,6 +65,42 @@
 //                             `updates.read` is invalid_scope.
 //                             The record (OP_RECORD_ISSUED_TO) gets a
 //                             client_credentials.saved line for each.
+//   OP_REGISTRATION           if "1", dynamic client registration (RFC 7591)
+//                             at /reg, open (no initial access token) unless
+//                             OP_INITIAL_ACCESS_TOKEN is set, and its
+//                             management (RFC 7592: read, update, delete at
+//                             /reg/CLIENT_ID with the registration access
+//                             token, which every update rotates: the
+//                             library's default).
+//   OP_FLEET_JWKS             with OP_REGISTRATION: a JWKS (JSON) of the
+//                             manufacturer's public keys. A registration (and
+//                             an update) must then carry a software_statement
+//                             signed by one of them (ES256 or RS256), not
+//                             expired, from OP_STATEMENT_ISSUER when that is
+//                             set, with a software_id; its claims win over
+//                             the metadata sent beside it (RFC 7591 section
+//                             3.1.1). Else invalid_software_statement (or
+//                             unapproved_software_statement when none came).
+//                             oidc-provider has no software statements of its
+//                             own: extraClientMetadata's validator (which must
+//                             be synchronous, so node:crypto verifies, not
+//                             jose) checks them. software_id,
+//                             software_version and device_serial are kept as
+//                             client metadata.
+//   OP_DPOP_NONCE             if "1", DPoP (RFC 9449; oidc-provider's
+//                             features.dPoP, on by default, checks every proof
+//                             at the token endpoint and at /me and binds the
+//                             tokens of a request with one to its key) wants a
+//                             server nonce in every proof: nonceSecret is set
+//                             and requireNonce is true, so a proof without the
+//                             current nonce gets use_dpop_nonce with a
+//                             DPoP-Nonce header (at /me: 401 and
+//                             WWW-Authenticate: DPoP error="use_dpop_nonce").
+//   OP_ROTATE_REFRESH_TOKEN   "always" (default): every refresh rotates the
+//                             refresh token. "default": the library's own rule,
+//                             which does not rotate a public client's refresh
+//                             token that is sender-constrained (DPoP-bound),
+//                             as RFC 9700 section 4.14.2 allows.
 //
 // Beyond the device flow, rotation and revocation, it is set up for what the
 // daemon sends on behalf of its apps:
@@ -91,7 +127,7 @@
 //     what an opaque access token was issued for; a public client may only
 //     introspect its own tokens.
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes, verify as verifySignature } from 'node:crypto';
 import * as http from 'node:http';
 import process from 'node:process';
 
@@ -166,6 +202,52 @@ const clientCredentials = process.env.OP_CLIENT_CREDENTIALS === '1';
 // What a confidential client may use; the public client never gets client_credentials.
 const confidentialGrants = [DEVICE_CODE_GRANT, 'refresh_token', ...(clientCredentials ? ['client_credentials'] : [])];
 const confidentialScope = clientCredentials ? { scope: CONFIDENTIAL_SCOPE } : {};
+const registration = process.env.OP_REGISTRATION === '1';
+let fleetKeys;
+if (process.env.OP_FLEET_JWKS) {
+  try {
+    fleetKeys = JSON.parse(process.env.OP_FLEET_JWKS).keys;
+  } catch {
+    usage('OP_FLEET_JWKS must be a JWKS in JSON');
+  }
+  if (!Array.isArray(fleetKeys) || !registration) usage('OP_FLEET_JWKS needs a JWKS and OP_REGISTRATION=1');
+  fleetKeys = fleetKeys.map((jwk) => ({ jwk, key: createPublicKey({ key: jwk, format: 'jwk' }) }));
+}
+const statementIssuer = process.env.OP_STATEMENT_ISSUER || undefined;
+
+// A software statement (RFC 7591 section 2.3), checked synchronously: its claims,
+// or an InvalidSoftwareStatement error saying why not.
+function statementClaims(statement) {
+  const parts = typeof statement === 'string' ? statement.split('.') : [];
+  if (parts.length !== 3) throw new errors.InvalidSoftwareStatement('not a compact JWS');
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
+  } catch {
+    throw new errors.InvalidSoftwareStatement('not a JWT');
+  }
+  const data = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const signature = Buffer.from(parts[2], 'base64url');
+  const verified = fleetKeys.some(({ jwk, key }) => {
+    if (header.alg === 'ES256' && jwk.kty === 'EC') {
+      return verifySignature('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
+    }
+    if (header.alg === 'RS256' && jwk.kty === 'RSA') return verifySignature('sha256', data, key, signature);
+    return false;
+  });
+  if (!verified) throw new errors.InvalidSoftwareStatement('the software statement does not verify with the fleet key');
+  const now = Date.now() / 1000;
+  if (statementIssuer !== undefined && claims.iss !== statementIssuer) {
+    throw new errors.InvalidSoftwareStatement(`the software statement is not from ${statementIssuer}`);
+  }
+  if (typeof claims.exp === 'number' && claims.exp <= now) throw new errors.InvalidSoftwareStatement('the software statement has expired');
+  if (typeof claims.software_id !== 'string') throw new errors.InvalidSoftwareStatement('the software statement has no software_id');
+  return claims;
+}
+const rotation = process.env.OP_ROTATE_REFRESH_TOKEN || 'always';
+if (!['always', 'default'].includes(rotation)) usage(`OP_ROTATE_REFRESH_TOKEN must be always or default, got ${JSON.stringify(rotation)}`);
 
 // Listen first: the issuer has to carry the real port, and with PORT 0 that is
 // only known once the socket is bound. Requests are only handled once the
@@ -245,6 +327,16 @@ const configuration = {
     // Python helper scripts them. Consent stays a real step: the helper
     // submits the consent form instead of the server skipping it.
     devInteractions: { enabled: true },
+    registration: {
+      enabled: registration,
+      initialAccessToken: process.env.OP_INITIAL_ACCESS_TOKEN || false,
+    },
+    registrationManagement: { enabled: registration },
+    // DPoP is on in the library by default; with OP_DPOP_NONCE every proof needs
+    // the server's nonce (RFC 9449 section 8).
+    ...(process.env.OP_DPOP_NONCE === '1' ? {
+      dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+    } : {}),
     introspection: {
       enabled: true,
       // The library's default policy, spelled out so it does not warn: a
@@ -279,6 +371,23 @@ const configuration = {
     },
   },
   acrValues: ACR_VALUES,
+  extraClientMetadata: {
+    properties: ['software_statement', 'software_id', 'software_version', 'device_serial'],
+    // Runs for every property of every client the library instantiates, also when a
+    // stored client is loaded for a token request: a statement is only judged when a
+    // client registers or updates itself.
+    validator(ctx, key, value, metadata) {
+      const route = ctx?.oidc?.route;
+      if (key !== 'software_statement' || !fleetKeys || (route !== 'registration' && route !== 'client_update')) return;
+      if (value === undefined) {
+        throw new errors.UnapprovedSoftwareStatement('a software statement signed by the fleet key is required');
+      }
+      const claims = statementClaims(value);
+      for (const [name, claim] of Object.entries(claims)) {
+        if (!['iss', 'iat', 'exp', 'jti', 'nbf', 'cnf'].includes(name)) metadata[name] = claim;
+      }
+    },
+  },
   // A refresh token for every grant of a client allowed the refresh_token
   // grant (the default also demands the offline_access scope).
   async issueRefreshToken(ctx, client, code) {
@@ -292,7 +401,7 @@ const configuration = {
   // before `resource` is resolved, so a refresh refused with invalid_target has
   // already consumed the token it presented (the scope check comes first, so
   // invalid_scope spends nothing).
-  rotateRefreshToken: true,
+  ...(rotation === 'always' ? { rotateRefreshToken: true } : {}),
   ttl: {
     AccessToken: accessTokenTtl,
     // The library's defaults, spelled out so it does not warn about them.

@@ -23,7 +23,14 @@ to end against it as gpiozero tests against its MockFactory:
   with no refresh token and no user (``access_token_info`` says ``sub`` None);
 - client authentication ``none``, ``client_secret_basic`` (id and secret
   form-encoded before base64, RFC 6749 §2.3.1) or ``client_secret_post``, checked
-  strictly: missing, wrong, or two methods at once is ``401 invalid_client``.
+  strictly: missing, wrong, or two methods at once is ``401 invalid_client``;
+- DPoP (RFC 9449) with ``dpop=True``: a token request with a proof gets tokens of type
+  ``DPoP`` bound to the proof's key (``jkt``), and the grant's refresh token is bound to
+  it too (§5); ``dpop_nonce=True`` wants its nonce in every token request's proof
+  (``use_dpop_nonce`` with a ``DPoP-Nonce`` otherwise; every answer carries the nonce;
+  :meth:`new_nonce` moves it on). The proof's form is checked (typ, jwk, htm, htu, iat, a
+  jti never seen, the nonce); its signature is left to the real servers' tests, so this
+  server needs no JOSE library.
 
 The test plays the user with :meth:`approve`, :meth:`deny` and :meth:`expire`,
 turns the knobs (``lifetime``, ``rotate``, ``refusal``, ``poll_spacing``, ``code_grace``,
@@ -68,6 +75,7 @@ class Seen:
     at: float  # the injected clock
     status: int = 0
     error: str | None = None  # the OAuth error code it was answered, if any
+    proof: dict[str, Any] | None = None  # the DPoP proof's claims (dpop=True), with "jkt" its key's thumbprint
 
     def value(self, name: str) -> str | None:
         values = self.form.get(name)
@@ -86,6 +94,7 @@ class Grant:
     auth_time: int | None
     refresh_token: str | None = None  # the live one; the others of the family are rotated away
     revoked: bool = False
+    jkt: str | None = None  # RFC 9449 §5: the key its refresh tokens are bound to (dpop=True)
 
 
 @dataclass
@@ -111,6 +120,7 @@ class AccessToken:
     audience: tuple[str, ...]
     expires_at: float
     revoked: bool = False
+    jkt: str | None = None  # RFC 9449 §6: cnf.jkt of a DPoP-bound token
 
 
 @dataclass
@@ -143,7 +153,8 @@ class FakeAuthServer:
                  client_secret: str | None = None, scopes: frozenset[str] = SCOPES,
                  lifetime: int = 3600, rotate: bool = True, refusal: str = "invalid_grant",
                  interval: int = 5, poll_spacing: int | None = None, code_lifetime: int = 600,
-                 discovery: tuple[str, ...] = ("oauth", "openid")) -> None:
+                 discovery: tuple[str, ...] = ("oauth", "openid"), dpop: bool = False,
+                 dpop_nonce: bool = False) -> None:
         self.clock, self.wall = clock, wall or (lambda: 1_700_000_000 + clock())
         self.issuer, self.client_id = issuer, client_id
         self.client_auth, self.client_secret = client_auth, client_secret
@@ -162,6 +173,9 @@ class FakeAuthServer:
         self.device_answer: dict[str, Any] = {}
         self.seen: list[Seen] = []
         self.reuse_detections = 0
+        self.dpop, self.dpop_nonce = dpop, dpop_nonce
+        self.nonce = "nonce-1"
+        self._proof_jtis: set[str] = set()
         self._codes: dict[str, Authorization] = {}
         self._refresh_tokens: dict[str, Grant] = {}  # every refresh token issued -> its family
         self._access_tokens: dict[str, AccessToken] = {}
@@ -247,7 +261,13 @@ class FakeAuthServer:
         grant = access.grant
         active = not (access.revoked or (grant and grant.revoked)) and self.clock() < access.expires_at
         return {"active": active, "sub": grant and grant.sub, "scope": " ".join(sorted(access.scope)),
-                "aud": list(access.audience), "acr": grant and grant.acr, "client_id": self.client_id}
+                "aud": list(access.audience), "acr": grant and grant.acr, "client_id": self.client_id,
+                **({"cnf": {"jkt": access.jkt}} if access.jkt else {})}
+
+    def new_nonce(self) -> str:
+        """The server's DPoP nonce moves on (``dpop_nonce=True``): proofs with the old one are refused."""
+        self.nonce = f"nonce-{int(self.nonce.rpartition('-')[2]) + 1}"
+        return self.nonce
 
     def metadata(self) -> dict[str, Any]:
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.issuer))
@@ -286,6 +306,8 @@ class FakeAuthServer:
         except Refused as refused:
             response, seen.error = refused.response(), refused.error
         seen.status = response.status_code
+        if self.dpop_nonce and endpoint == "token":  # RFC 9449 §8.2: on every answer, success included
+            response.headers["dpop-nonce"] = self.nonce
         return response
 
     def _fault(self, endpoint: str, kind: str) -> httpx.Response | None:
@@ -307,7 +329,33 @@ class FakeAuthServer:
         if any(len(values) > 1 for name, values in seen.form.items() if name != "resource"):
             raise Refused("invalid_request")  # RFC 6749 §3.1: no parameter more than once
         self._authenticate(seen)
+        if endpoint == "token" and self.dpop:
+            self._check_proof(request, seen)
         return handler(seen)
+
+    def _check_proof(self, request: httpx.Request, seen: Seen) -> None:
+        """RFC 9449 §4.3, but for the signature (see the module's docstring)."""
+        proof = request.headers.get("dpop")
+        if proof is None:
+            return
+        try:
+            header_b64, payload_b64, signature = proof.split(".")
+            header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                              for part in (header_b64, payload_b64))
+            jwk = header["jwk"]
+            ok = (header["typ"] == "dpop+jwt" and header["alg"] == "ES256" and set(jwk) == {"kty", "crv", "x", "y"}
+                  and signature and claims["htm"] == request.method
+                  and claims["htu"] == str(request.url).split("?")[0] and abs(claims["iat"] - self.wall()) < 300
+                  and isinstance(claims["jti"], str) and claims["jti"] not in self._proof_jtis)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            ok = False
+        if not ok:
+            raise Refused("invalid_dpop_proof")
+        self._proof_jtis.add(claims["jti"])
+        if self.dpop_nonce and claims.get("nonce") != self.nonce:
+            raise Refused("use_dpop_nonce", 400, {"dpop-nonce": self.nonce})
+        canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+        seen.proof = {**claims, "jkt": _b64url(hashlib.sha256(canonical.encode()).digest())}
 
     def _authenticate(self, seen: Seen) -> None:
         header = seen.headers.get("authorization")
@@ -368,9 +416,10 @@ class FakeAuthServer:
         if len(resources) > 1 or not set(resources) <= self.client_resources:
             raise Refused("invalid_target")
         access = "cc-" + secrets.token_urlsafe(24)
-        self._access_tokens[access] = AccessToken(None, scope, resources, self.clock() + self.lifetime)
-        return _json(200, {"access_token": access, "token_type": "Bearer", "expires_in": self.lifetime,
-                           "scope": " ".join(sorted(scope))}, {"cache-control": "no-store"})
+        jkt = seen.proof and seen.proof["jkt"]
+        self._access_tokens[access] = AccessToken(None, scope, resources, self.clock() + self.lifetime, jkt=jkt)
+        return _json(200, {"access_token": access, "token_type": "DPoP" if jkt else "Bearer",
+                           "expires_in": self.lifetime, "scope": " ".join(sorted(scope))}, {"cache-control": "no-store"})
 
     def _poll(self, seen: Seen) -> httpx.Response:
         code = self._codes.get(seen.value("device_code") or "")
@@ -388,7 +437,8 @@ class FakeAuthServer:
             raise Refused("access_denied")
         grant, code.outcome = code.outcome, "used"
         assert isinstance(grant, Grant)
-        return self._issue(grant, grant.scope, grant.resources, new_refresh_token=True)
+        grant.jkt = seen.proof and seen.proof["jkt"]
+        return self._issue(grant, grant.scope, grant.resources, new_refresh_token=True, jkt=grant.jkt)
 
     def _refresh(self, seen: Seen) -> httpx.Response:
         token = seen.value("refresh_token") or ""
@@ -398,6 +448,8 @@ class FakeAuthServer:
             self._revoke_grant(grant)
         if grant is None or grant.revoked:
             raise Refused("invalid_grant" if self.refusal == "invalid_grant" else None)
+        if grant.jkt is not None and (seen.proof or {}).get("jkt") != grant.jkt:
+            raise Refused("invalid_grant")  # RFC 9449 §5: a bound refresh token wants a proof by its key
         asked = seen.value("scope")
         scope = grant.scope if asked is None else frozenset(asked.split())
         if not scope <= grant.scope:
@@ -405,14 +457,14 @@ class FakeAuthServer:
         resources = tuple(seen.form.get("resource", ())) or grant.resources
         if not set(resources) <= set(grant.resources):
             raise Refused("invalid_target")  # RFC 8707 §2.2
-        return self._issue(grant, scope, resources, new_refresh_token=self.rotate)
+        return self._issue(grant, scope, resources, new_refresh_token=self.rotate, jkt=seen.proof and seen.proof["jkt"])
 
     def _issue(self, grant: Grant, scope: frozenset[str], resources: tuple[str, ...], *,
-               new_refresh_token: bool) -> httpx.Response:
+               new_refresh_token: bool, jkt: str | None = None) -> httpx.Response:
         access = "at-" + secrets.token_urlsafe(24)
-        self._access_tokens[access] = AccessToken(grant, scope, resources, self.clock() + self.lifetime)
-        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": self.lifetime,
-                                "scope": " ".join(sorted(scope))}
+        self._access_tokens[access] = AccessToken(grant, scope, resources, self.clock() + self.lifetime, jkt=jkt)
+        body: dict[str, Any] = {"access_token": access, "token_type": "DPoP" if jkt else "Bearer",
+                                "expires_in": self.lifetime, "scope": " ".join(sorted(scope))}
         if new_refresh_token:
             grant.refresh_token = body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
             self._refresh_tokens[grant.refresh_token] = grant

@@ -212,6 +212,9 @@ class OidcProvider:
     ``client_secret`` registers :data:`SECRET_CLIENT_IDS`, confidential clients with that
     secret; ``client_credentials`` lets the confidential clients use the client credentials
     grant (RFC 6749 §4.4).
+    ``dpop_nonce`` makes every DPoP proof need the server's nonce (``OP_DPOP_NONCE``);
+    ``rotation`` ``"default"`` is the library's refresh-token rotation, which leaves a
+    DPoP-bound public client's refresh token as it is (``OP_ROTATE_REFRESH_TOKEN``).
     """
 
     client_id: str = CLIENT_ID
@@ -220,7 +223,10 @@ class OidcProvider:
 
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
                  client_jwks: dict | None = None, client_secret: str | None = None,
-                 client_credentials: bool = False) -> None:
+                 client_credentials: bool = False, registration: bool = False, fleet_jwks: dict | None = None,
+                 statement_issuer: str | None = None, dpop_nonce: bool = False, rotation: str = "always") -> None:
+        """``registration``: RFC 7591/7592 at ``/reg``; ``fleet_jwks``: software statements must be
+        signed by one of these keys (from ``statement_issuer``, when given)."""
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -230,6 +236,11 @@ class OidcProvider:
         self.client_jwks = client_jwks
         self.client_secret = client_secret
         self.client_credentials = client_credentials
+        self.registration = registration or fleet_jwks is not None
+        self.fleet_jwks, self.statement_issuer = fleet_jwks, statement_issuer
+        if rotation not in ("always", "default"):
+            raise ValueError("rotation must be 'always' or 'default'")
+        self.dpop_nonce, self.rotation = dpop_nonce, rotation
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -284,6 +295,20 @@ class OidcProvider:
             env["OP_CLIENT_SECRET"] = self.client_secret
         if self.client_credentials:
             env["OP_CLIENT_CREDENTIALS"] = "1"
+        for name in ("OP_REGISTRATION", "OP_FLEET_JWKS", "OP_STATEMENT_ISSUER", "OP_INITIAL_ACCESS_TOKEN"):
+            env.pop(name, None)
+        if self.registration:
+            import json
+
+            env["OP_REGISTRATION"] = "1"
+            if self.fleet_jwks is not None:
+                env["OP_FLEET_JWKS"] = json.dumps(self.fleet_jwks)
+            if self.statement_issuer is not None:
+                env["OP_STATEMENT_ISSUER"] = self.statement_issuer
+        env.pop("OP_DPOP_NONCE", None)
+        if self.dpop_nonce:
+            env["OP_DPOP_NONCE"] = "1"
+        env["OP_ROTATE_REFRESH_TOKEN"] = self.rotation
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 

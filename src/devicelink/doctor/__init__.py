@@ -31,10 +31,12 @@ from devicelink.doctor.daemon import check_daemon, check_socket
 from devicelink.doctor.findings import EXIT_FOR_CHECK, FAIL, OK, WARN, Finding, exit_code
 from devicelink.doctor.hardware import check_display, check_gpio
 from devicelink.doctor.local import check_clock, check_config, check_key, check_policy, check_state_dir, daemon_uid
+from devicelink.doctor.registration import check_registration
 from devicelink.doctor.server import check_server, describe_network_failure
 
 __all__ = ["EXIT_FOR_CHECK", "FAIL", "OK", "WARN", "Finding", "check_clock", "check_config", "check_daemon",
-           "check_display", "check_gpio", "check_key", "check_policy", "check_server", "check_socket",
+           "check_display", "check_gpio", "check_key", "check_policy", "check_registration", "check_server",
+           "check_socket",
            "check_state_dir", "describe_network_failure", "exit_code", "main", "run"]
 
 
@@ -63,6 +65,8 @@ def run(config_path: Path) -> list[Finding]:
         findings += _guarded("policy", check_policy, cfg, uid)[0]
         findings += _guarded("key", check_key, cfg, status)[0]
         findings += _guarded("state", check_state_dir, cfg.storage.state_dir, uid)[0]
+        if cfg.registration is not None:
+            findings += _guarded("registration", check_registration, cfg)[0]
     findings += _guarded("clock", check_clock)[0]
     findings += socket_findings + daemon_findings
     if cfg is not None:

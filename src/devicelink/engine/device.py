@@ -13,6 +13,7 @@ Its rooms, each in a module of its own:
 - ``narrowing.py`` (pure) and ``narrowed.py``: an app's share of the grant;
 - ``devicetokens.py``: device-level tokens (client credentials), whatever the state;
 - ``stepup.py``: RFC 9470 step-up sessions;
+- ``proofs.py``: DPoP proofs for apps (RFC 9449), for the tokens each was handed;
 - ``revocations.py``: revocations owed to the server;
 - ``statefile.py`` and ``record.py`` (pure): what the state file holds, and when it is written.
 
@@ -41,6 +42,8 @@ from devicelink.engine.answers import (Issued, StateChanged, Status, StepUpDone,
 from devicelink.engine.devicetokens import DeviceTokens
 from devicelink.engine.warnings import grant_warnings
 from devicelink.engine.narrowed import Narrowed
+from devicelink.engine.networktime import WAITING, NetworkTime
+from devicelink.engine.proofs import AppProofs
 from devicelink.engine.refresher import Refresher
 from devicelink.engine.revocations import Revocations, cancel
 from devicelink.engine.statefile import StateFile
@@ -56,6 +59,7 @@ from devicelink.tokens.store import EncryptedFileStore
 
 if TYPE_CHECKING:
     from devicelink.engine.pairing import Pairing
+    from devicelink.engine.registering import Registering
     from devicelink.engine.stepup import StepUps
 
 logger = logging.getLogger(__name__)
@@ -113,15 +117,20 @@ class Device:
         # Every use of the refresh token takes this turn: the grant's refresh and narrowed ones.
         self.exchange_lock = asyncio.Lock()
 
+        self.network_time = NetworkTime(self)
+        http.clock_ready = self.network_time.ready
         self.refresher = Refresher(self)
         self.narrowed = Narrowed(self)
         self.device_tokens = DeviceTokens(self)
         self.revocations = Revocations(self)
         self.state_file = StateFile(self)
+        self.proofs = AppProofs(self)  # DPoP proofs for apps, for the tokens they were handed
         # Pairing and step-up are made on first use: a paired device that restarts may never
         # need them, and their modules (the device flow, discovery) are not even imported.
         self._pairer: Pairing | None = None
         self._step_ups: StepUps | None = None
+        #: With [registration]: registers before pairing, and again after a factory reset (daemon.py sets it).
+        self.registering: Registering | None = None
 
     @property
     def pairer(self) -> Pairing:
@@ -156,6 +165,7 @@ class Device:
             self.pairing = None
         if self.state not in HOLDS_GRANT:
             self.narrowed.forget()
+            self.proofs.forget()
             if self._step_ups is not None:
                 self._step_ups.discard_all()  # stronger tokens of an account no longer the device's
         self.redraw()
@@ -181,7 +191,9 @@ class Device:
                             f"Confirm on your phone: {shown.app} asks for a stronger sign-in.",
                             reset_in=self.reset_in, clock_synced=self.clock_synced())
         else:
-            screen = Screen(self.state, self.pairing, name, self.message,
+            message = ("Waiting for network time." if self.network_time.waiting and self.state in HOLDS_GRANT
+                       else self.message)
+            screen = Screen(self.state, self.pairing, name, message,
                             reset_in=self.reset_in, clock_synced=self.clock_synced())
         self.screen.show(screen)
 
@@ -202,7 +214,7 @@ class Device:
             logger.info("restored the grant%s", self._account_suffix())
             self.refresher.start(restored=True)
         else:
-            self.pairer.start()
+            self.begin_pairing()
         if self.revocations.owed:
             logger.info("%d revocation(s) still owed to the server; retrying", len(self.revocations))
             self.revocations.start(first_delay=0.0)
@@ -277,6 +289,9 @@ class Device:
         key = self._narrow_key(query, app)
         if key is not None:
             return self.issue(await self.narrowed.token(key))
+        if self.network_time.holds_back():  # the refresh goes out when NTP comes; no app waits for that
+            self.refresher.begin()
+            raise Refused("upstream_unavailable", f"the access token must be refreshed first, and {WAITING}")
         if not self.refresher.backing_off(self.clock()):
             await self.refresh()
             self.require_grant()
@@ -296,7 +311,8 @@ class Device:
 
     def issue(self, tokens: TokenSet, now: float | None = None) -> Issued:
         now = self.clock() if now is None else now
-        return Issued(tokens.access_token, "Bearer", max(0, int(tokens.expires_in(now))),
+        token_type = "DPoP" if tokens.token_type.lower() == "dpop" else "Bearer"  # which header apps send
+        return Issued(tokens.access_token, token_type, max(0, int(tokens.expires_in(now))),
                       tokens.scope or self.provider.scope or "")
 
     async def refresh(self) -> None:
@@ -334,7 +350,8 @@ class Device:
         """Standing conditions of the grant (or of the last one given up) a person should know of."""
         found = grant_warnings(self.tokens, self.endpoints, self.provider.client_auth, self.clock()) \
             if self.tokens is not None and self.state in HOLDS_GRANT else ()
-        return found + ((self.not_revoked,) if self.not_revoked else ())
+        return (found + ((self.not_revoked,) if self.not_revoked else ())
+                + ((WAITING,) if self.network_time.waiting else ()))
 
     @property
     def pending_revocations(self) -> int:
@@ -357,9 +374,20 @@ class Device:
         fleet). A write already under way lands whole or not at all (``files.write_atomic``)."""
         await self._cancel_tasks()
 
+    def begin_pairing(self) -> None:
+        """A new code, or first the registration a device with [registration] pairs as."""
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+        else:
+            self.pairer.start()
+
     async def pair(self) -> Status:
         if self.state in HOLDS_GRANT:
             raise Refused("invalid_request", f"already paired{self._account_suffix()}; unpair first")
+        if self.registering is not None and self.registering.needed:
+            self.registering.start()
+            raise Refused("pairing_in_progress", "the device registers with the authorization server before it "
+                          f"pairs ({self.last_error or 'under way'}); `devicelink status` shows the code when it comes")
         self.pairer.start()
         await self.pairer.wait_for_code()
         return self.status()
@@ -395,7 +423,7 @@ class Device:
         otherwise the screen is drawn again, which is how the owner sees the status."""
         if self.state in (State.UNPAIRED, State.REAUTH_REQUIRED, State.PAIRING):
             logger.info("button: new code")
-            self.pairer.start()
+            self.begin_pairing()
         else:
             self.redraw()
 
@@ -405,12 +433,18 @@ class Device:
             self.reset_in = seconds
             self.redraw()
 
-    async def factory_reset(self) -> None:
-        """The button was held to the end: revoke, wipe, and show a code for the next owner."""
-        logger.info("button: factory reset")
+    async def factory_reset(self) -> Unpaired:
+        """The button was held to the end (or ``devicelink unpair --factory``): revoke, wipe, and
+        show a code for the next owner; with [registration], register afresh first (the old
+        client is deleted at the server: engine/registering.py)."""
+        logger.info("factory reset")
         self.reset_in = None
-        await self.unpair()
-        self.pairer.start()
+        answer = await self.unpair()
+        if self.registering is not None:
+            await self.registering.reset()
+        else:
+            self.pairer.start()
+        return answer
 
     # -- what the rooms share --------------------------------------------------------
 
@@ -454,6 +488,8 @@ class Device:
                      self.refresher.trusting):
             await cancel(task)
         await self.revocations.cancel()
+        if self.registering is not None:
+            await self.registering.cancel()
         if self._pairer is not None:
             self._pairer.task = None
         self.refresher.task = self.refresher.inflight = self.refresher.trusting = None

@@ -38,7 +38,8 @@ CLIENT_HINT = {
     "client_secret_basic": "check [provider] client_id and the secret in client_secret_file",
     "client_secret_post": "check [provider] client_id and the secret in client_secret_file",
     "private_key_jwt": "check [provider] client_id, that this device's public key is registered for it "
-                       "(devicelink provision prints it) and that the clock is right",
+                       "(devicelink provision prints it; with [registration], provision --check asks the server) "
+                       "and that the clock is right",
 }
 
 

@@ -154,9 +154,13 @@ class Refresher:
 
     async def refresh(self) -> None:
         """Refresh now, or join the refresh already in flight."""
+        self.begin()
+        await asyncio.shield(self.inflight)
+
+    def begin(self) -> None:
+        """Start a refresh unless one is in flight, without waiting for it."""
         if self.inflight is None or self.inflight.done():
             self.inflight = asyncio.ensure_future(self._refresh())
-        await asyncio.shield(self.inflight)
 
     async def _refresh(self) -> None:
         device = self.device

@@ -89,10 +89,17 @@ def open_signer(cfg: Config) -> Signer:
 
     signer, made = load_or_create(cfg.storage.state_dir / KEY_FILE)
     serial = device_serial(cfg.identity.serial)
-    if made:
+    if made and cfg.registration is not None:
+        logger.info("made a new device identity key %s (thumbprint %s); it is registered with the authorization "
+                    "server next ([registration])", cfg.storage.state_dir / KEY_FILE, signer.kid)
+    elif made and cfg.provider.client_auth == "private_key_jwt":
         logger.warning("made a new device identity key %s (thumbprint %s): register its public key with the "
                        "authorization server (devicelink provision prints it; docs/identity.md)",
                        cfg.storage.state_dir / KEY_FILE, signer.kid)
+    elif made:  # DPoP only: a public key no server needs to know in advance (docs/dpop.md)
+        logger.warning("made a new device identity key %s (thumbprint %s): DPoP binds the tokens to it; "
+                       "tokens bound to an earlier key need a new pairing", cfg.storage.state_dir / KEY_FILE,
+                       signer.kid)
     logger.info("device identity: serial %s, key %s (thumbprint %s)", serial or "unknown",
                 cfg.identity.key, signer.kid)
     return signer

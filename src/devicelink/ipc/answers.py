@@ -24,6 +24,11 @@ def token_response(issued: Issued) -> Response:
     return routes.token_response(token(issued))
 
 
+def dpop_proof(proof: str) -> dict[str, Any]:
+    """``POST /v1/dpop-proof``: the proof, for the request's ``DPoP`` header (RFC 9449 §4.1)."""
+    return {"proof": proof}
+
+
 def pairing(code: PairingCode, expires_in: int | None) -> dict[str, Any]:
     return {"user_code": code.user_code, "verification_uri": code.verification_uri,
             "verification_uri_complete": code.verification_uri_complete, "expires_in": expires_in}

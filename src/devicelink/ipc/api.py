@@ -9,7 +9,8 @@ the server runs in a task.
 
 - ``/v1/health`` answers anyone who can open the socket (monitoring).
 - Everything else needs a ``[[client]]`` entry (or uid 0 / the daemon's own
-  user); pair and unpair need ``admin = true``.
+  user); pair and unpair need ``admin = true``; a DPoP proof is signed only for a
+  token the app was handed (``engine/proofs.py``).
 - Token requests are counted by app and status for ``/metrics``; unlisted
   callers are counted as app ``unlisted``.
 """
@@ -22,10 +23,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from devicelink import __version__
-from devicelink.engine import Device, Issued, TokenQuery
+from devicelink.engine import Device, Issued, StepUpDone, TokenQuery
 from devicelink.errors import DeviceLinkError, Refused
 from devicelink.events import Subscription
 from devicelink.ipc import answers, routes
+from devicelink.ipc.dpop import parse_proof_request
 from devicelink.ipc.routes import ApiError, Request, Response, Stream
 from devicelink.lifecycle import HOLDS_GRANT, State
 from devicelink.policy import App, Peer, Policy, drop_in_dir
@@ -53,7 +55,9 @@ class SocketApi:
         device.listeners.append(lambda state: self._answers.clear())  # refreshed or unpaired: old tokens go
         self._handlers: dict[str, Callable[[Request, App], Response | Stream | Awaitable[Response]]] = {
             "token": self._token, "status": self._status, "pair": self._pair, "unpair": self._unpair,
+            "factory_reset": self._factory_reset,
             "events": self._events, "metrics": self._metrics, "step_up": self._step_up,
+            "dpop_proof": self._dpop_proof,
         }
 
     def reload(self, policy: Policy) -> None:
@@ -112,10 +116,11 @@ class SocketApi:
             raise
         if answer is not None:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
-            return self._token_response(answer)
+            return self._token_response(answer, app)
         return self._token_later(query, app)
 
-    def _token_response(self, issued: Issued) -> Response:
+    def _token_response(self, issued: Issued, app: App) -> Response:
+        self.device.proofs.handed_out(app, issued)  # with DPoP, this app may have proofs for it
         response = self._answers.get(issued)
         if response is None:
             response = _remember(self._answers, issued, answers.token_response(issued), 64)
@@ -128,7 +133,7 @@ class SocketApi:
             self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status=str(ApiError.of(err).status))
             raise
         self.device.metrics.inc(_TOKEN_REQUESTS, app=app.name, status="200")
-        return self._token_response(answer)
+        return self._token_response(answer, app)
 
     def _status(self, request: Request, app: App) -> Response:
         return routes.json_response(200, answers.status(self.device.status()))
@@ -141,13 +146,24 @@ class SocketApi:
         self._require_admin(app, "unpair")
         return self._accepted(self.device.unpair(), answers.unpaired)
 
+    def _factory_reset(self, request: Request, app: App) -> Awaitable[Response]:
+        self._require_admin(app, "reset the device")
+        return self._accepted(self.device.factory_reset(), answers.unpaired)
+
     def _step_up(self, request: Request, app: App) -> Awaitable[Response]:
         acr_values, max_age, min_ttl = parse_step_up(request.body)
         return self._step_up_later(app, acr_values, max_age, min_ttl)
 
     async def _step_up_later(self, app: App, acr_values: str | None, max_age: int | None,
                              min_ttl: int) -> Response:
-        return answers.step_up_response(await self.device.step_up(app, acr_values, max_age, min_ttl))
+        answer = await self.device.step_up(app, acr_values, max_age, min_ttl)
+        if isinstance(answer, StepUpDone):
+            self.device.proofs.handed_out(app, answer.token)
+        return answers.step_up_response(answer)
+
+    def _dpop_proof(self, request: Request, app: App) -> Response:
+        asked = parse_proof_request(parse_json_body(request.body), self.device.provider.allow_insecure_http)
+        return routes.json_response(200, answers.dpop_proof(self.device.proofs.sign(app, asked)))
 
     def _metrics(self, request: Request, app: App) -> Response:
         return routes.text_response(200, self.device.metrics.render(self._gauges()))

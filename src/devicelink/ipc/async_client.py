@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 from devicelink.ipc import transport, wire
 from devicelink.ipc.client import (
     _EVENTS, _HEALTH, _PAIR, _STATUS, _TRANSPORT_ERRORS, _UNPAIR, DEFAULT_TIMEOUT, PAIRED_STATES, Event, StepUp,
-    Token, _Base, _Call, _error, _is_paired_event, _step_up_call, _token_call,
+    Token, _Base, _Call, _dpop_proof_call, _error, _is_paired_event, _step_up_call, _token_call,
 )
 
 
@@ -50,6 +50,11 @@ class AsyncClient(_Base):
                       min_ttl: int | None = None) -> StepUp:
         """See :meth:`Client.step_up`."""
         return await self._do(_step_up_call(acr_values, max_age, min_ttl))
+
+    async def dpop_proof(self, htm: str, htu: str, access_token: str | None = None,
+                         nonce: str | None = None) -> str:
+        """See :meth:`Client.dpop_proof`."""
+        return await self._do(_dpop_proof_call(htm, htu, access_token, nonce))
 
     async def events(self) -> AsyncIterator[Event]:
         """See :meth:`Client.events`."""

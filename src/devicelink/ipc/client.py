@@ -7,6 +7,12 @@ Blocking::
     with Client() as dl:
         headers = {"Authorization": f"Bearer {dl.token(min_ttl=120).access_token}"}
 
+and with a DPoP-bound token (``token.token_type == "DPoP"``), a proof per request::
+
+        token = dl.token()
+        headers = {"Authorization": f"DPoP {token.access_token}",
+                   "DPoP": dl.dpop_proof("GET", url, access_token=token.access_token)}
+
 and the same with ``async with AsyncClient() as dl: await dl.token(...)``. Both
 speak the socket API (docs/socket-api.md) in HTTP/1.1 straight over the
 socket; the socket is ``path``, else ``$DEVICELINK_SOCKET``, else
@@ -158,6 +164,13 @@ def _step_up(response: transport.Response) -> StepUp:
     return StepUp(response.status, data)
 
 
+def _proof(response: transport.Response) -> str:
+    data = _json(response)
+    if not isinstance(data, dict) or not isinstance(data.get("proof"), str):
+        raise DaemonError("invalid_response", "the daemon's answer has no proof", response.status)
+    return data["proof"]
+
+
 def _error(response: transport.Response) -> DaemonError:
     try:
         body = json.loads(response.body)
@@ -210,9 +223,19 @@ def _step_up_call(acr_values: str | list[str] | tuple[str, ...] | None, max_age:
     return _Call("POST", "/v1/step-up", _step_up, body=body)
 
 
+def _dpop_proof_call(htm: str, htu: str, access_token: str | None, nonce: str | None) -> _Call:
+    body: dict[str, Any] = {"htm": htm, "htu": htu}
+    if access_token is not None:
+        body["access_token"] = access_token
+    if nonce is not None:
+        body["nonce"] = nonce
+    return _Call("POST", "/v1/dpop-proof", _proof, body=body)
+
+
 _STATUS = _Call("GET", "/v1/status")
 _PAIR = _Call("POST", "/v1/pair")
 _UNPAIR = _Call("POST", "/v1/unpair")
+_FACTORY_RESET = _Call("POST", "/v1/factory-reset")
 _HEALTH = _Call("GET", "/v1/health", _health)
 _EVENTS = wire.request("GET", "/v1/events", fields=(("accept", "text/event-stream"), ("cache-control", "no-store")))
 #: What ends a request or a subscription with DaemonUnreachable (TimeoutError is an OSError).
@@ -307,6 +330,11 @@ class Client(_Base):
         """Revoke the grant and forget the tokens (admin apps only): ``{"state","revoked",...}``."""
         return self._do(_UNPAIR)
 
+    def factory_reset(self) -> dict[str, Any]:
+        """Unpair, and with [registration] delete the device's client at the server and register
+        afresh, for the next owner (admin apps only): the unpair answer."""
+        return self._do(_FACTORY_RESET)
+
     def health(self) -> bool:
         """True when the daemon holds a valid token or is pairing."""
         return self._do(_HEALTH)
@@ -319,6 +347,13 @@ class Client(_Base):
         confirm on their phone (ask again with the same arguments to see whether they
         have), ``StepUp(200, Token)`` once they have. The standing grant is untouched."""
         return self._do(_step_up_call(acr_values, max_age, min_ttl))
+
+    def dpop_proof(self, htm: str, htu: str, access_token: str | None = None, nonce: str | None = None) -> str:
+        """A DPoP proof (RFC 9449) for a ``htm`` request to ``htu``, signed by the device's key, for
+        the request's ``DPoP`` header; with the request's ``access_token`` (one this app got from
+        :meth:`token`, whose ``token_type`` is ``DPoP``: send it as ``Authorization: DPoP <token>``)
+        and the resource server's ``nonce`` when it asked for one. A proof is good for one request."""
+        return self._do(_dpop_proof_call(htm, htu, access_token, nonce))
 
     def events(self) -> Iterator[Event]:
         """The daemon's events as they happen (state changes, ``token_rotated``), forever.

@@ -86,7 +86,9 @@ ROUTES: Mapping[tuple[bytes, bytes], str] = {
     (b"GET", b"/v1/health"): "health",
     (b"POST", b"/v1/pair"): "pair",
     (b"POST", b"/v1/unpair"): "unpair",
+    (b"POST", b"/v1/factory-reset"): "factory_reset",
     (b"POST", b"/v1/step-up"): "step_up",
+    (b"POST", b"/v1/dpop-proof"): "dpop_proof",
     (b"GET", b"/v1/events"): "events",
     (b"GET", b"/metrics"): "metrics",
 }

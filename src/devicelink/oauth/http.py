@@ -4,7 +4,8 @@ Every exchange with the authorization server is a generator in ``oauth/``
 (``grant.py``, ``refresh.py``) that yields :class:`~devicelink.oauth.steps.Send`
 and is sent the :class:`Response` or :class:`Failure`. :class:`OAuthHttp` sends
 them: it passes every request through the client-authentication hook
-(``oauth/auth``) just before it goes out, retries included, bounds every
+(``oauth/auth``: client authentication, and DPoP proofs) just before it goes out, retries
+included, sends once more with a DPoP server's nonce when it asks for it, bounds every
 exchange in time and size, and turns whatever the network does into a
 :class:`Failure` for the flow to judge. TLS verification is httpx's default and
 is never turned off.
@@ -28,6 +29,7 @@ from devicelink import __version__
 from devicelink.oauth import steps
 from devicelink.oauth import messages as m
 from devicelink.oauth.auth import ClientAuth, Outgoing
+from devicelink.oauth.auth.dpop import NONCE_ERROR
 
 __all__ = ["DEADLINE", "IDLE_CLOSE", "MAX_BODY", "ClientAuth", "OAuthHttp", "run_sync"]
 
@@ -52,6 +54,9 @@ class OAuthHttp:
         self._client, self._owned = client, client is None
         self._busy = 0
         self._idle_timer: asyncio.TimerHandle | None = None
+        #: Awaited before a request signed with the wall clock goes out (the engine waits there
+        #: for network time: a Pi boots with a clock that can be days behind). None: never wait.
+        self.clock_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -59,13 +64,34 @@ class OAuthHttp:
         return self._client is not None
 
     async def send(self, request: m.Request) -> m.Reply:
-        """One exchange. Never raises for network trouble: that is a :class:`Failure`."""
-        httpx = _httpx()
+        """One exchange. Never raises for network trouble: that is a :class:`Failure`.
 
+        With DPoP, an answer ``use_dpop_nonce`` that brings a nonce (RFC 9449 §8) is followed
+        by one more send of the same request, prepared afresh (a new proof with that nonce, a
+        new client assertion); the caller gets the second answer only."""
+        if self.clock_ready is not None and request.authenticate and self.auth.signs:
+            await self.clock_ready()
         out = outgoing(request, self.auth, self.clock())
         self._busy += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        try:
+            reply = await self._bounded(out)
+            if self._nonce_asked(out, reply):
+                logger.info("%s request to %s: the server asked for a DPoP nonce; sending it again with it",
+                            out.kind, out.url)
+                out = outgoing(request, self.auth, self.clock())
+                reply = await self._bounded(out)
+                self._nonce_asked(out, reply)  # remembers its nonce for the next request; no third send
+            return reply
+        finally:
+            self._busy -= 1
+            if self._owned and self._busy == 0 and self._client is not None:
+                self._idle_timer = asyncio.get_running_loop().call_later(
+                    self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
+
+    async def _bounded(self, out: Outgoing) -> m.Reply:
+        httpx = _httpx()
         try:
             # wait_for, not asyncio.timeout: the exchange runs in a task of its own, so the
             # deadline still ends in TimeoutError under anyio 3 (httpcore 0.16, Debian 12),
@@ -76,12 +102,16 @@ class OAuthHttp:
         # httpcore < 0.17 lets ssl.SSLError (an OSError) through unwrapped; InvalidURL is
         # what a discovered endpoint with a control character in it gets.
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return self._failed(out, describe_exception(exc), exc)
-        finally:
-            self._busy -= 1
-            if self._owned and self._busy == 0 and self._client is not None:
-                self._idle_timer = asyncio.get_running_loop().call_later(
-                    self.idle_close, lambda: asyncio.ensure_future(self._close_idle()))
+            return self._failed(out, describe_exception(exc), exc,
+                                unsent=isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)))
+
+    def _nonce_asked(self, out: Outgoing, reply: m.Reply) -> bool:
+        """Whether ``reply`` to a request with a DPoP proof is ``use_dpop_nonce`` with a nonce to
+        use (RFC 9449 §8). Any answer's nonce is kept for the next proofs to that server."""
+        dpop = self.auth.dpop
+        if dpop is None or "dpop" not in out.headers or not isinstance(reply, m.Response):
+            return False
+        return dpop.answered(out.url, reply.headers) is not None and m.oauth_error(reply) == NONCE_ERROR
 
     async def _exchange(self, out: Outgoing) -> m.Reply:
         httpx = _httpx()
@@ -96,11 +126,13 @@ class OAuthHttp:
                 if len(body) > MAX_BODY:
                     return self._failed(out, f"answer larger than {MAX_BODY} bytes")
             return m.Response(resp.status_code, bytes(body), self.clock(),
-                              {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out))
+                              {k.lower(): v for k, v in resp.headers.items()}, secrets_sent(out),
+                              dpop="dpop" in out.headers)
 
-    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None) -> m.Failure:
+    def _failed(self, out: Outgoing, reason: str, exc: BaseException | None = None,
+                unsent: bool = False) -> m.Failure:
         logger.warning("%s request to %s failed: %s", out.kind, out.url, reason)
-        return m.Failure(reason, self.clock(), exc)
+        return m.Failure(reason, self.clock(), exc, unsent)
 
     async def _close_idle(self) -> None:
         client, self._idle_timer = self._client, None
@@ -170,12 +202,22 @@ def outgoing(request: m.Request, auth: ClientAuth, now: float) -> Outgoing:
     out = Outgoing(request.kind, request.method, request.url, list(request.form),
                    {"accept": "application/json", "user-agent": f"devicelink/{__version__}"},
                    authenticate=request.authenticate)
+    if request.json_body is not None:
+        import json
+
+        out.body = json.dumps(request.json_body, separators=(",", ":")).encode()
+    if request.bearer is not None:
+        out.headers["authorization"] = f"Bearer {request.bearer}"
     auth.prepare(out, now)
     return out
 
 
 def encode(out: Outgoing) -> bytes | None:
-    """The form body. Encoded here, not with data=dict(...): a parameter may repeat (RFC 8707 resource)."""
+    """The form body (or the JSON one). Encoded here, not with data=dict(...): a parameter
+    may repeat (RFC 8707 resource)."""
+    if out.body is not None:
+        out.headers["content-type"] = "application/json"
+        return out.body
     if out.method != "POST":
         return None
     out.headers["content-type"] = "application/x-www-form-urlencoded"

@@ -43,6 +43,11 @@ class Request:
     form: tuple[tuple[str, str], ...] = ()
     method: str = "POST"
     authenticate: bool = True
+    #: A JSON body instead of a form (RFC 7591 registration, RFC 7592 updates).
+    json_body: dict[str, Any] | None = field(default=None, repr=False)
+    #: A bearer token for the Authorization header (RFC 7591 §3's initial access token,
+    #: RFC 7592's registration access token); never with ``authenticate``.
+    bearer: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # forms carry device codes and refresh tokens
         return f"Request({self.kind} {self.method} {self.url})"
@@ -56,6 +61,8 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     #: The secrets the request carried (``oauth/http.py`` fills it in): blanked where the answer is quoted.
     sent_secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: The request carried a DPoP proof (``oauth/http.py`` fills it in): a token response must be DPoP.
+    dpop: bool = field(default=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Response({self.status}, {len(self.body)} bytes)"
@@ -69,6 +76,8 @@ class Failure:
     reason: str
     at: float  # monotonic
     exc: BaseException | None = field(default=None, repr=False, compare=False)
+    #: No connection was made (DNS, refused, TLS handshake): the server never saw the request.
+    unsent: bool = False
 
 
 Reply = Response | Failure
@@ -141,7 +150,9 @@ def oauth_error(resp: Response) -> str | None:
 
 
 #: Error codes that say "not now" rather than "no" (RFC 6749 §4.1.2.1, used by token endpoints too).
-TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+#: ``use_dpop_nonce`` (RFC 9449 §8) reaches a flow only when the one send with the server's nonce
+#: (``oauth/http.py``) was answered with it again: the next attempt carries the newest nonce.
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "use_dpop_nonce"})
 
 
 @dataclass(frozen=True)
@@ -285,7 +296,9 @@ def parse_device_authorization(resp: Response) -> DeviceAuthorization:
 
 def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool | None = None) -> TokenSet:
     """RFC 6749 §5.1. Unknown fields are ignored (MUST); an unknown token_type is
-    refused (§7.1 MUST NOT use it).
+    refused (§7.1 MUST NOT use it). The type must be ``Bearer``, or ``DPoP`` when the request
+    carried a DPoP proof (``resp.dpop``): a Bearer token then is not bound to the device's key,
+    and is refused (RFC 9449 §5: the client MUST discard it when DPoP matters).
 
     Without ``expires_in`` a refreshable token is given a short life (refresh early);
     one that cannot be refreshed (no refresh token: GitHub OAuth apps) is served until
@@ -298,7 +311,12 @@ def parse_tokens(resp: Response, issuer: str, client_id: str, refreshable: bool 
     if not isinstance(access_token, str) or not access_token:
         raise ProtocolViolation("the token response has no access_token")
     token_type = data.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+    expected = "DPoP" if resp.dpop else "Bearer"
+    if not isinstance(token_type, str) or token_type.lower() != expected.lower():
+        if resp.dpop:
+            raise ProtocolViolation(f"the token response has token_type {quotable(str(token_type), (), 40)!r}, "
+                                    "not DPoP: the server did not bind the token to the device's key, and with "
+                                    "[provider] dpop = true it is refused (RFC 9449 §5)")
         raise ProtocolViolation(f"the token response has token_type {str(token_type)[:40]!r}; "
                                 "only Bearer is supported")
     refresh_token = data.get("refresh_token")

@@ -11,7 +11,8 @@ answer means is decided here, once, through :func:`messages.classify`:
 - ``invalid_scope`` / ``invalid_target`` on a narrowed refresh: :class:`TargetRefused`;
 - recognised retryable answers (no answer, 5xx, 429, 408, ``temporarily_unavailable``,
   ``server_error``, ``slow_down``, a 200 that is not JSON) and a refused *client*
-  (401, or ``invalid_client``: the client id or secret in the config, not the grant):
+  (401, or ``invalid_client``: the client id or secret in the config, not the grant; and
+  ``invalid_dpop_proof``, RFC 9449 §5: the proof, from a clock far off, say):
   :class:`GrantFailed` (:class:`ClientRejected` for the client) with the server's code (if
   any) and ``Retry-After``. The grant is kept.
 - any other 4xx, or an OAuth error in a 200, empty or HTML body included (glewlwyd
@@ -50,6 +51,10 @@ def refresh(endpoints: m.Endpoints, refresh_token: str, issuer: str, client_id: 
     if verdict.transient or retryable(reply, verdict):
         raise GrantFailed(f"refresh failed: {verdict.reason}", verdict.error, retry_after=verdict.retry_after,
                           unanswered=reply.reason if isinstance(reply, m.Failure) else None)
+    if verdict.error == "invalid_dpop_proof":  # RFC 9449 §5: the proof, not the grant (a clock far off?)
+        raise ClientRejected(f"refresh failed: the server refused the device's DPoP proof ({verdict.reason}); "
+                             "check the device's clock, which the proof's iat comes from (the grant is kept)",
+                             verdict.error, retry_after=verdict.retry_after)
     if client_refused(reply, verdict):
         raise ClientRejected(f"refresh failed: the server refused it ({verdict.reason}): it did not accept this "
                           "client; check client_id and client_secret in the config (the grant is kept)", verdict.error,

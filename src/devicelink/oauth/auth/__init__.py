@@ -10,7 +10,9 @@ A method is one module here that registers a factory::
     @register("client_secret_basic")
     def basic(params: AuthParams) -> Method: ...
 
-and ``[provider] client_auth`` names it. The flows in ``oauth/`` never see any of it.
+and ``[provider] client_auth`` names it. A DPoP proof (``dpop.py``, RFC 9449) is not a
+method: with ``[provider] dpop = true`` it is added after whichever method, by the same
+hook. The flows in ``oauth/`` never see any of it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from devicelink.identity.signer import Signer
+    from devicelink.oauth.auth.dpop import DPoP
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Outgoing:
     form: list[tuple[str, str]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     authenticate: bool = True
+    body: bytes | None = None  # a JSON body (registration), sent instead of the form
 
     def __repr__(self) -> str:  # forms and headers carry secrets
         return f"Outgoing({self.kind} {self.method} {self.url})"
@@ -78,23 +82,32 @@ def register(name: str) -> Callable[[Callable[[AuthParams], Method]], Callable[[
 
 class ClientAuth:
     """The device's client authentication: the method ``[provider] client_auth`` names,
-    applied to every request that takes it."""
+    applied to every request that takes it, and a DPoP proof after it when ``dpop`` is given."""
 
-    def __init__(self, client_id: str, method: str = "none", secret: str | None = None, **params: Any) -> None:
+    def __init__(self, client_id: str, method: str = "none", secret: str | None = None, *,
+                 dpop: DPoP | None = None, **params: Any) -> None:
         """``params``: the rest of :class:`AuthParams`, for the methods that need them."""
         try:
             factory = METHODS[method]
         except KeyError:
             raise ValueError(f"unknown client authentication method {method!r}") from None
-        self.client_id, self.method = client_id, method
+        self.client_id, self.method, self.dpop = client_id, method, dpop
         self._method = factory(AuthParams(client_id, secret, **params))
 
     def __repr__(self) -> str:
-        return f"ClientAuth({self.client_id!r}, {self.method!r})"
+        return f"ClientAuth({self.client_id!r}, {self.method!r}{', dpop' if self.dpop else ''})"
+
+    @property
+    def signs(self) -> bool:
+        """Whether requests carry the wall clock under the device's signature (``iat``/``exp``
+        of a client assertion, ``iat`` of a DPoP proof), so a wrong clock gets them refused."""
+        return self.method == "private_key_jwt" or self.dpop is not None
 
     def prepare(self, out: Outgoing, now: float = 0.0) -> None:
         if out.authenticate:
             self._method.prepare(out, now)
+            if self.dpop is not None:
+                self.dpop.prepare(out, now)
 
     def apply(self, form: list[tuple[str, str]], headers: dict[str, str]) -> None:
         """``prepare`` for a bare form and headers."""
