@@ -136,6 +136,7 @@ class Demo:
         say(f"  the daemon: devicelink --config {self.config} run   (its log: {device.log_path})")
         say(f"  on a virtual board: a {device.size[0]}x{device.size[1]} screen (the png driver, {device.screen_dir}),"
             f" an LED on GPIO17 and a button on GPIO27 (gpiozero's mock pins)")
+        say(f"  serial {device.serial}: it registers itself (RFC 7591) with a key of its own, then pairs")
         step(f"Watch it and click it: {self.sim.url}")
         say("  (its screen, LED and button live; the phone's verification page; the server's fault switches)")
 

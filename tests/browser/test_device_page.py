@@ -87,6 +87,10 @@ def pair_by_clicking(desk, sim, user: str = "alice") -> dict:
     desk.switch_to.frame(phone)
     try:
         wait_until(desk, lambda d: d.find_element(By.ID, "user_code").get_attribute("value") in uri)
+        # Which device asks (RFC 8628 §5.4): it registered itself with its serial and key.
+        assert desk.find_element(By.ID, "device-name").text == "devicelink virtual device"
+        assert desk.find_element(By.ID, "device-serial").text == sim.device.serial
+        assert desk.find_element(By.ID, "device-key").text in sim.device.log_path.read_text()  # its thumbprint
         desk.find_element(By.ID, f"user-{user}").click()
         desk.find_element(By.ID, "approve").click()
         result = wait_until(desk, lambda d: d.find_element(By.ID, "result"), "the phone shows no result")
@@ -126,6 +130,7 @@ def test_a_newcomer_pairs_by_clicking_through_the_qr_code(desk, sim):
     big = desk.find_element(By.ID, "screen-big")
     assert big.get_attribute("src") == desk.find_element(By.ID, "screen").get_attribute("src")  # enlarged, same
     assert big.size["width"] == 4 * sim.device.size[0]
+    assert desk.find_element(By.ID, "serial").text == sim.device.serial
     assert "pulse" in desk.find_element(By.ID, "led-pattern").text  # breathing while a code is shown
     seen: set[str] = set()
     wait_until(desk, lambda d: seen.add(d.find_element(By.ID, "led").get_attribute("data-value")) or len(seen) >= 3,

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ LED_PIN = 17  # BCM, as in hardware/'s profiles
 BUTTON_PIN = 27
 #: --screen: the png driver's size. Up to 128x64 it draws like a mono OLED, above like an HDMI TV.
 SCREENS = {"oled": (128, 64), "oled32": (128, 32), "hdmi": (1280, 720)}
+NAME = "devicelink virtual device"  # its client_name when it registers
 READY_TIMEOUT = 30.0  # s for the daemon to log "devicelink ready on"
 TICK = 1.0  # s between looks at the status (countdowns, last_error while the state stays)
 LOG_LINES = 40
@@ -137,6 +139,7 @@ class VirtualDevice:
 
     def __init__(self, directory: Path, issuer: str, client_id: str, *, screen: str = "oled",
                  hold_seconds: float = 5.0, scope: str = SCOPE, extra_config: str = "",
+                 register: bool = False, serial: str | None = None, name: str = NAME,
                  hub: Hub | None = None, env: dict[str, str] | None = None,
                  python: list[str] | None = None) -> None:
         if screen not in SCREENS:
@@ -148,6 +151,8 @@ class VirtualDevice:
         self.screen, self.size = screen, SCREENS[screen]
         self.hold_seconds = hold_seconds
         self.extra_config = extra_config
+        self.register, self.name = register, name
+        self.serial = serial or f"SIM-{secrets.token_hex(4).upper()}"
         self.hub = hub or Hub()
         self.env = env
         self.python = python or [sys.executable]
@@ -172,9 +177,19 @@ class VirtualDevice:
 
     def write_config(self) -> Path:
         width, height = self.size
+        # With register: the device's own key, serial and client_id, as a unit from the factory line
+        # has (docs/identity.md): it registers (RFC 7591) before it pairs, and the phone's page names it.
+        provider = 'client_auth = "private_key_jwt"\n' if self.register else ""
+        identity = f"""
+[identity]
+serial = {json.dumps(self.serial)}
+""" + (f"""
+[registration]
+client_name = {json.dumps(self.name)}
+""" if self.register else "")
         write_config(self.directory, self.issuer, self.client_id, scope=self.scope, display="png",
                      display_extra=f'png_dir = "screen"\nwidth = {width}\nheight = {height}\n',
-                     extra=self.extra_config + f"""
+                     extra=provider + self.extra_config + identity + f"""
 [gpio]
 led = {LED_PIN}       # BCM 17, physical pin 11: a mock pin, its level shown on the page
 button = {BUTTON_PIN}    # BCM 27, physical pin 13, to GND: pressed from the page
@@ -187,6 +202,7 @@ hold_seconds = {self.hold_seconds:g}
         if not self.config.exists():
             self.write_config()
         self.hub.publish("device", {"screen": self.screen, "width": self.size[0], "height": self.size[1],
+                                    "serial": self.serial, "name": self.name, "registers": self.register,
                                     "led_pin": LED_PIN, "button_pin": BUTTON_PIN,
                                     "hold_seconds": self.hold_seconds, "config": str(self.config),
                                     "socket": self.socket})

@@ -20,6 +20,10 @@ const handlers = {
   device(d) {
     $("led-pin").textContent = `GPIO${d.led_pin}`;
     $("hold-seconds").textContent = d.hold_seconds;
+    $("serial").textContent = d.serial;
+    $("registers").textContent = d.registers
+      ? `registers itself as “${d.name}” with its key (RFC 7591), so the phone's page names it`
+      : "the server's built-in client: the phone's page cannot name it";
     $("screen-big").dataset.screen = d.screen;
     if (d.screen === "hdmi") {
       $("truesize").hidden = true;  // the TV's frame, scaled to the column: true size would not fit

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devicelink.identity.settings import SERIAL
+
 from ..authserver import DevServer
 from ..faults import ENDPOINTS, SWITCH_DEFAULTS, SWITCH_KINDS
 from .board import SCREENS, DeviceFailed, VirtualDevice
@@ -52,14 +54,18 @@ class Simulation:
     def __init__(self, directory: Path | None = None, *, screen: str = "oled", hold_seconds: float = 5.0,
                  port: int = 0, port_fallback: bool = False, access_token_lifetime: int = 60,
                  interval: int = 2, device_code_lifetime: int = 600, keep: bool = False,
-                 scope: str | None = None, extra_config: str = "", env: dict[str, str] | None = None) -> None:
+                 scope: str | None = None, extra_config: str = "", env: dict[str, str] | None = None,
+                 register: bool = True, serial: str | None = None) -> None:
         self.keep = keep or directory is not None
         self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="dlsim-", dir="/tmp"))
         self.hub = Hub()
+        # register: the server takes dynamic registration (RFC 7591, no software statement needed) and
+        # the device registers itself with its key and serial, so the phone's page can name it.
         self.server = DevServer(interval=interval, access_token_lifetime=access_token_lifetime,
-                                device_code_lifetime=device_code_lifetime)
+                                device_code_lifetime=device_code_lifetime, registration=register)
         self._device_args: dict[str, Any] = dict(screen=screen, hold_seconds=hold_seconds,
-                                                 extra_config=extra_config, env=env)
+                                                 extra_config=extra_config, env=env, register=register,
+                                                 serial=serial)
         if scope is not None:
             self._device_args["scope"] = scope
         self.device: VirtualDevice | None = None
@@ -175,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-token-lifetime", type=int, default=60, metavar="S",
                         help="the server's access token lifetime: short, so refreshes (and faults) show soon")
     parser.add_argument("--interval", type=int, default=2, metavar="S", help="the polling interval given to the device")
+    parser.add_argument("--serial", default=None,
+                        help="the device's serial ([identity] serial), shown on the phone's page (default: SIM- and "
+                             "8 random hex digits)")
+    parser.add_argument("--no-register", dest="register", action="store_false",
+                        help="do not register (RFC 7591): pair as the server's built-in public client, which "
+                             "carries no name, serial or key for the phone's page to show")
     parser.add_argument("--dir", type=Path, default=None,
                         help="the device's folder (config, state, screen, logs), kept (default: a temp dir, removed)")
     return parser
@@ -186,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--port: expected 0 to 65535")
     if not args.hold_seconds > 0:
         build_parser().error("--hold-seconds: expected more than 0")
+    if args.serial is not None and not SERIAL.fullmatch(args.serial):
+        build_parser().error("--serial: 1 to 128 printable ASCII characters, no spaces")
     sim = Simulation(args.dir, screen=args.screen, hold_seconds=args.hold_seconds, port=args.port,
                      port_fallback=args.port == DEFAULT_PORT, access_token_lifetime=args.access_token_lifetime,
-                     interval=args.interval)
+                     interval=args.interval, register=args.register, serial=args.serial)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     ended = threading.Event()
     try:
