@@ -231,7 +231,7 @@ def test_a_fault_switched_on_in_the_page_sends_the_daemon_offline_and_off_brings
     assert OFFLINE[kind] in desk.find_element(By.ID, "last-error").text
     switch(desk, sim, kind, False)
     healthy = recovered(desk, sim)
-    assert healthy["access_token_expires_in"] > 0
+    assert healthy["last_refresh"]  # a refresh went through: with 3 s tokens, expires_in may already read 0
     if kind == "rate_limit":  # Retry-After: 5 was honoured: the next refresh came no sooner
         refreshes = hits(sim, since)
         first = next(i for i, h in enumerate(refreshes) if h.outcome == "http_429")
