@@ -121,6 +121,59 @@ def test_private_key_jwt_and_the_identity_section(tmp_path):
     assert one.provider.assertion_audience == ("token_endpoint",)
 
 
+PKJWT = GOOD.replace('scope = ', "client_auth = 'private_key_jwt'\nscope = ")
+REGISTERED = PKJWT.replace('client_id = "tv-app"\n', "") + "\n[registration]\n"
+DPOP_ONLY = GOOD.replace('scope = ', "dpop = true\nscope = ")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (REGISTERED + "\n[identity]\non_factory_reset = 'rotate'\n", "expected one of 'keep', 'new_key', got 'rotate'"),
+    (PKJWT + "\n[identity]\non_factory_reset = 'new_key'\n",
+     "'new_key' with [provider] client_auth = 'private_key_jwt' needs [registration]: with a shared client_id the "
+     "server refuses the new key until someone registers it"),
+    (GOOD + "\n[identity]\non_factory_reset = 'new_key'\n",
+     "'new_key' needs a key in use: [provider] client_auth = 'private_key_jwt' with [registration], "
+     "or [provider] dpop = true"),
+    (CONFIDENTIAL + "\n[identity]\non_factory_reset = 'new_key'\n", "needs a key in use"),
+    (REGISTERED + "on_factory_reset = 'keep'\n\n[identity]\non_factory_reset = 'new_key'\n",
+     "'new_key' needs [registration] on_factory_reset = 'delete' (the default): a kept registration holds the "
+     "old key"),
+])
+def test_on_factory_reset_new_key_is_refused_where_it_would_lock_the_device_out(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [identity] on_factory_reset: ") and expected in message
+    assert "\n" not in message
+
+
+def test_on_factory_reset_new_key_needs_a_file_key(tmp_path, monkeypatch):
+    from devicelink.identity import settings
+
+    monkeypatch.setattr(settings, "KEY_SOURCES", ("file", "tpm2"))  # a hardware signer, as one would come
+    path = write(tmp_path, REGISTERED + "\n[identity]\nkey = 'tpm2'\non_factory_reset = 'new_key'\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == (f"{path}: [identity] on_factory_reset: 'new_key' needs [identity] key = 'file', "
+                               "not 'tpm2': a hardware key (TPM, secure element) cannot be replaced by software")
+
+
+def test_on_factory_reset_keep_is_the_default_and_new_key_loads_where_it_can_be_used(tmp_path):
+    assert config.load(write(tmp_path, REGISTERED)).identity.on_factory_reset == "keep"
+    for text in (REGISTERED, DPOP_ONLY, CONFIDENTIAL.replace('scope = ', "dpop = true\nscope = ")):
+        cfg = config.load(write(tmp_path, text + "\n[identity]\non_factory_reset = 'new_key'\n"))
+        assert cfg.identity.new_key_on_reset
+    keep = config.load(write(tmp_path, PKJWT + "\n[identity]\non_factory_reset = 'keep'\n"))
+    assert not keep.identity.new_key_on_reset
+    assert config.load(write(tmp_path, REGISTERED)).registration.on_factory_reset == "delete"
+    kept = config.load(write(tmp_path, REGISTERED + "on_factory_reset = 'keep'\n"))
+    assert kept.registration.on_factory_reset == "keep"
+    path = write(tmp_path, REGISTERED + "on_factory_reset = 'forget'\n")
+    with pytest.raises(ConfigError, match=r"\[registration\] on_factory_reset: expected one of 'delete', 'keep'"):
+        config.load(path)
+
+
 def test_the_device_token_section_and_a_clients_device_scope(tmp_path):
     assert config.load(write(tmp_path, GOOD)).device_token is None  # device-level tokens are off
     cfg = config.load(write(tmp_path, CONFIDENTIAL + """

@@ -260,9 +260,11 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if registered is not None and device_token is not None and "grant_types" not in raw["registration"]:
         # device-level tokens need the client credentials grant at the server (RFC 7591 §2)
         registered = replace(registered, grant_types=(*registered.grant_types, "client_credentials"))
+    ident = identity.identity_section(v, raw)
+    identity.check_factory_reset(v, ident, provider.client_auth, provider.dpop, registered)
     return Config(provider=provider, path=path, pairing=pairing, storage=storage, socket=sock,
                   display=display, gpio=gpio, clients=clients, refresh=refresh,
-                  identity=identity.identity_section(v, raw), device_token=device_token, registration=registered)
+                  identity=ident, device_token=device_token, registration=registered)
 
 
 class _Validator:

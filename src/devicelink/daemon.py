@@ -137,6 +137,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
 
         device = Device(cfg, store, OAuthHttp(None, make_auth(cfg.provider.client_id)), display=display,
                         key_source=key_source)
+        if cfg.identity.new_key_on_reset:
+            device.renewing = renewing(cfg, device, (signing.get("signer") or signing["dpop"].signer))
         if cfg.registration is not None:
             device.registering = registering(cfg, device, key, signing["signer"], make_auth, registered)
         await device.start()
@@ -183,6 +185,12 @@ def registration_at_start(cfg: Config, key: bytes) -> tuple[Config, Any]:
         logger.info("not registered yet: registering before pairing ([registration])")
         return cfg, reg
     r.usable(reg, cfg, None)
+    if not reg.deleting and cfg.identity.new_key_on_reset:
+        from devicelink.identity import renewal
+
+        if renewal.pending(cfg.storage.state_dir) is not None:  # cut between the note and the mark
+            reg = replace(reg, deleting=True)
+            r.RegistrationFile(cfg.storage.state_dir).save(reg)
     if reg.deleting:  # a factory reset cut off: revocations still owed go as this client, then it is deleted
         logger.info("a factory reset is unfinished: the client %s is deleted once no revocation is owed, "
                     "then the device registers afresh", reg.client_id)
@@ -203,6 +211,13 @@ def registering(cfg: Config, device: Any, key: bytes, signer: Any, make_auth: Ca
     enrolment = r.Enrolment(cfg, signer, key, device_serial(cfg.identity.serial),
                             r.RegistrationFile(cfg.storage.state_dir), device.wall_clock, Backoff(device.rng))
     return Registering(device, enrolment, make_auth, registered)
+
+
+def renewing(cfg: Config, device: Any, signer: Any) -> Any:
+    """``[identity] on_factory_reset = "new_key"``: what replaces the key at a factory reset."""
+    from devicelink.engine.renewing import Renewing
+
+    return Renewing(device, cfg.storage.state_dir, signer)
 
 
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>

@@ -29,6 +29,8 @@ its own server, daemon and grant, run side by side so 200 kills fit in the suite
 
 ``bench/kill_bench.py`` runs the same harness for longer. Environment:
 ``DEVICELINK_KILLS`` (200), ``DEVICELINK_KILL_LANES`` (3), ``DEVICELINK_KILL_SEED``.
+``tests/e2e/test_kill_dpop.py`` runs these kills against a strict server (oidc-provider, no
+grace), with DPoP-bound refresh tokens it does not rotate.
 """
 
 from __future__ import annotations
@@ -364,16 +366,19 @@ class Lane:
 
 
 def run_kills(kills: int, lanes: int = LANES, seed: int = SEED, root: Path | None = None,
-              progress=None) -> Results:
-    """``kills`` SIGKILLs spread over ``lanes`` devices running side by side."""
-    results = Results()
+              progress=None, lane_factory=None, results: Results | None = None) -> Results:
+    """``kills`` SIGKILLs spread over ``lanes`` devices running side by side. ``lane_factory(index,
+    root, rng, results)`` makes a lane other than :class:`Lane` (``tests/e2e/test_kill_dpop.py``:
+    against oidc-provider); ``results`` then is its kind of :class:`Results`."""
+    results = results if results is not None else Results()
+    lane_factory = lane_factory or (lambda index, lane_root, rng, res: Lane(lane_root, rng, res))
     tickets = itertools.count()
     stop = threading.Event()
     own_root = root is None
     root = root or Path(tempfile.mkdtemp(prefix="dl-kill-", dir="/tmp"))
 
     def lane_main(index: int) -> None:
-        lane = Lane(root / f"l{index}", random.Random(seed * 1000 + index), results)
+        lane = lane_factory(index, root / f"l{index}", random.Random(seed * 1000 + index), results)
         try:
             lane.pair()
             while not stop.is_set() and next(tickets) < kills:

@@ -292,3 +292,21 @@ def test_doctor_says_which_client_and_whether_its_key_is_the_one_registered(tmp_
                    "storage": {"state_dir": str(state)}, "registration": {}}, tmp_path / "c.toml")
     (elsewhere,) = check_registration(moved)
     assert elsewhere.level == "fail" and "registered at https://id.example" in elsewhere.what
+
+
+def test_doctor_says_a_factory_reset_owes_a_new_key(tmp_path, state):
+    from dataclasses import replace
+
+    from devicelink.doctor.registration import check_registration
+    from devicelink.identity import renewal
+
+    e = enrolment(tmp_path, state)
+    e.cfg = replace(e.cfg, identity=replace(e.cfg.identity, on_factory_reset="new_key"))
+    reg, _ = drive(r.enrol(e), answer(201, REGISTERED))[0]
+    renewal.begin(state, e.signer.kid)
+    e.files.save(replace(reg, deleting=True))
+    (marked,) = check_registration(e.cfg)
+    assert marked.level == "warn" and "unfinished" in marked.what and "with a new device key" in marked.fix
+    e.files.forget()  # the old client deleted, the key not replaced yet
+    (owed,) = check_registration(e.cfg)
+    assert owed.level == "warn" and "a new device key" in owed.what and "registration are owed" in owed.what

@@ -224,9 +224,12 @@ class OidcProvider:
     def __init__(self, access_token_ttl: int = 60, *, device_poll_interval: int | None = None,
                  client_jwks: dict | None = None, client_secret: str | None = None,
                  client_credentials: bool = False, registration: bool = False, fleet_jwks: dict | None = None,
-                 statement_issuer: str | None = None, dpop_nonce: bool = False, rotation: str = "always") -> None:
+                 statement_issuer: str | None = None, dpop_nonce: bool = False, rotation: str = "always",
+                 record_to: Path | None = None) -> None:
         """``registration``: RFC 7591/7592 at ``/reg``; ``fleet_jwks``: software statements must be
-        signed by one of these keys (from ``statement_issuer``, when given)."""
+        signed by one of these keys (from ``statement_issuer``, when given). ``record_to``: the
+        server's ``OP_RECORD_ISSUED_TO`` (else whatever this process's environment says), for
+        callers that start servers from several threads and cannot patch the environment."""
         if access_token_ttl < 1:
             raise ValueError("access_token_ttl must be at least 1 second")
         if device_poll_interval is not None and device_poll_interval < 0:
@@ -241,6 +244,7 @@ class OidcProvider:
         if rotation not in ("always", "default"):
             raise ValueError("rotation must be 'always' or 'default'")
         self.dpop_nonce, self.rotation = dpop_nonce, rotation
+        self.record_to = record_to
         self._issuer: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
@@ -309,6 +313,8 @@ class OidcProvider:
         if self.dpop_nonce:
             env["OP_DPOP_NONCE"] = "1"
         env["OP_ROTATE_REFRESH_TOKEN"] = self.rotation
+        if self.record_to is not None:
+            env["OP_RECORD_ISSUED_TO"] = str(self.record_to)
         # The server exits when this pipe closes, i.e. also when pytest dies.
         env["OP_EXIT_ON_STDIN_CLOSE"] = "1"
 

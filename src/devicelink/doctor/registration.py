@@ -10,11 +10,13 @@ server itself (RFC 7592).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from devicelink.config import Config
 from devicelink.doctor.findings import AS_ROOT, FAIL, OK, WARN, Finding
 from devicelink.errors import IdentityError
+from devicelink.identity.renewal import NOTE
 
 CHECK = "registration"
 
@@ -32,13 +34,19 @@ def check_registration(cfg: Config) -> list[Finding]:
         if "permission denied" in str(exc).lower():
             return [Finding(WARN, CHECK, f"cannot look at {state_dir / r.FILE}: permission denied", AS_ROOT)]
         return [Finding(FAIL, CHECK, str(exc), "see docs/identity.md")]
+    renewing = cfg.identity.new_key_on_reset and os.path.lexists(state_dir / NOTE)
+    if reg is None and renewing:
+        return [Finding(WARN, CHECK, "a factory reset is unfinished: the old client is gone, a new device key "
+                        "([identity] on_factory_reset = 'new_key') and its registration are owed",
+                        "the daemon finishes it at its start; or run devicelink provision with the daemon stopped")]
     if reg is None:
         return [Finding(WARN, CHECK, "not registered yet ([registration] is set)",
                         "the daemon registers at its start (devicelink status says how it goes); or run "
                         "devicelink provision with the daemon stopped")]
     if reg.deleting:
         return [Finding(WARN, CHECK, f"the deletion of client_id {reg.client_id} (a factory reset) is unfinished",
-                        "the daemon finishes it, and registers afresh, when the server answers")]
+                        "the daemon finishes it, and registers afresh"
+                        + (" with a new device key" if renewing else "") + ", when the server answers")]
     if reg.issuer != cfg.provider.issuer:
         return [Finding(FAIL, CHECK, f"registered at {reg.issuer}, but [provider] issuer is {cfg.provider.issuer}",
                         "the daemon does not start so: delete that registration (devicelink provision --delete "

@@ -60,6 +60,7 @@ from devicelink.tokens.store import EncryptedFileStore
 if TYPE_CHECKING:
     from devicelink.engine.pairing import Pairing
     from devicelink.engine.registering import Registering
+    from devicelink.engine.renewing import Renewing
     from devicelink.engine.stepup import StepUps
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class Device:
         self._step_ups: StepUps | None = None
         #: With [registration]: registers before pairing, and again after a factory reset (daemon.py sets it).
         self.registering: Registering | None = None
+        #: With [identity] on_factory_reset = "new_key": the key a factory reset replaces (daemon.py sets it).
+        self.renewing: Renewing | None = None
 
     @property
     def pairer(self) -> Pairing:
@@ -378,6 +381,8 @@ class Device:
         """A new code, or first the registration a device with [registration] pairs as."""
         if self.registering is not None and self.registering.needed:
             self.registering.start()
+        elif self.renewing is not None and self.renewing.pending:
+            self.renewing.start()
         else:
             self.pairer.start()
 
@@ -388,6 +393,10 @@ class Device:
             self.registering.start()
             raise Refused("pairing_in_progress", "the device registers with the authorization server before it "
                           f"pairs ({self.last_error or 'under way'}); `devicelink status` shows the code when it comes")
+        if self.renewing is not None and self.renewing.pending:
+            self.renewing.start()
+            raise Refused("pairing_in_progress", "a factory reset is making the device a new key before it pairs; "
+                          "`devicelink status` shows the code when it comes")
         self.pairer.start()
         await self.pairer.wait_for_code()
         return self.status()
@@ -440,8 +449,12 @@ class Device:
         logger.info("factory reset")
         self.reset_in = None
         answer = await self.unpair()
+        if self.renewing is not None:  # noted durably first: a power cut from here on still replaces the key
+            self.renewing.begin()
         if self.registering is not None:
             await self.registering.reset()
+        elif self.renewing is not None:
+            self.renewing.start()
         else:
             self.pairer.start()
         return answer
@@ -490,6 +503,8 @@ class Device:
         await self.revocations.cancel()
         if self.registering is not None:
             await self.registering.cancel()
+        if self.renewing is not None:
+            await self.renewing.cancel()
         if self._pairer is not None:
             self._pairer.task = None
         self.refresher.task = self.refresher.inflight = self.refresher.trusting = None

@@ -13,7 +13,9 @@ A factory reset (the button held, ``devicelink unpair --factory``) unpairs, then
 here: waits for the revocation to go through (it is authenticated as the client
 about to go), deletes the client at the server (RFC 7592; marked first, so a power
 cut resumes it), forgets it, and registers afresh for the next owner. The identity
-key is kept (docs/identity.md says why).
+key is kept (docs/identity.md says why), unless ``[identity] on_factory_reset =
+"new_key"``: then a new key is made between the deletion and the new registration
+(:meth:`Registering._renew`, ``identity/renewal.py``).
 
 The steps are ``identity/registration.py``'s generators; their few file writes run
 on the event loop (a registration happens once in a device's life).
@@ -47,7 +49,8 @@ class Registering:
         self.device, self.enrolment, self.make_auth = device, enrolment, make_auth
         self.registration = registered if registered is not None and not registered.deleting else None
         #: A factory reset cut off by a power cut: it resumes, after the revocations still owed.
-        self.resuming_reset = registered is not None and registered.deleting
+        self.resuming_reset = (registered is not None and registered.deleting) or (
+            device.renewing is not None and device.renewing.pending)
         self.task: asyncio.Task[None] | None = None
         if self.registration is not None:
             self._check_key(self.registration)
@@ -72,7 +75,14 @@ class Registering:
 
     async def reset(self) -> None:
         """The registration part of a factory reset, after the unpair: marked for deletion now
-        (durably), deleted and replaced in the background."""
+        (durably), deleted and replaced in the background; or, with ``[registration]
+        on_factory_reset = "keep"``, kept (the next owner pairs as the same client)."""
+        reg_cfg = self.enrolment.cfg.registration
+        if reg_cfg is not None and reg_cfg.on_factory_reset == "keep" and self.registration is not None:
+            logger.info("factory reset: the registration %s is kept ([registration] on_factory_reset = 'keep')",
+                        self.registration.client_id)
+            self.device.pairer.start()
+            return
         files = self.enrolment.files
         reg = files.load()
         if reg is not None and not reg.deleting:
@@ -92,6 +102,8 @@ class Registering:
             if after_revocations and device.revocations.owed:
                 logger.info("factory reset: waiting for the revocation before deleting the registration")
                 await device.revocations_settled()
+            if device.renewing is not None and device.renewing.pending:
+                await self._renew()
             reg, _ = await device.http.run(r.enrol(self.enrolment), sleep=device.sleep, observe=self.observe)
         except asyncio.CancelledError:
             raise
@@ -112,6 +124,20 @@ class Registering:
         self.adopt(reg)
         device.clear_error()
         device.pairer.start()
+
+    async def _renew(self) -> None:
+        """``on_factory_reset = "new_key"``: the old client deleted (RFC 7592, as before), then the
+        new key made and swapped in, so the registration that follows carries it
+        (identity/renewal.py has the order and why a power cut anywhere resumes)."""
+        device = self.device
+        old = self.enrolment.files.load()
+        if old is not None:
+            if not old.deleting:
+                old = replace(old, deleting=True)
+                self.enrolment.files.save(old)
+            await device.http.run(r.deregister(self.enrolment, old), sleep=device.sleep, observe=self.observe)
+        assert device.renewing is not None
+        device.renewing.finish()
 
     def adopt(self, reg: r.Registration) -> None:
         """From now on the device is ``reg.client_id``, in every request and record."""

@@ -15,7 +15,8 @@ fsync, rename, directory fsync), under the state lock; it is read with
 others may write is refused, never used. An unreadable or damaged key is an
 :class:`~devicelink.errors.IdentityError` and is never replaced: the key *is* the
 device's identity at the authorization server, and a new one would lock the
-device out until someone registers it.
+device out until someone registers it. (A factory reset with ``[identity]
+on_factory_reset = "new_key"`` replaces it on purpose: ``identity/renewal.py``.)
 """
 
 from __future__ import annotations

@@ -66,12 +66,23 @@ def provision(cfg: Config, action: str | None = None) -> dict[str, Any]:
     try:
         with as_owner(state_dir):
             signer, made = load_or_create(path)
+        if cfg.registration is not None and action is None and _renewal_pending(cfg):
+            from devicelink.identity.signer import SwappableSigner
+
+            signer, made = SwappableSigner(signer), True  # a factory reset's new key: made below
         out = _identity(cfg, signer, made)
         if cfg.registration is not None:
             out["registration"] = _register(cfg, signer, action)
+            out.update(_identity(cfg, signer, made))  # the new key, when a factory reset made one
         return out
     finally:
         os.close(lock)
+
+
+def _renewal_pending(cfg: Config) -> bool:
+    from devicelink.identity import renewal
+
+    return cfg.identity.new_key_on_reset and renewal.pending(cfg.storage.state_dir) is not None
 
 
 def _identity(cfg: Config, signer: Any, made: bool) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def _registered_already(cfg: Config) -> dict[str, Any] | None:
     if cfg.registration is None or not os.path.lexists(path):
         return None
     reg = r.RegistrationFile(cfg.storage.state_dir).load()
-    if reg is None or reg.deleting:
+    if reg is None or reg.deleting or _renewal_pending(cfg):
         return None
     signer = read(path)
     r.usable(reg, cfg, signer.kid)
@@ -124,6 +135,13 @@ def _registration(cfg: Config, signer: Any, action: str | None, key: bytes) -> d
     files = r.RegistrationFile(state_dir)
     e = r.Enrolment(cfg, signer, key, device_serial(cfg.identity.serial), files)
     auth = ClientAuth(cfg.provider.client_id or "-")  # registration requests take no client authentication
+    if action is None and _renewal_pending(cfg):  # a factory reset cut off: finish it in its order
+        from devicelink.identity import renewal
+
+        old = files.load()
+        if old is not None:
+            run_sync(r.deregister(e, old), auth)
+        renewal.finish(state_dir, signer)
     if action is None:
         reg, made = run_sync(r.enrol(e), auth)
         return _summary(reg, signer, created=made)

@@ -21,6 +21,7 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_GRANT_TYPES = (DEVICE_CODE_GRANT, "refresh_token")
 #: The grant types a device may ask for: it pairs, refreshes, and may get device-level tokens.
 GRANT_TYPES = (*DEFAULT_GRANT_TYPES, "client_credentials")
+ON_FACTORY_RESET = ("delete", "keep")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class RegistrationConfig:
     #: ``client_name`` sent as metadata (the statement's wins, §3.1.1); None: none sent.
     client_name: str | None = None
     grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
+    #: What a factory reset does with the registration: "delete" it at the server (RFC 7592) and
+    #: register afresh, or "keep" it (the next owner pairs as the same client).
+    on_factory_reset: str = "delete"
 
 
 def registration_section(v: _Validator, raw: dict[str, Any]) -> RegistrationConfig | None:
@@ -41,7 +45,7 @@ def registration_section(v: _Validator, raw: dict[str, Any]) -> RegistrationConf
         return None
     return v.section(raw, "registration", RegistrationConfig, {
         "endpoint": v.url, "software_statement_file": v.path, "initial_access_token_file": v.path,
-        "client_name": v.text, "grant_types": grant_types(v),
+        "client_name": v.text, "grant_types": grant_types(v), "on_factory_reset": v.choice(ON_FACTORY_RESET),
     })
 
 

@@ -15,6 +15,7 @@ from devicelink.identity import KEY_SOURCES
 
 if TYPE_CHECKING:
     from devicelink.config import _Validator
+    from devicelink.identity.registration_settings import RegistrationConfig
 
 #: What a serial may be, from the config or the device tree: printable ASCII, no spaces.
 SERIAL = re.compile(r"[\x21-\x7e]{1,128}")
@@ -22,16 +23,50 @@ SERIAL = re.compile(r"[\x21-\x7e]{1,128}")
 #: (RFC 7523 §3, FAPI 2.0, draft-ietf-oauth-rfc7523bis), the token endpoint (OIDC Core §9),
 #: or the URL of the endpoint the request goes to (Okta).
 AUDIENCES = ("issuer", "token_endpoint", "endpoint")
+#: What a factory reset does with the device's key (docs/identity.md#factory-reset).
+ON_FACTORY_RESET = ("keep", "new_key")
 
 
 @dataclass(frozen=True)
 class IdentityConfig:
     key: str = "file"  # where the private key lives: "file" is state_dir/identity.jwk
     serial: str | None = None  # None: the device tree's
+    #: "keep", or "new_key": a factory reset replaces the key (after the revocations and the
+    #: old registration's deletion, which the old key authenticates) and registers the new one.
+    on_factory_reset: str = "keep"
+
+    @property
+    def new_key_on_reset(self) -> bool:
+        return self.on_factory_reset == "new_key"
 
 
 def identity_section(v: _Validator, raw: dict[str, Any]) -> IdentityConfig:
-    return v.section(raw, "identity", IdentityConfig, {"key": v.choice(KEY_SOURCES), "serial": serial(v)})
+    return v.section(raw, "identity", IdentityConfig, {"key": v.choice(KEY_SOURCES), "serial": serial(v),
+                                                       "on_factory_reset": v.choice(ON_FACTORY_RESET)})
+
+
+def check_factory_reset(v: _Validator, ident: IdentityConfig, client_auth: str, dpop: bool,
+                        registration: RegistrationConfig | None) -> None:
+    """``on_factory_reset = "new_key"`` only where a new key can be made and used at once: a
+    file key, and either ``[registration]`` (the new key is registered with the new client) or
+    DPoP alone (a DPoP key needs no registration). With a shared ``client_id`` and
+    ``private_key_jwt`` the server would refuse the new key until someone registers it."""
+    if not ident.new_key_on_reset:
+        return
+    key = "[identity] on_factory_reset"
+    if ident.key != "file":
+        v.fail(key, f"'new_key' needs [identity] key = 'file', not {ident.key!r}: a hardware key (TPM, secure "
+               "element) cannot be replaced by software")
+    registered = registration is not None
+    if registered and registration.on_factory_reset == "keep":
+        v.fail(key, "'new_key' needs [registration] on_factory_reset = 'delete' (the default): a kept "
+               "registration holds the old key, and the server would refuse the new one")
+    if client_auth == "private_key_jwt" and not registered:
+        v.fail(key, "'new_key' with [provider] client_auth = 'private_key_jwt' needs [registration]: with a shared "
+               "client_id the server refuses the new key until someone registers it, locking the device out")
+    if client_auth != "private_key_jwt" and not dpop:
+        v.fail(key, "'new_key' needs a key in use: [provider] client_auth = 'private_key_jwt' with [registration], "
+               "or [provider] dpop = true")
 
 
 def serial(v: _Validator) -> Callable[[str, Any], str]:

@@ -102,4 +102,35 @@ def open_signer(cfg: Config) -> Signer:
                        signer.kid)
     logger.info("device identity: serial %s, key %s (thumbprint %s)", serial or "unknown",
                 cfg.identity.key, signer.kid)
+    if cfg.identity.new_key_on_reset:  # a factory reset swaps in a new key (identity/renewal.py)
+        return SwappableSigner(signer)
     return signer
+
+
+class SwappableSigner:
+    """A :class:`Signer` whose key a factory reset can replace (``[identity] on_factory_reset =
+    "new_key"``): what holds it (the ``private_key_jwt`` hook, DPoP, registration) signs with
+    the new key from the moment :meth:`swap` returns, without being rebuilt."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+
+    def __repr__(self) -> str:
+        return f"SwappableSigner({self._signer!r})"
+
+    @property
+    def alg(self) -> str:
+        return self._signer.alg
+
+    @property
+    def kid(self) -> str:
+        return self._signer.kid
+
+    def sign(self, signing_input: bytes) -> bytes:
+        return self._signer.sign(signing_input)
+
+    def public_jwk(self) -> dict[str, str]:
+        return self._signer.public_jwk()
+
+    def swap(self, signer: Signer) -> None:
+        self._signer = signer
