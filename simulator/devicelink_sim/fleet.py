@@ -217,7 +217,6 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
         loop.executor.shutdown(wait=True)  # writes under way when the power went land whole, or not at all
         loop.executor = timetravel.executor(4)
         loop.set_default_executor(loop.executor)
-        units_before = {u.index: u.device for u in units}
 
         # 4. the outage, and the return
         await asyncio.sleep(options.outage_s())
@@ -250,7 +249,6 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
         say("done")
         for unit in units:
             await unit.device.halt()
-        del units_before
 
         lost = sum(1 for u in units if u.device.tokens is None or u.device.state not in HOLDS_GRANT)
         per_second = [log.per_second.get(t, Counter()) for t in range(int(back_at), int(end_at))]

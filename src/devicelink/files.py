@@ -170,3 +170,19 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_durably(path: Path, error: type[Exception] = OSError) -> bool:
+    """Unlink ``path`` and fsync its directory, so that a power cut cannot bring it back.
+    False when it was not there. Any other failure raises ``error`` with one line naming the file."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise error(f"{path}: cannot remove: {exc.strerror}") from None
+    try:
+        fsync_dir(Path(path).parent)
+    except OSError as exc:
+        raise error(f"{Path(path).parent}: cannot write: {exc.strerror}") from None
+    return True

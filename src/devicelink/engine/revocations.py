@@ -78,8 +78,8 @@ class Revocations:
         return Unpaired(state, "revoked", None)
 
     async def try_all(self) -> dict[str, str | None]:
-        """Try every revocation still owed, once. Returns, for each token tried, why it
-        did not go through (None: revoked)."""
+        """Try every revocation still owed, once. Returns why, for each token that did not
+        go through; one revoked, or not tried (the budget), is not in it."""
         device, outcome = self.device, {}
         for token, hint in list(self.owed):
             endpoints = device.endpoints

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from devicelink.errors import ConfigError, IdentityError, ProtocolViolation, RegistrationFailed
-from devicelink.files import UnsafeFile, fsync_dir, read_owned, write_atomic
+from devicelink.files import UnsafeFile, fsync_dir, read_owned, remove_durably, write_atomic
 from devicelink.oauth import messages as m
 from devicelink.oauth import registration as rfc7591
 from devicelink.oauth.steps import Backoff, Send, Step, reply_time, transient_delay
@@ -207,13 +207,7 @@ class RegistrationFile:
             self.clear_journal()
 
     def clear_journal(self) -> None:
-        try:
-            os.unlink(self.journal_path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise IdentityError(f"{self.journal_path}: cannot remove: {exc.strerror}") from None
-        self._sync()
+        remove_durably(self.journal_path, IdentityError)
 
     # -- files ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from devicelink.errors import IdentityError
-from devicelink.files import UnsafeFile, fsync_dir, read_owned, write_atomic
+from devicelink.files import UnsafeFile, read_owned, remove_durably, write_atomic
 from devicelink.identity import KEY_FILE
 from devicelink.identity.signer import SwappableSigner
 
@@ -88,12 +88,6 @@ def finish(state_dir: Path, signer: SwappableSigner) -> bool:
     else:
         fresh = current  # made before a power cut; the note outlived it
     signer.swap(fresh)
-    try:
-        os.unlink(note_path(state_dir))
-        fsync_dir(Path(state_dir))
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise IdentityError(f"{note_path(state_dir)}: cannot remove: {exc.strerror}") from None
+    remove_durably(note_path(state_dir), IdentityError)
     logger.warning("factory reset: new device identity key %s (thumbprint %s), replacing %s", path, fresh.kid, old)
     return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import http
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from devicelink.errors import ProtocolViolation
 from devicelink.oauth.id_token import account_from_id_token
 from devicelink.text import quotable, sanitize
-from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, Account, TokenSet
+from devicelink.tokens.model import DEFAULT_LIFETIME, UNBOUNDED_LIFETIME, TokenSet
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,80}")

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from devicelink.errors import ConfigError, StateDirBusy, StoreError, StoreUnreadable
-from devicelink.files import UnsafeFile, read_owned, remove_stale_temps
+from devicelink.files import UnsafeFile, read_owned, remove_durably, remove_stale_temps
 from devicelink.tokens.store import EncryptedFileStore, atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -415,10 +415,4 @@ def _open(directory: Path, key: bytes) -> tuple[EncryptedFileStore, dict | None]
 
 
 def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-        fsync_dir(path.parent)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot remove: {exc.strerror}") from None
+    remove_durably(path, StoreError)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from devicelink.errors import StoreError, StoreUnreadable
-from devicelink.files import UnsafeFile, fsync_dir, read_owned, unsafe, user_name, write_atomic
+from devicelink.files import UnsafeFile, fsync_dir, read_owned, remove_durably, unsafe, user_name, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -194,16 +194,7 @@ class EncryptedFileStore:
         self._newest_unreadable = False
 
     def _drop_previous(self) -> None:
-        try:
-            os.unlink(self.previous_path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(f"{self.previous_path}: cannot remove: {exc.strerror}") from None
-        try:
-            fsync_dir(self.dir)
-        except OSError as exc:
-            raise StoreError(f"{self.dir}: cannot write: {exc.strerror}") from None
+        remove_durably(self.previous_path, StoreError)
 
     def clear(self) -> None:
         """Forget the grant: both generations are unlinked (their blocks held only ciphertext).
