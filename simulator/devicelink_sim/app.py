@@ -5,7 +5,7 @@
   /revoke, /userinfo; a DPoP proof (RFC 9449) on any of them is checked here
   (dpop.py) before Authlib sees the request, and /userinfo takes a DPoP-bound
   token only with the DPoP scheme and a proof by its key;
-- the verification page a person opens on their phone, /device (pages.py);
+- the verification page a person opens on their phone, /device (pages.py, asking.py);
 - the simulator's own controls: /sim/approve, /sim/deny, /sim/faults.
 
 Every OAuth request holds `State.lock` from start to end.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, g, jsonify, request
 
 from . import pages
+from .asking import asking
 from .dpop import ProofRefused
 from .faults import outcome_of
 from .grants import DevAuthorizationServer, userinfo_protector
@@ -29,6 +30,8 @@ from .state import State
 
 if TYPE_CHECKING:
     from .authserver import DevServer
+
+USED = "That code was already approved or denied."
 
 
 #: Where the server's DPoP nonce goes out on every answer (dpop_nonce=True).
@@ -179,34 +182,44 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
                 credential = state.pending(user_code)
             except KeyError:
                 credential = None
+            client = credential and state.clients.get(credential.client_id)
         if credential is None:
             return pages.enter_code(user_code, "That code is not valid or has expired."), 404
+        if credential.decision is not None:
+            return pages.enter_code(user_code, USED), 409
         honoured = settings.honour_step_up
         # The acr that approving on this page achieves (approve() with no acr).
         acr = asked_acr(credential.acr_values) if honoured else None
         return pages.confirm(
-            credential.user_code, credential.client_id, credential.scope,
+            credential.user_code, asking(credential.client_id, client), credential.scope,
             resources=credential.resources,
             stronger_sign_in=None if acr in (None, ACR_PWD) else acr,
             max_age=credential.max_age if honoured else None,
+            entered=bool(request.args.get("entered")),
         )
 
     @app.post("/device")
     def device_decision():
         user_code = request.form.get("user_code", "")
-        subject = request.form.get("subject", "").strip() or "alice"
+        subject, name = pages.chosen_user(request.form)
         action = request.form.get("action")
         if action not in ("approve", "deny"):
             return pages.enter_code(user_code, "Choose Approve or Deny."), 400
         approved = action == "approve"
         try:
+            with state.lock:
+                credential = state.pending(user_code)
+                decided = credential.decision is not None
+                who = asking(credential.client_id, state.clients.get(credential.client_id))
+            if decided:  # the page decides once; srv.approve/deny and /sim/* may still change their minds
+                return pages.enter_code(user_code, USED), 409
             if approved:
-                server.approve(user_code, subject, request.form.get("name", "").strip() or None)
+                server.approve(user_code, subject, name)
             else:
                 server.deny(user_code)
         except KeyError:
             return pages.enter_code(user_code, "That code is not valid or has expired."), 404
-        return pages.done(approved, subject)
+        return pages.done(approved, subject, name or f"{subject.capitalize()} Example", who)
 
     def sim_decision(approve: bool):
         body = request.get_json(silent=True)

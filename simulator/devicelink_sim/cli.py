@@ -1,6 +1,8 @@
 """``devicelink-sim COMMAND``: the simulator's command line.
 
-    devicelink-sim demo [--human] [--approve-after SECONDS] [--keep]
+    devicelink-sim demo [--human] [--approve-after SECONDS] [--keep] [--stay]
+    devicelink-sim device [--port N] [--screen oled|oled32|hdmi] [...]  # the virtual device and its page
+    devicelink-sim faults [--issuer URL] [on|off|clear|release|revoke-grants|show] ...  # a running server's faults
     devicelink-sim server [--port N] [...]     # the dev authorization server alone
     devicelink-sim fleet --devices N [--json]  # a fleet on virtual time (fleet.py)
 
@@ -60,16 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "whole device flow on this machine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", formatter_class=_Help, help="pair the real daemon with the dev server, then get a token with curl and the CLI",
-        description="Starts the development authorization server and `devicelink run` (its pairing "
-                    "screen is drawn on this terminal), approves the code with a scripted phone, then "
-                    "asks the daemon's socket for a token with curl and with `devicelink token`.")
+        "demo", formatter_class=_Help,
+        help="pair the real daemon (the virtual device) with the dev server, then get a token with curl and the CLI",
+        description="Starts the development authorization server and the virtual device (`devicelink run` "
+                    "with a png screen and mock LED and button), prints the address of its page, approves "
+                    "the code with a scripted phone on the verification page, then asks the daemon's "
+                    "socket for a token with curl and with `devicelink token`.")
     demo.add_argument("--human", action="store_true",
-                      help="do not approve automatically: wait for you to approve in a browser")
+                      help="do not approve automatically: wait for you to approve on the device's page")
     demo.add_argument("--approve-after", type=float, default=4.0, metavar="SECONDS",
                       help="how long the scripted phone waits before approving")
     demo.add_argument("--keep", action="store_true",
-                      help="keep the temp dir (config, logs, encrypted state) at the end")
+                      help="keep the temp dir (config, logs, screen frames, encrypted state) at the end")
+    demo.add_argument("--stay", action="store_true",
+                      help="after the token, keep the device and its page running until Ctrl-C")
+    demo.add_argument("--port", type=_port, default=8628,
+                      help="the device page's port on 127.0.0.1 (8628: another free one when it is taken; 0: any)")
+    sub.add_parser(
+        "device", add_help=False,
+        help="the real daemon on a virtual board (png screen, mock LED and button) and a page to watch and "
+             "click it (options: devicelink-sim device --help)",
+        description="The virtual device; devicelink-sim device --help lists its options.")
+    sub.add_parser(
+        "faults", add_help=False,
+        help="switch a running development server's faults on and off (devicelink-sim faults --help)",
+        description="Fault switches from the command line; devicelink-sim faults --help lists them.")
     sub.add_parser(
         "server", add_help=False,
         help="run only the development authorization server (options: devicelink-sim server --help)",
@@ -87,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "server":
         return serve(rest)
+    if args.command == "device":
+        try:
+            from devicelink_sim.device import run
+        except ImportError as exc:
+            return _missing_extra(exc)
+        return run.main(rest)
+    if args.command == "faults":
+        from devicelink_sim import faultcli
+
+        return faultcli.main(rest)
     if args.command == "fleet":
         try:
             from devicelink_sim import fleet
@@ -101,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         from devicelink_sim import demo
     except ImportError as exc:
         return _missing_extra(exc)
-    return demo.run(human=args.human, approve_after=args.approve_after, keep=args.keep)
+    return demo.run(human=args.human, approve_after=args.approve_after, keep=args.keep, stay=args.stay,
+                    port=args.port)
 
 
 def serve(argv: list[str] | None = None, prog: str = "devicelink-sim server") -> int:

@@ -1,45 +1,41 @@
-"""``devicelink-sim demo``: the whole device flow on one machine, for real.
+"""``devicelink-sim demo``: the whole device flow on one machine, for real, on the virtual device.
 
 1. The development authorization server (:class:`DevServer`) starts in this
    process on 127.0.0.1.
-2. The real daemon, ``devicelink run``, starts as a child process with the
-   terminal display: its pairing screen (QR code, user code, address,
-   countdown) is drawn on this terminal. Its log goes to ``daemon.log`` in the
-   demo's temp dir, so log lines never cut through the QR code.
-3. A scripted phone approves the code on the server (``--human``: you do, in
-   a browser).
+2. The virtual device starts (device/, as ``devicelink-sim device``): the real
+   daemon, ``devicelink run``, as a child process, drawing with the ``png``
+   display driver, its status LED and button on gpiozero's MockFactory pins.
+   Its page is served on 127.0.0.1 and its address printed, for anyone who
+   wants to watch the screen and LED, press the button or approve on the phone.
+3. A scripted phone opens the address the screen's QR code holds
+   (``verification_uri_complete``) and approves on the verification page, as a
+   person would (``--human``: you do, on the page).
 4. ``curl --unix-socket`` and ``devicelink token`` ask the daemon for a token.
    Tokens are only ever printed redacted (first 6 characters).
 
-Nothing is faked: if a step fails, the demo says which one in one line and
-exits non-zero.
+It needs the ``sim`` extra only (Flask, Authlib, PyJWT, Pillow, gpiozero). Nothing
+is faked: if a step fails, the demo says which one in one line and exits non-zero.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections import deque
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
-from devicelink.ipc.client import Client, DaemonError, DaemonUnreachable
-
-from .authserver import DevServer
-from .devconfig import write_config
+from .device.board import DeviceFailed
+from .device.run import DEFAULT_PORT, Simulation, uninterrupted
 
 SCOPE = "openid profile offline_access"
-READY_TIMEOUT = 30.0  # s for `devicelink run` to log "devicelink ready on"
 CODE_TIMEOUT = 30.0  # s for the first pairing code to reach the status
 PAIRED_TIMEOUT = 60.0  # s from the scripted approval to "paired"
-POLL = 0.2  # s between status requests
 HUMAN_TIMEOUT = 15 * 60.0  # the code expires first (10 min); this is only a backstop
 
 
@@ -66,7 +62,7 @@ def redact(token: str) -> str:
 
 
 class Terminal:
-    """The demo's own lines. ``stdout`` is shared with the daemon's display, so flush every line."""
+    """The demo's own lines."""
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
@@ -83,134 +79,95 @@ class Terminal:
     def command(self, argv: str) -> None:
         self.step(argv, mark="$")
 
-    def during_pairing(self, text: str) -> None:
-        """A line while the daemon's pairing screen is up. On a TTY the daemon rewrites
-        the line above the cursor (its countdown) every second, so insert this line
-        *above* the countdown and leave the cursor where the daemon expects it. One
-        write() each, so the daemon's writes cannot land in the middle."""
-        if self.tty:
-            sys.stdout.write(f"\x1b[A\r\x1b[L{text}\n\n")  # up, column 1, insert a line
-            sys.stdout.flush()
-        else:
-            self.say(text)
 
-
-class DaemonProcess:
-    """``devicelink --config CFG run``: stdout is this terminal, stderr goes to a log file."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.tail: deque[str] = deque(maxlen=12)
-        self._ready = threading.Event()  # "devicelink ready on" was logged, or the log ended
-        self._ready_seen = False
-        self.proc: subprocess.Popen | None = None
-        self._reader: threading.Thread | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "DEVICELINK_CONFIG")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devicelink", "--config", str(self.config), "run"],
-            stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE, text=True, env=env)
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(READY_TIMEOUT):
-            raise DemoFailed(f"the daemon did not get ready within {READY_TIMEOUT:g} s", show_log=True)
-        if not self._ready_seen:  # its log ended: it exited, or is about to
-            self.proc.wait(timeout=10)
-            self.check_alive()
-
-    def _read_log(self) -> None:
-        assert self.proc and self.proc.stderr
-        with open(self.log_path, "w") as log:
-            for line in self.proc.stderr:
-                log.write(line)
-                log.flush()
-                self.tail.append(line.rstrip("\n"))
-                if not self._ready_seen and "devicelink ready on" in line:
-                    self._ready_seen = True
-                    self._ready.set()
-        self._ready.set()  # the daemon is gone: stop waiting
-
-    def check_alive(self) -> None:
-        code = self.proc.poll() if self.proc else None
-        if code is not None:
-            if self._reader:
-                self._reader.join(timeout=5)  # its last words
-            raise DemoFailed(f"the daemon {_exit_text(code)}", show_log=True)
-
-    def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, but fail at once if the daemon dies meanwhile."""
-        try:
-            self.proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            return
-        self.check_alive()
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        if self._reader:
-            self._reader.join(timeout=5)
-        return code
+def scripted_phone(uri: str, user: str = "alice") -> str:
+    """What a phone does with the QR code: open ``uri`` (the verification page with the code
+    filled in), check the code is there, and approve as ``user``. The answer page's text."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    code = urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).get("user_code", [""])[0]
+    with opener.open(uri, timeout=10) as page:
+        html = page.read().decode("utf-8", "replace")
+    if code not in html or 'value="approve"' not in html:
+        raise DemoFailed(f"the verification page at {uri} does not show the code {code} with an Approve button")
+    form = urllib.parse.urlencode({"user_code": code, "user": user, "action": "approve"}).encode()
+    target = urllib.parse.urljoin(uri, "/device")
+    with opener.open(urllib.request.Request(target, data=form, method="POST"), timeout=10) as answer:
+        return answer.read().decode("utf-8", "replace")
 
 
 class Demo:
-    def __init__(self, human: bool, approve_after: float, keep: bool) -> None:
+    def __init__(self, human: bool, approve_after: float, keep: bool, stay: bool = False,
+                 port: int = DEFAULT_PORT) -> None:
         self.human = human
         self.approve_after = approve_after
         self.keep = keep
+        self.stay = stay
         self.term = Terminal()
-        self.dir = Path(tempfile.mkdtemp(prefix="dlsim-", dir="/tmp"))  # short: AF_UNIX paths
-        self.config = self.dir / "config.toml"
+        self.sim = Simulation(port=port, port_fallback=port == DEFAULT_PORT, keep=keep, interval=2,
+                              access_token_lifetime=3600, scope=SCOPE,
+                              extra_config="\n[pairing]\nrestart_on_expiry = 0   # one code; the demo ends if it expires\n")
+        self.dir = self.sim.directory
         self.socket = str(self.dir / "agent.sock")
-        self.server: DevServer | None = None
-        self.daemon: DaemonProcess | None = None
+        self.config = self.dir / "config.toml"
         self._server_log: logging.Handler | None = None
+        self._stop = threading.Event()
         script = Path(sys.executable).parent / "devicelink"
         # Run the `devicelink` command itself; fall back to the module when it is not installed as a script.
         self.devicelink = [str(script)] if script.exists() else [sys.executable, "-m", "devicelink"]
+
+    @property
+    def daemon(self):
+        return self.sim.device
 
     # -- the story ---------------------------------------------------------------
 
     def play(self) -> None:
         say, step = self.term.say, self.term.step
-        step("Starting the development authorization server")
-        self._start_server()
-        say(f"  issuer {self.server.issuer}   (its log: {self.dir / 'server.log'})")
-        self._write_config()
-        step(f"Starting the daemon: devicelink --config {self.config} run")
-        say(f"  its log: {self.dir / 'daemon.log'}")
-        self.daemon = DaemonProcess(self.config, self.dir / "daemon.log")
-        self.daemon.start()
+        step("Starting the development authorization server and the virtual device")
+        self._log_server()
+        try:
+            self.sim.start()
+        except DeviceFailed as exc:
+            raise DemoFailed(f"the virtual device did not start: {exc}", show_log=True) from None
+        except OSError as exc:
+            raise DemoFailed(f"cannot start on 127.0.0.1: {exc.strerror or exc}") from None
+        device = self.sim.device
+        say(f"  issuer {self.sim.issuer}   (its log: {self.dir / 'server.log'})")
+        say(f"  the daemon: devicelink --config {self.config} run   (its log: {device.log_path})")
+        say(f"  on a virtual board: a {device.size[0]}x{device.size[1]} screen (the png driver, {device.screen_dir}),"
+            f" an LED on GPIO17 and a button on GPIO27 (gpiozero's mock pins)")
+        say(f"  serial {device.serial}: it registers itself (RFC 7591) with a key of its own, then pairs")
+        step(f"Watch it and click it: {self.sim.url}")
+        say("  (its screen, LED and button live; the phone's verification page; the server's fault switches)")
 
-        with Client(self.socket, timeout=5) as client:
-            status = self._wait(client, lambda s: s.get("pairing"), CODE_TIMEOUT, "show a pairing code")
-            code = status["pairing"]["user_code"]
-            if self.human:
-                self._let_a_human_approve(status["pairing"])
-                status = self._wait(client, self._paired, HUMAN_TIMEOUT, "be paired")
-            else:
-                self.daemon.wait(self.approve_after)
-                self.term.during_pairing(f"📱 A scripted phone approves code {code}")
-                try:
-                    self.server.approve(code, subject="alice", name="Alice Example")
-                except KeyError:
-                    raise DemoFailed(f"the server no longer knows the code {code} (expired?)") from None
-                status = self._wait(client, self._paired, PAIRED_TIMEOUT, "be paired")
+        status = self._wait(lambda s: s.get("pairing"), CODE_TIMEOUT, "show a pairing code")
+        pairing = status["pairing"]
+        code, uri = pairing["user_code"], pairing.get("verification_uri_complete") or pairing["verification_uri"]
+        step(f"The device shows code {code} and a QR code for {uri}")
+        say(f"  its screen: {device.screen_dir / 'latest.png'}; its LED breathes (pairing)")
+        if self.human:
+            say(f"👤 Approve it yourself: open {self.sim.url}, click Scan the code, then Approve on the phone")
+            say(f"   (or open {uri} in a browser). Waiting for you...")
+            status = self._wait(self._paired, HUMAN_TIMEOUT, "be paired")
+        else:
+            if self.approve_after and self._stop.wait(self.approve_after):
+                raise KeyboardInterrupt
+            say(f"📱 A scripted phone scans the QR code, opens {uri} and approves as Alice Example")
+            try:
+                answer = scripted_phone(uri)
+            except OSError as exc:
+                raise DemoFailed(f"the scripted phone could not approve: {exc}") from None
+            if "Approved" not in answer:
+                raise DemoFailed(f"the verification page did not approve code {code} (expired?)")
+            status = self._wait(self._paired, PAIRED_TIMEOUT, "be paired")
 
         account = status["account"] or {}
+        # The LED follows the state over the pin wire: give its level a moment to arrive.
+        self.sim.hub.wait_for(lambda values: (values.get("led") or {}).get("value") == 1.0, 5)
+        led = (self.sim.hub.get("led") or {}).get("value")
         say()
-        step(f"The daemon is paired: code {code} was approved as {account.get('sub')!r} "
-             f"({account.get('name')})")
+        step(f"The daemon is paired: code {code} was approved as {account.get('sub')!r} ({account.get('name')})")
+        say(f"  its screen says Paired as {account.get('name')}; its LED is {'on' if led == 1.0 else led}")
         say(f"  its tokens are encrypted in {self.dir / 'state'}")
         say(f"  apps ask it for an access token on {self.socket}")
         say()
@@ -222,29 +179,21 @@ class Demo:
                 else "  (not the token curl got: the daemon refreshed in between)")
         say()
         self._show_status()
-
-    def _let_a_human_approve(self, pairing: dict) -> None:
-        line = self.term.during_pairing
-        line("👤 Approve it yourself: in a browser on this machine, open")
-        line(f"     {pairing.get('verification_uri_complete') or pairing['verification_uri']}")
-        line(f"   (or {pairing['verification_uri']} and type the code). Waiting for you...")
+        if self.stay:
+            say()
+            step(f"The device keeps running: {self.sim.url} (press its button, break the server). Ctrl-C stops it.")
+            self.daemon.proc.wait()
+            raise DemoFailed(f"the daemon {_exit_text(self.daemon.proc.returncode)}", show_log=True)
 
     # -- the pieces ----------------------------------------------------------------
 
-    def _start_server(self) -> None:
+    def _log_server(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._server_log = logging.FileHandler(self.dir / "server.log")
         self._server_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         sim_logger = logging.getLogger("devicelink_sim")
         sim_logger.addHandler(self._server_log)
         sim_logger.setLevel(logging.INFO)
-        try:
-            self.server = DevServer(interval=2).start()
-        except OSError as exc:
-            raise DemoFailed(f"cannot start the development server on 127.0.0.1: {exc.strerror}") from None
-
-    def _write_config(self) -> None:
-        write_config(self.dir, self.server.issuer, self.server.client_id, scope=SCOPE, display="terminal",
-                     extra="\n[pairing]\nrestart_on_expiry = 0   # one code; the demo ends if it expires\n")
 
     @staticmethod
     def _paired(status: dict) -> bool:
@@ -256,23 +205,14 @@ class Demo:
         reason = status.get("last_error") or status.get("message") or "no reason given"
         raise DemoFailed(f"pairing ended in state {state!r}: {reason}")
 
-    def _wait(self, client: Client, done, timeout: float, what: str) -> dict:
-        """Poll the status until ``done(status)``; fail if the daemon dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        status: dict = {}
-        while True:
-            self.daemon.check_alive()
-            try:
-                status = client.status()
-            except (DaemonUnreachable, DaemonError) as exc:
-                self.daemon.check_alive()
-                raise DemoFailed(f"cannot ask the daemon for its status: {exc}", show_log=True) from None
-            if done(status):
-                return status
-            if time.monotonic() > deadline:
-                why = f" (last error: {status['last_error']})" if status.get("last_error") else ""
-                raise DemoFailed(f"the daemon did not {what} within {timeout:g} s{why}", show_log=True)
-            time.sleep(POLL)
+    def _wait(self, done, timeout: float, what: str) -> dict:
+        """The status once ``done(status)``, pushed by the daemon's events; fail if it dies or time runs out."""
+        try:
+            return self.sim.device.wait_for_status(done, timeout)
+        except DeviceFailed as exc:
+            raise DemoFailed(str(exc), show_log=True) from None
+        except TimeoutError as exc:
+            raise DemoFailed(f"the daemon did not {what} within {timeout:g} s ({exc})", show_log=True) from None
 
     def _token_with_curl(self) -> str | None:
         curl = shutil.which("curl")
@@ -324,20 +264,17 @@ class Demo:
     # -- the end -------------------------------------------------------------------
 
     def cleanup(self) -> int | None:
-        """Stop the daemon and the server, remove the temp dir unless --keep; the daemon's exit status."""
-        code = self.daemon.stop() if self.daemon else None
-        if self.server is not None:
-            self.server.stop()
+        """Stop the daemon, the page and the server, remove the temp dir unless --keep; the daemon's exit status."""
+        code = self.sim.stop()
         if self._server_log is not None:
             logging.getLogger("devicelink_sim").removeHandler(self._server_log)
             self._server_log.close()
-        if not self.keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
         return code
 
 
-def run(human: bool = False, approve_after: float = 4.0, keep: bool = False) -> int:
-    demo = Demo(human, approve_after, keep)
+def run(human: bool = False, approve_after: float = 4.0, keep: bool = False, stay: bool = False,
+        port: int = DEFAULT_PORT) -> int:
+    demo = Demo(human, approve_after, keep, stay, port)
     term = demo.term
     failure: DemoFailed | None = None
     interrupted = False
@@ -352,33 +289,27 @@ def run(human: bool = False, approve_after: float = 4.0, keep: bool = False) -> 
     except Exception as exc:  # a bug, or something unforeseen: still one line, still cleaned up
         failure = DemoFailed(f"unexpected {type(exc).__name__}: {exc}", show_log=True)
     finally:
-        # No second interruption halfway through stopping the daemon.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            daemon_exit = demo.cleanup()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+        daemon_exit = uninterrupted(demo.cleanup, previous)
 
-    # Printed after the daemon stopped: on a TTY it clears a pairing screen when it exits.
     if failure is None and not interrupted and daemon_exit not in (0, None):
         failure = DemoFailed(f"the daemon {_exit_text(daemon_exit)} when asked to stop", show_log=True)
-    if failure is not None and failure.show_log and demo.daemon and demo.daemon.tail:
+    tail = demo.daemon.log_tail if demo.daemon else ()
+    if failure is not None and failure.show_log and tail:
         term.say("The daemon's last log lines:")
-        for line in demo.daemon.tail:
+        for line in tail:
             term.say(f"  | {line}")
     where = f"; kept {demo.dir}" if demo.keep else ""
     if interrupted:
-        term.fail(f"devicelink-sim demo: interrupted; stopped the daemon and the server{where}")
-        return 130
+        term.fail(f"devicelink-sim demo: interrupted; stopped the daemon and the servers{where}")
+        return 130 if not demo.stay else 0
     if failure is not None:
         term.fail(f"devicelink-sim demo: {failure}{where}")
         return 1
     term.say()
-    term.step("Stopped the daemon (SIGTERM) and the server; "
-              + (f"kept {demo.dir} (config.toml, daemon.log, server.log, state/)" if demo.keep
+    term.step("Stopped the daemon (SIGTERM), its page and the server; "
+              + (f"kept {demo.dir} (config.toml, daemon.log, server.log, screen/, state/)" if demo.keep
                  else f"removed {demo.dir}"))
     if not demo.human:
-        term.say("  To approve the code yourself in a browser: devicelink-sim demo --human")
+        term.say("  To approve the code yourself on the device's page: devicelink-sim demo --human")
+        term.say("  To keep the device running and play with it: devicelink-sim device")
     return 0

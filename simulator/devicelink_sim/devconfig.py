@@ -6,10 +6,10 @@ from pathlib import Path
 
 
 def write_config(directory: Path, issuer: str, client_id: str, *, extra: str = "", display: str = "none",
-                 scope: str = "openid profile offline_access") -> Path:
+                 scope: str = "openid profile offline_access", display_extra: str = "") -> Path:
     """``directory/config.toml`` with the state dir and socket inside ``directory`` (relative
     paths are relative to the config file). ``extra`` is appended to ``[provider]`` and may
-    open further tables."""
+    open further tables; ``display_extra`` to ``[display]`` (the last table)."""
     path = directory / "config.toml"
     path.write_text(f"""\
 [provider]
@@ -30,5 +30,5 @@ path = "agent.sock"
 
 [display]
 driver = "{display}"
-""")
+{display_extra}""")
     return path

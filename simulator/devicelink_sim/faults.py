@@ -33,6 +33,12 @@ and from ``devicelink-sim server --fault token:status,status=503,times=3``
 (see :func:`parse_spec`). Every request to the five endpoints lands in
 :attr:`Faults.log`, and token requests also in ``srv.stats``.
 
+Switches are what the virtual device's page and ``devicelink-sim faults on|off``
+toggle live: :meth:`Faults.switch` puts one rule per (endpoint, kind) in place,
+lasting until it is switched off (:data:`SWITCH_DEFAULTS` gives each kind's
+fields), and switching it off removes that rule alone. Whatever changes the
+rules, and every request, tells :attr:`Faults.watchers`.
+
 The rules and the log are here; fault_layer.py applies them to the server's requests.
 """
 
@@ -48,7 +54,8 @@ from typing import Any
 
 from .settings import DEVICE_CODE_GRANT_TYPE
 
-__all__ = ["ENDPOINTS", "KINDS", "EndpointFaults", "Fault", "Faults", "Hit", "outcome_of", "parse_spec"]
+__all__ = ["ENDPOINTS", "KINDS", "SWITCH_DEFAULTS", "SWITCH_KINDS", "EndpointFaults", "Fault", "Faults", "Hit",
+           "outcome_of", "parse_spec", "parse_switch"]
 
 ENDPOINTS = ("token", "device", "revocation", "discovery", "registration")
 KINDS = ("ok", "status", "reset", "close", "timeout", "malformed", "oversized", "revoke")
@@ -57,6 +64,22 @@ _SHORTHANDS: dict[str, dict[str, Any]] = {
     "rate_limit": {"status": 429},
     "error_body": {"status": 200, "error": "server_error"},  # GitHub answers errors with 200
 }
+#: What a switch of each kind puts in place unless told otherwise (the page has no fields to fill):
+#: every kind and shorthand, with times=None (until switched off). ``ok`` is latency.
+SWITCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ok": {"delay": 3.0},
+    "status": {"status": 503},          # a proxy's HTML page
+    "reset": {},
+    "close": {},
+    "timeout": {"hold": 60.0},          # past the daemon's 30 s deadline; release() ends it sooner
+    "malformed": {},
+    "oversized": {},
+    "revoke": {},
+    "slow_down": {},
+    "rate_limit": {"retry_after": 5},
+    "error_body": {},
+}
+SWITCH_KINDS = tuple(SWITCH_DEFAULTS)
 
 
 @dataclass
@@ -132,6 +155,7 @@ class EndpointFaults:
     def add(self, *faults: Fault) -> EndpointFaults:
         with self._owner.lock:
             self.rules.extend(faults)
+        self._owner.changed()
         return self
 
     def schedule(self, faults: Iterable[Fault | dict[str, Any]]) -> EndpointFaults:
@@ -178,6 +202,7 @@ class EndpointFaults:
     def clear(self) -> None:
         with self._owner.lock:
             self.rules.clear()
+        self._owner.changed()
 
     def _pick(self, rng: random.Random) -> Fault | None:
         """The rule this request gets, or None for the real answer. Holds the owner's lock."""
@@ -208,6 +233,19 @@ class Faults:
         self.registration = EndpointFaults("registration", self)  # RFC 7591 POST /register
         #: Every request to the five endpoints, in arrival order (the oldest dropped past ``log_size``).
         self.log: deque[Hit] = deque(maxlen=log_size)
+        #: (endpoint, kind) -> the rule a switch put in place (switch()).
+        self._switches: dict[tuple[str, str], Fault] = {}
+        #: Called with no arguments after the rules change or a request arrives (the virtual
+        #: device's page listens); called outside the lock, and must not block.
+        self.watchers: list[Callable[[], None]] = []
+
+    def changed(self) -> None:
+        """Tell the watchers (the rules changed, or a request arrived)."""
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception:  # a broken page must not break the server
+                pass
 
     def endpoint(self, name: str) -> EndpointFaults:
         if name not in ENDPOINTS:
@@ -227,11 +265,43 @@ class Faults:
             self._released = threading.Event()
 
     def clear(self) -> None:
-        """No more faults: drop every rule and release what is held."""
+        """No more faults: drop every rule (switches too) and release what is held."""
         with self.lock:
             for name in ENDPOINTS:
                 self.endpoint(name).rules.clear()
+            self._switches.clear()
         self.release()
+        self.changed()
+
+    def switch(self, endpoint: str, kind: str, on: bool = True, **fields: Any) -> Fault | None:
+        """Turn the switch for ``kind`` on ``endpoint`` on (its rule appended, lasting until switched
+        off: ``times=None`` and :data:`SWITCH_DEFAULTS` unless ``fields`` say otherwise) or off (that
+        rule removed, and what it holds released). Switching on again replaces the rule. A request
+        gets the first rule with uses left, so of two switches on one endpoint the first one on wins.
+        Returns the rule now in place, or None. ValueError for an unknown endpoint, kind or field."""
+        rules = self.endpoint(endpoint).rules
+        if kind not in SWITCH_DEFAULTS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(SWITCH_KINDS)}")
+        fault = Fault.from_dict({"kind": kind, "times": None, **SWITCH_DEFAULTS[kind], **fields}) if on else None
+        with self.lock:
+            old = self._switches.pop((endpoint, kind), None)
+            if old is not None and any(rule is old for rule in rules):
+                rules[:] = [rule for rule in rules if rule is not old]
+            if fault is not None:
+                rules.append(fault)
+                self._switches[(endpoint, kind)] = fault
+        if old is not None and fault is None and old.kind in ("timeout", "ok"):
+            self.release()  # a held request of the switch just turned off ends now
+        self.changed()
+        return fault
+
+    def switches(self) -> list[dict[str, Any]]:
+        """The switches that are on: ``[{"endpoint", "kind", "fault": {...}}]`` (a switch whose rule
+        was given a number of ``times`` is off once they are spent)."""
+        with self.lock:
+            return [{"endpoint": endpoint, "kind": kind, "fault": rule.to_dict()}
+                    for (endpoint, kind), rule in self._switches.items()
+                    if not rule.spent and any(r is rule for r in self.endpoint(endpoint).rules)]
 
     def revoke_grants(self) -> int:
         """Revoke every grant at the server now, as an administrator would; returns how many."""
@@ -260,12 +330,14 @@ class Faults:
 
             {"clear": true, "seed": 7, "release": true, "revoke_grants": true,
              "token": [{"kind": "status", "status": 503, "times": 3}, {"kind": "reset"}],
-             "device": [...], "revocation": [...], "discovery": [...]}
+             "device": [...], "revocation": [...], "discovery": [...],
+             "switch": [{"endpoint": "token", "kind": "reset", "on": true}, ...]}
 
-        ``clear`` first, then the rules are appended, then ``revoke_grants``. ValueError for a bad body."""
+        ``clear`` first, then the rules are appended, then the switches are turned (each
+        object's other fields go to the rule), then ``revoke_grants``. ValueError for a bad body."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
-        unknown = set(body) - {"clear", "seed", "release", "revoke_grants", *ENDPOINTS}
+        unknown = set(body) - {"clear", "seed", "release", "revoke_grants", "switch", *ENDPOINTS}
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
         rules = {}
@@ -277,12 +349,19 @@ class Faults:
                 rules[name] = [Fault.from_dict(f) for f in given]
             except TypeError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+        switches = _switch_list(body.get("switch", []))
         if body.get("clear"):
             self.clear()
         if "seed" in body:
             self.seed(body["seed"])
         for name, faults in rules.items():
-            self.endpoint(name).add(*faults)
+            if faults:
+                self.endpoint(name).add(*faults)
+        for endpoint, kind, on, fields in switches:
+            try:
+                self.switch(endpoint, kind, on, **fields)
+            except TypeError as exc:
+                raise ValueError(f"switch: {exc}") from None
         if body.get("release"):
             self.release()
         if body.get("revoke_grants"):
@@ -292,7 +371,7 @@ class Faults:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             rules = {name: [r.to_dict() for r in self.endpoint(name).rules if not r.spent] for name in ENDPOINTS}
-        return {**rules, **self.counts()}
+        return {**rules, "switches": self.switches(), **self.counts()}
 
     # -- requests ------------------------------------------------------------------
 
@@ -303,7 +382,35 @@ class Faults:
             rule = self.endpoint(endpoint)._pick(self.rng)
             hit = Hit(at, endpoint, _request_name(endpoint, grant_type), rule and rule.kind)
             self.log.append(hit)
-            return rule, hit, self._released
+            released = self._released
+        self.changed()
+        return rule, hit, released
+
+
+def _switch_list(given: Any) -> list[tuple[str, str, bool, dict[str, Any]]]:
+    """``POST /sim/faults``'s ``switch``: a list of ``{"endpoint", "kind", "on", ...fields}``, checked
+    whole before any is turned."""
+    if isinstance(given, dict):
+        given = [given]
+    if not isinstance(given, list) or not all(isinstance(s, dict) for s in given):
+        raise ValueError("switch: expected a list of {endpoint, kind, on} objects")
+    out = []
+    for item in given:
+        fields = dict(item)
+        endpoint, kind, on = fields.pop("endpoint", None), fields.pop("kind", None), fields.pop("on", True)
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"switch: endpoint must be one of {', '.join(ENDPOINTS)}")
+        if kind not in SWITCH_DEFAULTS:
+            raise ValueError(f"switch: kind must be one of {', '.join(SWITCH_KINDS)}")
+        if not isinstance(on, bool):
+            raise ValueError("switch: on must be true or false")
+        if on:  # a bad field is refused before anything changes
+            try:
+                Fault.from_dict({"kind": kind, "times": None, **SWITCH_DEFAULTS[kind], **fields})
+            except TypeError as exc:
+                raise ValueError(f"switch: {exc}") from None
+        out.append((endpoint, kind, on, fields))
+    return out
 
 
 def _request_name(endpoint: str, grant_type: str) -> str:
@@ -328,21 +435,40 @@ def outcome_of(status: int, body: Any) -> str:
 def parse_spec(spec: str) -> tuple[str, Fault]:
     """``ENDPOINT:KIND[,FIELD=VALUE...]`` (the CLI's ``--fault``), e.g. ``token:status,status=503,times=3``,
     ``token:slow_down,times=20``, ``device:reset``, ``token:timeout,probability=0.2,times=none``."""
+    endpoint, kind, fields = _split_spec(spec)
+    try:
+        return endpoint, Fault.from_dict({"kind": kind, **fields})
+    except TypeError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None
+
+
+def parse_switch(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``ENDPOINT:KIND[,FIELD=VALUE...]`` for a switch (``devicelink-sim faults on``): the endpoint, the
+    kind as named (shorthands kept: ``slow_down``, ``rate_limit``, ``error_body``) and the fields
+    that differ from :data:`SWITCH_DEFAULTS`. ValueError for a bad one."""
+    endpoint, kind, fields = _split_spec(spec)
+    if kind not in SWITCH_DEFAULTS:
+        raise ValueError(f"{spec!r}: KIND must be one of {', '.join(SWITCH_KINDS)}")
+    try:
+        Fault.from_dict({"kind": kind, "times": None, **SWITCH_DEFAULTS[kind], **fields})
+    except TypeError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None
+    return endpoint, kind, fields
+
+
+def _split_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     endpoint, sep, rest = spec.partition(":")
     if not sep or endpoint not in ENDPOINTS:
         raise ValueError(f"{spec!r}: expected ENDPOINT:KIND[,FIELD=VALUE...] with ENDPOINT one of "
                          + ", ".join(ENDPOINTS))
     kind, *pairs = rest.split(",")
-    data: dict[str, Any] = {"kind": kind.strip()}
+    fields: dict[str, Any] = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
         if not eq:
             raise ValueError(f"{spec!r}: {pair!r} is not FIELD=VALUE")
-        data[name.strip()] = _value(value.strip())
-    try:
-        return endpoint, Fault.from_dict(data)
-    except TypeError as exc:
-        raise ValueError(f"{spec!r}: {exc}") from None
+        fields[name.strip()] = _value(value.strip())
+    return endpoint, kind.strip(), fields
 
 
 def _value(text: str) -> Any:

@@ -680,7 +680,7 @@ def test_resource_on_refresh_when_the_device_authorization_named_none(srv, http)
 def test_several_resources(srv, http):
     code = authorize_with(http, srv, resource=[API, MEDIA])
     page = http.get(code["verification_uri_complete"]).text
-    assert f"To use: {API}, {MEDIA}" in page
+    assert f"To use</dt><dd>{API}, {MEDIA}</dd>" in page
     srv.approve(code["user_code"])
     # A poll may narrow the audience too (RFC 8707 §2.2), to resources that were asked for.
     assert error(poll(http, srv, code["device_code"], data={"client_id": srv.client_id,

@@ -1,4 +1,5 @@
-"""`devicelink-sim demo` end to end: the real dev server, daemon, curl and CLI, as a person runs it."""
+"""`devicelink-sim demo` end to end: the real dev server, the virtual device (the real daemon on a png
+screen and mock pins), the scripted phone on the verification page, curl and the CLI, as a person runs it."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ from PIL import Image
 
 from devicelink.tokens.keys import load_key
 from devicelink.tokens.store import EncryptedFileStore
-
-BLOCKS = {" ": (False, False), "▀": (True, False), "▄": (False, True), "█": (True, True)}
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def run_demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,20 +41,11 @@ def find(record, key: str):
     return None
 
 
-def decode_qr(out: str) -> str:
-    """The one QR code drawn in ``out`` (half blocks, ink is dark), decoded."""
-    lines = [line for line in ANSI.sub("", out).split("\n") if line and set(line) <= BLOCKS.keys()]
-    assert len(lines) >= 15, "no QR code drawn"
-    rows = [[BLOCKS[ch][half] for ch in line] for line in lines for half in (0, 1)]
-    width = max(map(len, rows))
-    img = Image.new("L", (width, len(rows)), 255)
-    for y, row in enumerate(rows):
-        for x, dark in enumerate(row):
-            if dark:
-                img.putpixel((x, y), 0)
-    found = zxingcpp.read_barcodes(img.resize((width * 4, len(rows) * 4), Image.Resampling.NEAREST))
-    assert len(found) == 1, found
-    return found[0].text
+def decode_qr(path: Path) -> str | None:
+    """The QR code on a frame the png driver wrote, decoded (None if it has none)."""
+    img = Image.open(path).convert("L")
+    found = zxingcpp.read_barcodes(img.resize((img.width * 4, img.height * 4), Image.Resampling.NEAREST))
+    return found[0].text if len(found) == 1 else None
 
 
 def test_demo_pairs_the_real_daemon_and_never_prints_a_whole_token():
@@ -67,11 +56,17 @@ def test_demo_pairs_the_real_daemon_and_never_prints_a_whole_token():
         assert result.returncode == 0, out
         assert kept, out
 
-        # The daemon drew its pairing screen here: the user code, and a QR code that carries it.
-        code = re.search(r"Code:\s+([A-Z]{4}-[A-Z]{4})", out).group(1)
-        assert f"A scripted phone approves code {code}" in out
-        assert decode_qr(out).endswith(f"/device?user_code={code}")
-        assert "Paired as Alice Example" in out
+        # The page's address for whoever wants to watch, then the code; the virtual screen's
+        # frames (kept) carry a QR code of the address the scripted phone opened.
+        assert re.search(r"Watch it and click it: http://127\.0\.0\.1:\d+/\n", out), out
+        code = re.search(r"The device shows code ([A-Z]{4}-[A-Z]{4}) and a QR code for (\S+)\n", out)
+        uri = code.group(2)
+        code = code.group(1)
+        assert uri.endswith(f"/device?user_code={code}")
+        assert f"A scripted phone scans the QR code, opens {uri} and approves as Alice Example" in out
+        frames = sorted((Path(kept.group(1)) / "screen").glob("frame-*.png"))
+        assert uri in {decode_qr(frame) for frame in frames}
+        assert "its screen says Paired as Alice Example; its LED is on" in out
 
         # The grant the daemon stored (encrypted) is what curl and the CLI were given.
         state_dir = Path(kept.group(1)) / "state"
@@ -125,8 +120,9 @@ def test_server_command_runs_the_dev_server_until_sigterm():
         assert proc.wait(timeout=30) == 0
 
 
-def test_help_lists_both_commands():
+def test_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "devicelink_sim.cli", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    assert "demo" in result.stdout and "server" in result.stdout
+    for command in ("demo", "device", "faults", "server", "fleet"):
+        assert command in result.stdout
