@@ -11,14 +11,15 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from contextlib import AsyncExitStack
-
 from typing import TYPE_CHECKING, Any, Callable
 
 from devicelink.config import Config
 from devicelink.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
+    from devicelink.engine import Device
     from devicelink.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ def reload_policy(cfg: Config, current: Policy) -> Policy:
         return current
 
 
-def signing_params(cfg: Config, endpoints: Callable[[], Any]) -> dict[str, Any]:
+def signing_params(cfg: Config, endpoints: Callable[[], Any],
+                   wall_clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """What signs with the device's key: ``private_key_jwt`` (the key, loaded or made now; the
     issuer; the audience; the token endpoint as ``endpoints()`` knows it when a request goes)
-    and DPoP proofs (``dpop``, RFC 9449), the same key. Nothing for a daemon that does neither:
-    then no key code (``cryptography``'s EC) is imported."""
+    and DPoP proofs (``dpop``, RFC 9449), the same key, both dated by ``wall_clock``. Nothing
+    for a daemon that does neither: then no key code (``cryptography``'s EC) is imported."""
     p = cfg.provider
     if p.client_auth != "private_key_jwt" and not p.dpop:
         return {}
@@ -82,11 +84,11 @@ def signing_params(cfg: Config, endpoints: Callable[[], Any]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if p.client_auth == "private_key_jwt":
         params.update(signer=signer, issuer=p.issuer, audience=p.assertion_audience or ("issuer",),
-                      token_endpoint=lambda: (found := endpoints()) and found.token_endpoint)
+                      token_endpoint=lambda: (found := endpoints()) and found.token_endpoint, wall_clock=wall_clock)
     if p.dpop:
         from devicelink.oauth.auth.dpop import DPoP
 
-        params["dpop"] = DPoP(signer)
+        params["dpop"] = DPoP(signer, wall_clock=wall_clock)
     return params
 
 
@@ -94,10 +96,8 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT arrive)."""
     from devicelink import systemd
     from devicelink.display.factory import open_display
-    from devicelink.engine import Device
     from devicelink.ipc.api import SocketApi
     from devicelink.ipc.server import SocketServer
-    from devicelink.oauth.http import ClientAuth, OAuthHttp
     from devicelink.tokens.keys import load_key
     from devicelink.tokens.store import EncryptedFileStore, ensure_private_dir
 
@@ -111,11 +111,6 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     ensure_private_dir(cfg.storage.state_dir)
     key, key_source = load_key(cfg.storage.key, cfg.storage.state_dir)
     store = EncryptedFileStore(cfg.storage.state_dir, key, set_aside=True)
-    registered = None
-    if cfg.registration is not None:  # the registered client_id, everywhere (engine/registering.py)
-        cfg, registered = registration_at_start(cfg, key)
-    # Under the state lock, as it may make the key. `device` is made below; the lambda reads it at a send.
-    signing = signing_params(cfg, lambda: device.endpoints)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,16 +126,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     async with AsyncExitStack() as stack:
         display = open_display(cfg)  # configured but missing hardware: a start-up error naming the fix
         stack.callback(display.close)
-        # No HTTP client yet: OAuthHttp makes one when a request is due and closes it when idle.
-        def make_auth(client_id: str) -> ClientAuth:
-            return ClientAuth(client_id, cfg.provider.client_auth, secret, **signing)
-
-        device = Device(cfg, store, OAuthHttp(None, make_auth(cfg.provider.client_id)), display=display,
-                        key_source=key_source)
-        if cfg.identity.new_key_on_reset:
-            device.renewing = renewing(cfg, device, (signing.get("signer") or signing["dpop"].signer))
-        if cfg.registration is not None:
-            device.registering = registering(cfg, device, key, signing["signer"], make_auth, registered)
+        device = assemble(cfg, store, key, key_source=key_source, secret=secret, display=display)
         await device.start()
         stack.push_async_callback(device.stop)
         if cfg.gpio is not None:
@@ -167,6 +153,37 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         logger.info("stopping")
         systemd.notify("STOPPING=1")
+
+
+def assemble(cfg: Config, store: Any, key: bytes, *, key_source: str | None, secret: str | None = None,
+             client: Any = None, clock: Callable[[], float] = time.monotonic, **engine: Any) -> Device:
+    """The engine as the daemon runs it, on the state ``store`` opened with ``key``: the
+    registered ``client_id`` in place of the configured one, the client authentication
+    (``secret``, or the device key's ``private_key_jwt`` and DPoP proofs), and the rooms that
+    register the device and replace its key. Under the state lock, as it may make the key.
+
+    ``client``: an ``httpx.AsyncClient`` to share (the fleet's); None: one is made when a
+    request is due and closed when idle. ``clock`` and ``engine`` (``display``,
+    ``wall_clock``, ``rng``, ``clock_synced``, ...) go to :class:`~devicelink.engine.Device`."""
+    from devicelink.engine import Device
+    from devicelink.oauth.http import ClientAuth, OAuthHttp
+
+    registered = None
+    if cfg.registration is not None:  # the registered client_id, everywhere (engine/registering.py)
+        cfg, registered = registration_at_start(cfg, key)
+    # `device` is made below; the lambda reads it when a request is sent.
+    signing = signing_params(cfg, lambda: device.endpoints, engine.get("wall_clock", time.time))
+
+    def make_auth(client_id: str) -> ClientAuth:
+        return ClientAuth(client_id, cfg.provider.client_auth, secret, **signing)
+
+    device = Device(cfg, store, OAuthHttp(client, make_auth(cfg.provider.client_id), clock=clock),
+                    key_source=key_source, clock=clock, **engine)
+    if cfg.identity.new_key_on_reset:
+        device.renewing = renewing(cfg, device, (signing.get("signer") or signing["dpop"].signer))
+    if cfg.registration is not None:
+        device.registering = registering(cfg, device, key, signing["signer"], make_auth, registered)
+    return device
 
 
 def registration_at_start(cfg: Config, key: bytes) -> tuple[Config, Any]:
