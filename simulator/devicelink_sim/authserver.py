@@ -61,7 +61,9 @@ class DevServer:
 
     `clock` (default `time.monotonic`) drives every expiry and the polling
     interval, so tests can step time instead of sleeping. ID tokens carry
-    wall-clock `iat`/`exp`, as their verifiers expect.
+    wall-clock `iat`/`exp`, as their verifiers expect, and client assertions, DPoP
+    proofs and software statements are checked against the wall clock: `wall_clock`
+    (default `time.time`; the fleet's runs on virtual time).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class DevServer:
         dpop_nonce: bool = False,
         client_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         registration: bool = False,
         fleet_keys: dict | None = None,
         statement_issuer: str | None = None,
@@ -104,7 +107,7 @@ class DevServer:
             dpop_nonce=dpop_nonce,
         )
         #: DPoP proofs (RFC 9449, dpop.py): checked against the wall clock (iat), as a server's are.
-        self.proofs = Proofs(require_nonce=dpop_nonce)
+        self.proofs = Proofs(require_nonce=dpop_nonce, wall=wall_clock)
         self._port = port
         self._clock = clock
         self.client_id = PUBLIC_CLIENT_ID
@@ -123,6 +126,7 @@ class DevServer:
                 ).confidential(),
             ],
             refresh_token_lifetime,
+            wall_clock,
         )
         self._keys = SigningKey()
         self._issuer: str | None = None
@@ -251,7 +255,7 @@ class DevServer:
             credential.login = Login(
                 acr=acr,
                 authenticated_at=self._clock() - session_age,
-                auth_time=int(time.time() - session_age),
+                auth_time=int(self._state.wall() - session_age),
             )
             credential.decision = (user, True)
         logger.info("user code %s approved as %s (%s)", user_code, subject, acr)
@@ -358,7 +362,7 @@ class DevServer:
                 return None
             grant = token.grant
             now = self._clock()
-            wall = time.time()
+            wall = self._state.wall()
             resources = token.resources
             return {
                 "active": not token.is_expired() and not token.is_revoked(),

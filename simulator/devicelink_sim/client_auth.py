@@ -23,6 +23,8 @@ from collections.abc import Callable
 from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from flask import request as flask_request
+from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 METHOD = "private_key_jwt"
@@ -32,9 +34,11 @@ MAX_LIFETIME = 300  # seconds from now an assertion's exp may be
 class PrivateKeyJwt(JWTBearerClientAssertion):
     CLIENT_AUTH_METHOD = METHOD
 
-    def __init__(self, issuer: Callable[[], str], seen: dict[tuple[str, str], float], assertions: list[dict]):
+    def __init__(self, issuer: Callable[[], str], seen: dict[tuple[str, str], float], assertions: list[dict],
+                 wall: Callable[[], float] = time.time):
         super().__init__(validate_jti=True, leeway=5)
         self.issuer = issuer
+        self.wall = wall  # seconds since the epoch: exp, iat and nbf are checked against it
         self.seen = seen  # (client_id, jti) -> when it may be forgotten (wall clock)
         self.assertions = assertions
         self._claims: dict | None = None  # of the assertion being checked
@@ -66,14 +70,27 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return KeySet.import_key_set(client.jwks)
 
     def verify_claims(self, claims):
-        super().verify_claims(claims)  # then validate_jti, below
-        now = time.time()
+        # Authlib's checks (RFC 7523 §3), on this server's wall clock rather than time.time().
+        registry = jwt.JWTClaimsRegistry(
+            now=lambda: int(self.wall()), leeway=self.leeway, iss={"essential": True}, sub={"essential": True},
+            aud={"essential": True, "values": self.get_audiences()}, exp={"essential": True})
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise InvalidClientError(description=exc.description) from exc
+        if claims["sub"] != claims["iss"]:
+            raise InvalidClientError(description="Issuer and Subject MUST match.")
+        if "jti" not in claims:
+            raise InvalidClientError(description="Missing JWT ID.")
+        if not self.validate_jti(claims, claims["jti"]):
+            raise InvalidClientError(description="JWT ID is used before.")
+        now = self.wall()
         if claims["exp"] > now + MAX_LIFETIME:
             raise InvalidClientError(description=f"exp is more than {MAX_LIFETIME} s ahead.")
         self._claims = dict(claims)
 
     def validate_jti(self, claims, jti):
-        now = time.time()
+        now = self.wall()
         for key, until in list(self.seen.items()):
             if until < now:
                 del self.seen[key]

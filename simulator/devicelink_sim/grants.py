@@ -78,7 +78,8 @@ class DevAuthorizationServer(AuthorizationServer):
         self.register_grant(_ClientCredentialsGrant)
         self.register_endpoint(_DeviceAuthorizationEndpoint(self))
         self.register_endpoint(_RevocationEndpoint)
-        self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions))
+        self.register_client_auth_method(PRIVATE_KEY_JWT, PrivateKeyJwt(issuer, state.assertion_ids, state.assertions,
+                                                                        state.wall))
         if settings.fleet is not None:  # RFC 7591 and RFC 7592: devices register themselves
             from .registration import ConfigurationEndpoint, RegistrationEndpoint
 
@@ -105,7 +106,7 @@ class DevAuthorizationServer(AuthorizationServer):
             refresh_scope = old.scope
         if "openid" in token.get("scope", "").split():
             token["id_token"] = self.keys.id_token(self.issuer(), request.client.get_client_id(), grant,
-                                                    self.settings.access_token_lifetime)
+                                                    self.settings.access_token_lifetime, self.state.wall())
         jkt = g.get("dpop_jkt")  # app.py checked the request's DPoP proof
         if jkt is not None and grant.jkt is None and "none" in request.client.auth_methods:
             grant.jkt = jkt  # RFC 9449 §5: a public client's refresh tokens are bound to its key

@@ -26,7 +26,6 @@ to find a device's duplicate registrations).
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import replace
 
 from authlib.oauth2.rfc6749 import AccessDeniedError
@@ -68,7 +67,7 @@ def _statement_claims(server, fleet: Fleet, statement: str) -> dict:
         raise InvalidSoftwareStatementError(
             description=f"The software statement does not verify with the fleet key ({type(exc).__name__}).")
     claims = dict(token.claims)
-    now = time.time()
+    now = server.state.wall()
     if fleet.issuer is not None and claims.get("iss") != fleet.issuer:
         raise InvalidSoftwareStatementError(description=f"The software statement is not from {fleet.issuer}.")
     if isinstance(claims.get("exp"), (int, float)) and claims["exp"] <= now:
@@ -166,7 +165,7 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
 
     def generate_client_info(self, request):
         # No client_secret: a device authenticates with its key.
-        return {"client_id": f"dev-{secrets.token_urlsafe(12)}", "client_id_issued_at": int(time.time())}
+        return {"client_id": f"dev-{secrets.token_urlsafe(12)}", "client_id_issued_at": int(self.server.state.wall())}
 
     def save_client(self, client_info, client_metadata, request):
         state = self.server.state

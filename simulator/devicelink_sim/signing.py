@@ -31,11 +31,12 @@ class SigningKey:
     def sign(self, claims: dict) -> str:
         return jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
 
-    def id_token(self, issuer: str, client_id: str, grant: Grant, lifetime: int) -> str:
-        """An ID token for `client_id` about the user and login behind `grant`."""
+    def id_token(self, issuer: str, client_id: str, grant: Grant, lifetime: int, wall: float | None = None) -> str:
+        """An ID token for `client_id` about the user and login behind `grant`, issued at
+        `wall` (seconds since the epoch; default: now)."""
         # Wall-clock times, as verifiers expect; auth_time and acr always (OIDC Core
         # §2 requires auth_time when max_age was asked for).
-        now = int(time.time())
+        now = int(time.time() if wall is None else wall)
         return self.sign(
             {
                 "iss": issuer,

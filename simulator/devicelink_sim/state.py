@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 
 from .records import (
@@ -38,9 +39,12 @@ logger = logging.getLogger("devicelink_sim.authserver")
 
 
 class State:
-    def __init__(self, clock: Clock, clients: list[Client], refresh_token_lifetime: float | None):
+    def __init__(self, clock: Clock, clients: list[Client], refresh_token_lifetime: float | None,
+                 wall: Clock = time.time):
         self.lock = threading.RLock()
         self.clock = clock
+        #: Seconds since the epoch: what JWTs are dated and checked by (the fleet's is virtual).
+        self.wall = wall
         self.refresh_token_lifetime = refresh_token_lifetime
         self.clients = {c.client_id: c for c in clients}
         self.device_codes: dict[str, DeviceCode] = {}

@@ -306,9 +306,10 @@ def test_the_key_code_is_imported_only_when_a_method_signs(tmp_path):
         results[method, dpop] = out.stdout.split()
     assert results == {
         ("none", False): ["-", "False", "False", "False"],
-        ("private_key_jwt", False): ["audience,issuer,signer,token_endpoint", "True", "True", "False"],
+        ("private_key_jwt", False): ["audience,issuer,signer,token_endpoint,wall_clock", "True", "True", "False"],
         ("none", True): ["dpop", "True", "True", "False"],
-        ("private_key_jwt", True): ["audience,dpop,issuer,signer,token_endpoint", "True", "True", "False"],
+        ("private_key_jwt", True): ["audience,dpop,issuer,signer,token_endpoint,wall_clock", "True", "True",
+                                    "False"],
     }
 
 
