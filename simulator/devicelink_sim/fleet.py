@@ -74,6 +74,15 @@ class FleetOptions:
     ntp_after: tuple[float, float] | None = (5.0, 30.0)  # NTP sets the clock this long after boot
     seed: int = 1
     state_root: Path | None = None  # default: a temporary directory (tmpfs when there is one)
+    #: Each unit makes its own key, registers itself (RFC 7591) and authenticates with
+    #: private_key_jwt (RFC 7523), as a unit from a factory line does (docs/identity.md).
+    identity: bool = False
+    dpop: bool = False  # tokens bound to the unit's key (RFC 9449)
+
+    def client(self) -> str:
+        """How the units authenticate, for the report."""
+        auth = "private_key_jwt, registered (RFC 7591)" if self.identity else "public client (none)"
+        return auth + (", DPoP-bound tokens" if self.dpop else "")
 
     def outage_s(self) -> float:
         return 2.0 * self.lifetime if self.outage is None else self.outage
@@ -84,6 +93,7 @@ class FleetReport:
     devices: int
     token_lifetime_s: int
     server: str
+    client: str
     outage_s: float
     peak_rps: float  # the highest PEAK_WINDOW-second average
     peak_1s_rps: int
@@ -97,6 +107,14 @@ class FleetReport:
     rss_mib: float
     cpu_s: float
     wall_s: float
+    #: What the server checked of the units' identity, over the whole run: registrations (RFC 7591),
+    #: the distinct keys and serials they registered, the client assertions and DPoP proofs that
+    #: passed its checks (one per signed request: the server keeps each, which adds to rss_mib).
+    registrations: int = 0
+    registered_keys: int = 0
+    registered_serials: int = 0
+    assertions_checked: int = 0
+    dpop_proofs_checked: int = 0
     timeline: list[dict[str, int]] = field(repr=False, default_factory=list)  # per second, from the power's return
 
 
@@ -129,6 +147,8 @@ def _kind(request: httpx.Request) -> str:
         return "device_authorization"
     if path.endswith("/revoke"):
         return "revocation"
+    if path.endswith("/register"):
+        return "registration"
     if path.endswith("/token"):
         grant_type = parse_qs(request.content.decode()).get("grant_type", [""])[0]
         return "refresh" if grant_type == "refresh_token" else "device_token"
@@ -152,9 +172,10 @@ class Unit:
 
 async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
     from devicelink.config import Config, PairingConfig, ProviderConfig, RefreshConfig, StorageConfig
-    from devicelink.engine import Device
+    from devicelink.daemon import assemble
+    from devicelink.identity.registration_settings import RegistrationConfig
+    from devicelink.identity.settings import IdentityConfig
     from devicelink.lifecycle import HOLDS_GRANT
-    from devicelink.oauth.http import ClientAuth, OAuthHttp
     from devicelink.tokens.store import EncryptedFileStore, ensure_private_dir
 
     from .authserver import DevServer
@@ -163,25 +184,30 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
     loop = asyncio.get_running_loop()
     started_wall, started_cpu = time.perf_counter(), time.process_time()
     rng = random.Random(options.seed)
-    server = DevServer(access_token_lifetime=options.lifetime, interval=5, clock=loop.time)
+
+    def wall() -> float:
+        return EPOCH + loop.time()
+
+    # The server checks assertions and proofs against the same virtual wall clock.
+    server = DevServer(access_token_lifetime=options.lifetime, interval=5, clock=loop.time, wall_clock=wall,
+                       registration=options.identity)
     log = RequestLog(server.serve_in_process(), loop.time)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     client = httpx.AsyncClient(transport=log, limits=limits)
     root = options.state_root or Path(tempfile.mkdtemp(prefix="devicelink-fleet-", dir=_scratch()))
     units = [Unit(i, root / f"unit-{i:05d}", random.Random(rng.random())) for i in range(options.devices)]
-    cfg_of = {}
 
     def engine(unit: Unit) -> Any:
-        cfg = cfg_of.get(unit.index) or Config(
-            provider=ProviderConfig(issuer=server.issuer, client_id=server.client_id,
-                                    scope="openid offline_access", allow_insecure_http=True),
+        """The unit's engine, as the daemon assembles it (daemon.assemble), on virtual time."""
+        cfg = Config(
+            provider=ProviderConfig(issuer=server.issuer, client_id=server.client_id, scope="openid offline_access",
+                                    allow_insecure_http=True, dpop=options.dpop,
+                                    client_auth="private_key_jwt" if options.identity else "none"),
             storage=StorageConfig(state_dir=unit.state_dir), pairing=PairingConfig(restart_on_expiry=10),
-            refresh=RefreshConfig(min_interval=30.0))
-        cfg_of[unit.index] = cfg
-        http = OAuthHttp(client, ClientAuth(server.client_id), clock=loop.time)
-        return Device(cfg, EncryptedFileStore(unit.state_dir, unit.key), http, clock=loop.time,
-                      wall_clock=lambda: EPOCH + loop.time(), rng=unit.rng, clock_synced=unit.synced,
-                      key_source="file")
+            refresh=RefreshConfig(min_interval=30.0), identity=IdentityConfig(serial=f"FLEET-{unit.index:05d}"),
+            registration=RegistrationConfig(client_name="devicelink fleet unit") if options.identity else None)
+        return assemble(cfg, EncryptedFileStore(unit.state_dir, unit.key), unit.key, key_source="file",
+                        client=client, clock=loop.time, wall_clock=wall, rng=unit.rng, clock_synced=unit.synced)
 
     async def owner(unit: Unit) -> None:
         """Sees the code on the unit's screen, and approves it on their phone some time later."""
@@ -261,9 +287,11 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
             after.update(c)
         recovered = None if pending else max(u.valid_at for u in units) - back_at
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        registered = server.registered_clients()
         return FleetReport(
             devices=options.devices, token_lifetime_s=options.lifetime,
             server="the development server (devicelink-sim server's app, in-process, on virtual time)",
+            client=options.client(),
             outage_s=options.outage_s(), peak_rps=round(peak, 2), peak_1s_rps=max(totals, default=0),
             mean_rps=round(mean, 2),
             peak_over_mean=round(peak / mean, 2) if mean else 0.0,
@@ -273,6 +301,9 @@ async def run_fleet(options: FleetOptions, progress: Any = None) -> FleetReport:
             requests_after_cut=dict(sorted(after.items())),
             rss_mib=round(usage.ru_maxrss / 1024, 1), cpu_s=round(time.process_time() - started_cpu, 1),
             wall_s=round(time.perf_counter() - started_wall, 1),
+            registrations=server.registrations, registered_keys=len({k for c in registered for k in c["kids"]}),
+            registered_serials=len({c["device_serial"] for c in registered}),
+            assertions_checked=len(server.assertions), dpop_proofs_checked=len(server.dpop_proofs),
             timeline=[{"t": t - int(back_at), **c} for t, c in zip(range(int(back_at), int(end_at)), per_second)])
     finally:
         await client.aclose()
@@ -318,13 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=float, default=FleetOptions.after,
                         help="lifetimes run after the power comes back")
     parser.add_argument("--no-ntp", action="store_true", help="the clocks are never synchronised after the cut")
+    parser.add_argument("--identity", action="store_true",
+                        help="each unit makes its own key, registers itself (RFC 7591) and authenticates with "
+                             "private_key_jwt, as a unit from a factory line does")
+    parser.add_argument("--dpop", action="store_true", help="tokens bound to each unit's key (RFC 9449)")
     parser.add_argument("--seed", type=int, default=FleetOptions.seed, help="the run's random seed")
     parser.add_argument("--json", action="store_true", help="print one JSON object (with a per-second timeline)")
     args = parser.parse_args(argv)
     if args.outage is not None and not args.outage >= 0:
         parser.error("--outage must be 0 or more seconds")
     options = FleetOptions(devices=args.devices, lifetime=args.lifetime, outage=args.outage, before=args.before,
-                           after=args.after, seed=args.seed, ntp_after=None if args.no_ntp else (5.0, 30.0))
+                           after=args.after, seed=args.seed, ntp_after=None if args.no_ntp else (5.0, 30.0),
+                           identity=args.identity, dpop=args.dpop)
     counted = _Counted()
     engine_log = logging.getLogger("devicelink")
     engine_log.addHandler(counted)
@@ -343,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(r: FleetReport, counted: _Counted) -> None:
     print(f"{r.devices} devices, access tokens of {r.token_lifetime_s} s, a {r.outage_s:.0f} s power cut; "
-          f"server: {r.server}")
+          f"server: {r.server}; clients: {r.client}")
     print("after the power came back, requests per second (10 s rows; --json has every second):")
     rows = [r.timeline[i:i + 10] for i in range(0, len(r.timeline), 10)]
     for i, row in enumerate(rows):
@@ -360,6 +396,11 @@ def _print(r: FleetReport, counted: _Counted) -> None:
     print(f"steady state: {r.requests_per_device_hour} requests per device per hour")
     print(f"errors {r.errors}, grants lost {r.grants_lost}, engine warnings {counted.counts.get('WARNING', 0)}, "
           f"errors logged {counted.counts.get('ERROR', 0)}")
+    if r.registrations:
+        print(f"identity: {r.registrations} registrations ({r.registered_keys} keys, {r.registered_serials} serials); "
+              f"the server checked {r.assertions_checked} client assertions and {r.dpop_proofs_checked} DPoP proofs")
+    elif r.dpop_proofs_checked:
+        print(f"identity: the server checked {r.dpop_proofs_checked} DPoP proofs")
     print(f"simulator: {r.rss_mib} MiB peak RSS, {r.cpu_s} s CPU, {r.wall_s} s wall")
 
 
