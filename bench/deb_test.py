@@ -481,8 +481,10 @@ def measure(run: Run, box: Container, runs: int) -> None:
         # it (docs/clock.md), which is a request to the server, not startup.
         box.sh("mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized")
         # The grant was saved while the clock was not known to be right (the reboot before
-        # this cleared /run): the first token after the flag refreshes once and saves it
-        # with a trusted clock, so that each restart below serves its token from memory.
+        # this cleared /run): once the daemon sees the flag, the first token refreshes once
+        # and saves the grant with a trusted clock, so that each restart below serves its
+        # token from memory.
+        wait_status(box, lambda s: s.get("clock_synced") is True, timeout=30)
         box.sh("curl -sf --unix-socket /run/devicelink/agent.sock http://devicelink/v1/token > /dev/null")
         restarted = box.sh("systemctl restart devicelink.service && journalctl --sync && "
                            "journalctl -o cat _PID=$(systemctl show -P MainPID devicelink.service)").stdout
