@@ -26,7 +26,7 @@ from .records import TokenEvent
 from .settings import (ACR_PWD, ACR_VALUES_SUPPORTED, AUTH_METHODS_SUPPORTED, CLIENT_CREDENTIALS_GRANT_TYPE,
                        DEVICE_CODE_GRANT_TYPE, asked_acr)
 from .signing import CLAIMS, SigningKey
-from .state import State
+from .state import AlreadyDecided, State
 
 if TYPE_CHECKING:
     from .authserver import DevServer
@@ -232,6 +232,8 @@ def build_app(server: DevServer, state: State, keys: SigningKey) -> Flask:
                                session_age=body.get("session_age") or 0)
             else:
                 server.deny(body["user_code"])
+        except AlreadyDecided:
+            return jsonify(error="already_decided"), 409
         except KeyError:
             return jsonify(error="unknown_user_code"), 404
         except (ValueError, TypeError) as exc:

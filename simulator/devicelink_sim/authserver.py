@@ -223,7 +223,8 @@ class DevServer:
         *,
         session_age: float = 0,
     ) -> None:
-        """Approve a pending user code as `subject`; KeyError if unknown, expired or used.
+        """Approve a pending user code as `subject`; KeyError if unknown, expired or used
+        (`state.AlreadyDecided`, a KeyError, when it was already approved or denied).
 
         `acr` is how the user signed in, one of ACR_VALUES_SUPPORTED. By default it is
         the first of the request's acr_values that the server supports (the user did
@@ -244,7 +245,7 @@ class DevServer:
             raise ValueError("session_age must be 0 or more seconds")
         user = User(subject, name or f"{subject.capitalize()} Example")
         with self._state.lock:
-            credential = self._state.pending(user_code)
+            credential = self._state.undecided(user_code)
             if honoured:
                 if acr is None:
                     acr = asked_acr(credential.acr_values) or ACR_PWD
@@ -261,9 +262,9 @@ class DevServer:
         logger.info("user code %s approved as %s (%s)", user_code, subject, acr)
 
     def deny(self, user_code: str) -> None:
-        """Deny a pending user code; KeyError if unknown, expired or used."""
+        """Deny a pending user code; KeyError if unknown, expired, used or already decided."""
         with self._state.lock:
-            self._state.pending(user_code).decision = (None, False)
+            self._state.undecided(user_code).decision = (None, False)
         logger.info("user code %s denied", user_code)
 
     def register_device_key(self, jwks: dict, client_id: str = KEY_CLIENT_ID) -> str:

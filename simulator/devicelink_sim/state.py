@@ -38,6 +38,11 @@ from .records import (
 logger = logging.getLogger("devicelink_sim.authserver")
 
 
+class AlreadyDecided(KeyError):
+    """The user already approved or denied this code: the decision is final (a denial ends the
+    device's flow with access_denied, RFC 8628 §3.5; it is never turned into an approval)."""
+
+
 class State:
     def __init__(self, clock: Clock, clients: list[Client], refresh_token_lifetime: float | None,
                  wall: Clock = time.time):
@@ -77,6 +82,13 @@ class State:
         credential = self.user_codes[normalize_user_code(user_code)]
         if credential.is_expired() or credential.device_code not in self.device_codes:
             raise KeyError(user_code)
+        return credential
+
+    def undecided(self, user_code: str) -> DeviceCode:
+        """``pending``, and not yet approved or denied; :class:`AlreadyDecided` otherwise."""
+        credential = self.pending(user_code)
+        if credential.decision is not None:
+            raise AlreadyDecided(user_code)
         return credential
 
     def redeem(self, credential: DeviceCode) -> None:

@@ -225,7 +225,20 @@ def test_deny_gives_access_denied(srv, http):
     response = http.post("/sim/deny", json={"user_code": code["user_code"]})
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert error(poll(http, srv, code["device_code"])) == "access_denied"
+    # A denial is final: the device was told access_denied and stopped; no approval may follow.
+    again = http.post("/sim/approve", json={"user_code": code["user_code"]})
+    assert again.status_code == 409 and again.json() == {"error": "already_decided"}
+    with pytest.raises(KeyError):
+        srv.approve(code["user_code"])
     assert error(poll(http, srv, code["device_code"])) == "access_denied"
+
+
+def test_an_approval_cannot_be_turned_into_a_denial(srv, http):
+    code = authorize(http, srv)
+    srv.approve(code["user_code"], "carol")
+    assert http.post("/sim/deny", json={"user_code": code["user_code"]}).status_code == 409
+    tokens = poll(http, srv, code["device_code"]).json()
+    assert userinfo(http, tokens["access_token"]).json()["sub"] == "carol"
 
 
 def test_expired_device_code(make_server, clock):
