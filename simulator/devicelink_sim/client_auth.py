@@ -27,6 +27,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from .replay import SeenIds
+
 METHOD = "private_key_jwt"
 MAX_LIFETIME = 300  # seconds from now an assertion's exp may be
 
@@ -34,12 +36,12 @@ MAX_LIFETIME = 300  # seconds from now an assertion's exp may be
 class PrivateKeyJwt(JWTBearerClientAssertion):
     CLIENT_AUTH_METHOD = METHOD
 
-    def __init__(self, issuer: Callable[[], str], seen: dict[tuple[str, str], float], assertions: list[dict],
+    def __init__(self, issuer: Callable[[], str], seen: SeenIds, assertions: list[dict],
                  wall: Callable[[], float] = time.time):
         super().__init__(validate_jti=True, leeway=5)
         self.issuer = issuer
         self.wall = wall  # seconds since the epoch: exp, iat and nbf are checked against it
-        self.seen = seen  # (client_id, jti) -> when it may be forgotten (wall clock)
+        self.seen = seen  # (client_id, jti), until the assertion has expired (wall clock)
         self.assertions = assertions
         self._claims: dict | None = None  # of the assertion being checked
 
@@ -90,12 +92,4 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         self._claims = dict(claims)
 
     def validate_jti(self, claims, jti):
-        now = self.wall()
-        for key, until in list(self.seen.items()):
-            if until < now:
-                del self.seen[key]
-        key = (claims["sub"], jti)
-        if key in self.seen:
-            return False
-        self.seen[key] = float(claims["exp"]) + self.leeway
-        return True
+        return self.seen.first_use((claims["sub"], jti), float(claims["exp"]) + self.leeway, self.wall())

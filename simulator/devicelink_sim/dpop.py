@@ -30,6 +30,8 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from .replay import SeenIds
+
 ALGORITHMS = ["ES256"]
 WINDOW = 60  # seconds either side of the server's clock an iat may be (oidc-provider: 300)
 
@@ -61,7 +63,7 @@ class Proofs:
         self.require_nonce = require_nonce
         self.wall = wall
         self.nonce = secrets.token_urlsafe(16)
-        self.seen: dict[tuple[str, str], float] = {}  # (jkt, jti) -> until when it is kept (wall clock)
+        self.seen = SeenIds()  # (jkt, jti), until the proof's iat window has passed (wall clock)
         self.checked: list[dict] = []
 
     def new_nonce(self) -> str:
@@ -106,11 +108,7 @@ class Proofs:
             raise ProofRefused("invalid_dpop_proof", "iat is not recent enough")
         if access_token is not None and claims.get("ath") != ath_of(access_token):
             raise ProofRefused("invalid_dpop_proof", "ath does not match the access token")
-        for seen, until in list(self.seen.items()):
-            if until < now:
-                del self.seen[seen]
-        if (jkt, jti) in self.seen:
+        if not self.seen.first_use((jkt, jti), max(now, float(iat)) + 2 * WINDOW, now):
             raise ProofRefused("invalid_dpop_proof", "jti was used before (a replayed proof)")
-        self.seen[(jkt, jti)] = max(now, float(iat)) + 2 * WINDOW
         self.checked.append({**claims, "jkt": jkt})
         return jkt

@@ -34,6 +34,7 @@ from .records import (
     User,
     normalize_user_code,
 )
+from .replay import SeenIds
 
 logger = logging.getLogger("devicelink_sim.authserver")
 
@@ -57,7 +58,7 @@ class State:
         self.access_tokens: dict[str, AccessToken] = {}
         self.refresh_tokens: dict[str, RefreshToken] = {}
         #: private_key_jwt (client_auth.py): (client_id, jti) seen, until when; every assertion checked.
-        self.assertion_ids: dict[tuple[str, str], float] = {}
+        self.assertion_ids = SeenIds()
         self.assertions: list[dict] = []
         #: RFC 7591/7592 (registration.py): registration access token -> client_id; registrations made.
         self.registration_tokens: dict[str, str] = {}
