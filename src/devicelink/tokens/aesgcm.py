@@ -4,12 +4,12 @@
 From cryptography 42 on, ``AESGCM`` is implemented in Rust and cheap to import: it is used
 as it is. Before that (Debian 12 and Raspberry Pi OS Bookworm ship 38), importing it imports
 the whole OpenSSL backend: x509, every asymmetric key type, PKCS#12, SSH keys,
-``email.utils``. On Debian's packages that was 60 of the daemon's 170 ms from start to
-serving, and 4 of its 30 MiB (bench/rss_startup.py, docs/benchmarks.md), for one cipher. There :class:`EvpAesGcm` makes the OpenSSL EVP calls
-that cryptography 38's own backend makes for ``AESGCM`` (backends/openssl/aead.py), through
-the same cffi binding the backend uses. The output is the same, byte for byte:
-tests/tokens/test_aesgcm.py checks each against the other under Debian's interpreter
-(bench/bookworm).
+``email.utils``. On Debian's packages that was about 25 of the daemon's 135 ms from start
+to serving, and 4.5 of its 30 MiB (bench/rss_startup.py, docs/benchmarks.md), for one
+cipher. There :class:`EvpAesGcm` makes the OpenSSL EVP calls that cryptography 38's own
+backend makes for ``AESGCM`` (backends/openssl/aead.py), through the same cffi binding the
+backend uses. The output is the same, byte for byte: tests/tokens/test_aesgcm.py checks
+each against the other under Debian's interpreter (bench/bookworm).
 """
 
 from __future__ import annotations
