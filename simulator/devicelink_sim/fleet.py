@@ -10,7 +10,8 @@ encrypted state file with its atomic writes, the restart spread), each with its
 own state directory and key, against the development server itself (the Flask
 app, Authlib grants and state of ``devicelink-sim server``), called in-process
 (inprocess.py) because a socket per request would measure the kernel, not the
-fleet. All of it runs on virtual time (timetravel.py): token lifetimes are
+fleet. With ``identity`` each unit also makes its own key, registers itself and signs
+its requests, built by ``daemon.assemble`` exactly as ``devicelink run`` builds it. All of it runs on virtual time (timetravel.py): token lifetimes are
 real-sized numbers of virtual seconds, and a run through several of them takes
 minutes of wall time.
 
