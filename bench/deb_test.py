@@ -323,12 +323,16 @@ def scenario(run: Run, box: Container, debs: list[Path], server, runs: int) -> N
         after = int(box.sh("dpkg-query -W -f='${Package}\\n' | wc -l").stdout)
         run.numbers["packages_installed"] = after - before  # devicelink and what it pulled in
 
-    with run.check("install made the user, the state and config directories, bytecode, man page, fonts"):
+    with run.check("install made the user, the state and config directories, bytecode, man page, completion, fonts"):
         box.sh("getent passwd devicelink && getent group devicelink")
         box.sh("test \"$(stat -c '%a %U %G' /var/lib/devicelink)\" = '700 devicelink devicelink'")
         box.sh("test \"$(stat -c '%a %U' /etc/devicelink/clients.d)\" = '755 root'")
         box.sh("ls /usr/lib/python3/dist-packages/devicelink/__pycache__/cli.cpython-3*.pyc "
                "/usr/lib/python3/dist-packages/devicelink/ipc/__pycache__/server.cpython-3*.pyc")
+        # The bash completion, sourced as bash-completion would: `devicelink rekey --to <TAB>`.
+        done = box.sh("bash -c '. /usr/share/bash-completion/completions/devicelink; "
+                      "COMP_WORDS=(devicelink rekey --to \"\"); COMP_CWORD=3; _devicelink; echo ${COMPREPLY[*]}'")
+        assert done.stdout.split() == ["file", "credential"], done.stdout
         box.sh("test -s /usr/share/man/man8/devicelink.8.gz && test -x /usr/bin/devicelink "
                "&& test ! -e /usr/bin/devicelink-sim")
         box.sh("test -s /usr/share/doc/devicelink/examples/config.toml")
