@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,13 @@ class PinBoard:
                 self.connected.clear()
                 conn.close()
 
-    def drive(self, bcm: int, low: bool) -> bool:
-        """Drive an input pin of the daemon low (pressed, to GND) or high; False if no daemon listens."""
-        line = json.dumps({"pin": pin_name(bcm), "drive": "low" if low else "high"}) + "\n"
+    def drive(self, bcm: int, low: bool, held: float | None = None) -> bool:
+        """Drive an input pin of the daemon low (pressed, to GND) or high; False if no daemon listens.
+        ``held``: how long it was low here, which the daemon's side keeps it low at least."""
+        command: dict[str, Any] = {"pin": pin_name(bcm), "drive": "low" if low else "high"}
+        if held is not None:
+            command["held"] = round(held, 3)
+        line = json.dumps(command) + "\n"
         with self._lock:
             if self._conn is None:
                 return False
@@ -171,6 +176,7 @@ class VirtualDevice:
         self._threads: list[threading.Thread] = []
         self._frame_count = 0
         self._button_down = False
+        self._pressed_at: float | None = None
         self._status_lock = threading.Lock()
 
     # -- start and stop ---------------------------------------------------------------
@@ -331,14 +337,18 @@ hold_seconds = {self.hold_seconds:g}
 
     def press(self) -> bool:
         """The finger goes down on the button (the pin is driven low)."""
-        self._button_down = True
+        self._button_down, self._pressed_at = True, time.monotonic()
         self.hub.publish("button", {"pressed": True, "level": self.hub.get("button", {}).get("level")})
         return self.pins.drive(BUTTON_PIN, low=True)
 
     def release(self) -> bool:
+        """The finger comes up. The press lasts as long on the daemon's side as it did here,
+        however late the two reach it: a loaded machine must not shorten a click to contact bounce."""
         self._button_down = False
         self.hub.publish("button", {"pressed": False, "level": self.hub.get("button", {}).get("level")})
-        return self.pins.drive(BUTTON_PIN, low=False)
+        held = None if self._pressed_at is None else time.monotonic() - self._pressed_at
+        self._pressed_at = None
+        return self.pins.drive(BUTTON_PIN, low=False, held=held)
 
     def wait_for_status(self, predicate, timeout: float) -> dict[str, Any]:
         """The status once ``predicate(status)`` holds, as the hub hears it (no polling):

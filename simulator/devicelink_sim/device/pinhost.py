@@ -13,7 +13,9 @@ socket ``SOCKET``:
 - the simulator sends ``{"pin": "GPIO27", "drive": "low"}`` (or ``"high"``) to drive an
   input, as a finger on a button to GND does; a thread here calls
   ``MockPin.drive_low()``, which fires gpiozero's callbacks on that thread, as lgpio's
-  callback thread does on a board.
+  callback thread does on a board. A ``"high"`` may carry ``"held"``, the seconds the
+  pin was low at the simulator: it stays low here at least that long, so a click that
+  reached the daemon late (a loaded machine) is not shortened to contact bounce.
 
 The daemon itself is untouched: its gpio adapter (devicelink.gpio) opens its LED and
 button with gpiozero's default pin factory, which is this one. gpiozero only finds
@@ -31,6 +33,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 ENCODING = "utf-8"
@@ -93,16 +96,27 @@ def wired_factory(wire: Wire):
     return MockFactory(pin_class=WiredPin)
 
 
-def serve_commands(wire: Wire, factory) -> None:
+MAX_HELD = 600.0  # seconds: a "held" beyond this is not a finger's
+
+
+def serve_commands(wire: Wire, factory, clock=time.monotonic, sleep=time.sleep) -> None:
+    low_since: dict[str, float] = {}
     for message in wire.commands():
-        name, drive = message.get("pin"), message.get("drive")
+        name, drive, held = message.get("pin"), message.get("drive"), message.get("held")
         if not isinstance(name, str) or drive not in ("low", "high"):
             continue
         try:
             pin = factory.pin(name)
             if pin.function != "input":
                 continue
-            pin.drive_low() if drive == "low" else pin.drive_high()
+            if drive == "low":
+                low_since[name] = clock()
+                pin.drive_low()
+                continue
+            since = low_since.pop(name, None)
+            if since is not None and isinstance(held, (int, float)) and 0 < held <= MAX_HELD:
+                sleep(max(0.0, since + held - clock()))
+            pin.drive_high()
         except Exception as exc:  # an unknown pin: say so in the daemon's log, keep going
             print(f"devicelink-sim pins: cannot drive {name} {drive}: {exc}", file=sys.stderr, flush=True)
 
