@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser, str]]:
+    """(name, parser, one-line summary) of each command, in the order --help lists them;
+    a command with commands of its own (``factory keygen``) is followed by them. What
+    devicelink(8) (scripts/manpage) and the bash completion (scripts/completion) are made of."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            found = []
+            for name, sub in action.choices.items():
+                found.append((prefix + name, sub, summaries.get(name, "")))
+                found += commands(sub, prefix + name + " ")
+            return found
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Every command; a closed stdout (``devicelink status | head -1``) ends it silently
     with 0, as for any Unix filter."""
